@@ -1,0 +1,187 @@
+/*
+ * unifork_abi.h: the whole interface between a unifork guest and its host.
+ *
+ * A guest is one Linux process running as a unikernel VM.  Everything the
+ * host and the guest tell each other goes through memory described here:
+ *
+ *   - the boot page (struct uf_boot), written by the host into guest RAM
+ *     before the VM starts, read by the guest;
+ *   - the control page (struct uf_ctl), written by the guest (why it
+ *     stopped), read by the host;
+ *   - rings (struct uf_ring): byte streams with one producer side and one
+ *     consumer side.  stdin, stdout and stderr are rings in the job's
+ *     shared-memory region whose other end is the host; the kernel log is a
+ *     ring in guest RAM.
+ *
+ * plus two rare signals: the guest's doorbell (one byte written to the
+ * second UART, UF_DOORBELL_PORT) wakes the host; the host wakes a halted
+ * guest by sending one byte to that UART, which raises UF_VEC_DOORBELL.
+ *
+ * Memory is identity mapped (guest virtual == guest physical).  The layout
+ * below is fixed; the host writes the page tables, the boot page, the
+ * program's segments and its initial stack into the RAM file before boot.
+ *
+ * Rules for changing this file: UF_ABI_VERSION must be incremented on any
+ * material change; structures only grow at their end; enums reserve 0.
+ * workers/abi.py is the Python twin, checked against this header by
+ * tests/test_abi.py.
+ */
+#ifndef UNIFORK_ABI_H
+#define UNIFORK_ABI_H
+
+#ifdef __ASSEMBLER__
+#define UF_UL(x) x
+#else
+#include <stdint.h>
+#define UF_UL(x) x##UL
+#endif
+
+#define UF_ABI_VERSION      1
+
+/* Guest physical memory layout. */
+#define UF_PAGE_SIZE        UF_UL(0x1000)
+#define UF_KERNEL_BASE      UF_UL(0x100000)  /* kernel image, loaded by PVH */
+#define UF_BOOT_ADDR        UF_UL(0x200000)  /* struct uf_boot (host writes) */
+#define UF_CTL_ADDR         UF_UL(0x201000)  /* struct uf_ctl (guest writes) */
+#define UF_PT_ADDR          UF_UL(0x202000)  /* page tables (host writes) */
+#define UF_PT_PAGES         8                /* PML4, PDPT, 4 PDs, 1 PT, spare */
+#define UF_LOG_ADDR         UF_UL(0x20a000)  /* kernel log ring, guest RAM */
+#define UF_LOG_SIZE         UF_UL(0x4000)    /* its data bytes */
+#define UF_USER_BASE        UF_UL(0x400000)  /* lowest address of the program */
+#define UF_PIE_BASE         UF_UL(0x400000)  /* where a static-PIE is loaded */
+#define UF_MAX_RAM          UF_UL(0x80000000) /* 2 GiB; the shm region follows RAM */
+
+/* I/O ports and interrupt vectors. */
+#define UF_DOORBELL_PORT    0x2f8   /* COM2 data register: guest -> host doorbell */
+#define UF_DOORBELL_IRQ     3       /* COM2's ISA IRQ: host -> guest wake-up */
+#define UF_EXIT_PORT        0xf4    /* isa-debug-exit: the VM powers off */
+#define UF_VEC_TIMER        0x20    /* LAPIC timer (TSC deadline): timed halt */
+#define UF_VEC_DOORBELL     0x21
+#define UF_VEC_SPURIOUS     0xff
+
+/* struct uf_boot.magic */
+#define UF_BOOT_MAGIC       0x544f4f42464e55UL  /* "UNFBOOT" */
+
+/* struct uf_boot.features */
+#define UF_FEAT_KVM         (1u << 0)  /* the VM runs under KVM (else TCG) */
+
+/* struct uf_boot.tty: bit n set when the host's fd n is a terminal */
+#define UF_TTY_STDIN        (1u << 0)
+#define UF_TTY_STDOUT       (1u << 1)
+#define UF_TTY_STDERR       (1u << 2)
+
+#ifndef __ASSEMBLER__
+
+/*
+ * The boot page: everything the guest needs to start the program.  The host
+ * has already laid out the ELF segments, the initial stack (argc, argv, envp,
+ * auxv) and the page tables; the guest enters the program at (entry) with its
+ * stack pointer at (sp).
+ */
+struct uf_boot {
+	uint64_t magic;             /* UF_BOOT_MAGIC */
+	uint32_t abi_version;       /* UF_ABI_VERSION */
+	uint32_t features;          /* UF_FEAT_* */
+	uint64_t ram_size;          /* bytes of RAM from guest physical 0 */
+	uint64_t shm_base;          /* the job's shared-memory region */
+	uint64_t shm_size;
+	uint64_t tsc_khz;           /* TSC ticks per millisecond */
+	uint64_t realtime_ns;       /* CLOCK_REALTIME at TSC 0 (host estimate) */
+	uint64_t entry;             /* program entry point */
+	uint64_t sp;                /* initial stack pointer: argc */
+	uint64_t brk;               /* initial program break (page aligned) */
+	uint64_t mmap_top;          /* anonymous mappings grow down from here */
+	uint64_t stack_low;         /* lowest address of the stack region */
+	uint32_t pid, ppid;
+	uint32_t uid, gid;
+	uint32_t stdio_ring[3];     /* ring index in the shm region, fd 0, 1, 2 */
+	uint32_t tty;               /* UF_TTY_* */
+	uint16_t tty_rows, tty_cols;/* host terminal size, when a tty */
+	uint32_t _pad0;
+	uint8_t  seed[32];          /* entropy, for getrandom without RDRAND */
+	char     exe[256];          /* absolute path: /proc/self/exe, AT_EXECFN */
+	char     hostname[65];      /* uname nodename */
+	char     _pad1[7];
+};
+
+/* Why the guest stopped: struct uf_ctl.state */
+enum uf_state {
+	UF_STATE_NONE = 0,          /* reserved: not started, or died silently */
+	UF_STATE_RUNNING,           /* the program runs */
+	UF_STATE_EXITED,            /* exit_group(status) */
+	UF_STATE_KILLED,            /* killed by signal (status): fault or kill */
+	UF_STATE_PANIC,             /* the kernel hit a bug; log says which */
+	UF_STATE_MAX
+};
+
+/*
+ * The control page.  The guest writes it before it powers off (through
+ * UF_EXIT_PORT); the host reads it after QEMU has exited.
+ */
+struct uf_ctl {
+	uint32_t state;             /* enum uf_state */
+	int32_t  status;            /* exit code, or signal number when KILLED */
+	uint64_t fault_vector;      /* CPU exception that killed it */
+	uint64_t fault_rip;
+	uint64_t fault_addr;        /* CR2 for a page fault */
+	uint64_t fault_error;       /* the exception's error code */
+	uint64_t syscalls;          /* system calls served (statistics) */
+	uint64_t _pad[2];
+};
+
+/*
+ * A ring: a byte stream in shared memory.  head and tail count bytes ever
+ * written and read (they only grow); data[head & (size-1)] is the next byte
+ * to write.  Empty when head == tail, full when head - tail == size.
+ *
+ * Producer-written and consumer-written fields sit on separate cache lines.
+ * A side that is about to sleep sets its *_wait flag, issues a full fence
+ * and checks the counters again; a side that moves a counter issues a full
+ * fence, and if the other side's flag is set, clears it and wakes that side
+ * (guest: doorbell; host: a byte to the guest's UART).
+ *
+ * writers == 0 means no write end is open: the reader sees EOF once the ring
+ * is drained.  readers == 0 means no read end is open: a writer gets EPIPE.
+ */
+struct uf_ring {
+	/* Written by the producer. */
+	volatile uint64_t head;
+	volatile uint32_t writers;
+	volatile uint32_t wr_wait;  /* a writer sleeps until tail moves */
+	uint8_t _pad0[48];
+	/* Written by the consumer. */
+	volatile uint64_t tail;
+	volatile uint32_t readers;
+	volatile uint32_t rd_wait;  /* a reader sleeps until head moves */
+	uint8_t _pad1[48];
+	/* Set once by whoever creates the ring. */
+	uint32_t size;              /* capacity in bytes, a power of two */
+	uint32_t _pad2[15];
+	uint8_t data[];
+};
+
+/*
+ * The job's shared-memory region: a header page, then UF_SHM_RINGS ring
+ * slots of UF_SHM_SLOT bytes each (a ring header and UF_RING_SIZE data).
+ */
+#define UF_SHM_MAGIC        0x4d485346494e55UL  /* "UNIFSHM" */
+#define UF_SHM_RINGS        64
+#define UF_RING_SIZE        UF_UL(0x10000)      /* 64 KiB, as a Linux pipe */
+#define UF_SHM_SLOT         (UF_RING_SIZE + UF_UL(0x1000))
+#define UF_SHM_RING_OFF(i)  (UF_UL(0x1000) + (i) * UF_SHM_SLOT)
+#define UF_SHM_SIZE         UF_UL(0x800000)     /* >= UF_SHM_RING_OFF(64) */
+
+struct uf_shm {
+	uint64_t magic;             /* UF_SHM_MAGIC */
+	uint32_t abi_version;
+	uint32_t nrings;
+};
+
+_Static_assert(sizeof(struct uf_boot) == 496, "uf_boot layout");
+_Static_assert(sizeof(struct uf_ctl) == 64, "uf_ctl layout");
+_Static_assert(sizeof(struct uf_ring) == 192, "uf_ring layout");
+_Static_assert(__builtin_offsetof(struct uf_ring, tail) == 64, "uf_ring lines");
+_Static_assert(UF_SHM_RING_OFF(UF_SHM_RINGS) <= UF_SHM_SIZE, "shm fits");
+
+#endif /* __ASSEMBLER__ */
+#endif /* UNIFORK_ABI_H */

@@ -1,0 +1,89 @@
+/* defs.h: the kernel's shared types and prototypes, grouped by file. */
+#ifndef DEFS_H
+#define DEFS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "unifork_abi.h"
+
+#define BOOT   ((volatile struct uf_boot *)UF_BOOT_ADDR)
+#define CTL    ((volatile struct uf_ctl *)UF_CTL_ADDR)
+
+#define PAGE_UP(x)   (((x) + UF_PAGE_SIZE - 1) & ~(UF_PAGE_SIZE - 1))
+#define PAGE_DOWN(x) ((x) & ~(UF_PAGE_SIZE - 1))
+#define MIN(a, b)    ((a) < (b) ? (a) : (b))
+
+/* The frame entry.S pushes for an exception or interrupt. */
+struct trapframe {
+	uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
+	uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
+	uint64_t vector, error;
+	uint64_t rip, cs, rflags, rsp, ss;
+};
+
+// main.c
+extern uint32_t cpu_features;   /* CPUF_* */
+#define CPUF_RDRAND    (1u << 0)
+#define CPUF_FSGSBASE  (1u << 1)
+#define CPUF_DEADLINE  (1u << 2)
+
+// trap.c (ring 0)
+void trap(struct trapframe *tf);
+long gate_ring0(long op, long a, long b);
+void idt_init(void);
+
+// entry.S
+enum gate_op { GATE_NONE, GATE_HALT, GATE_OUTB, GATE_WRFSBASE, GATE_POWEROFF };
+long gate(long op, long a, long b);
+void enter_user(uint64_t entry, uint64_t sp) __attribute__((noreturn));
+void syscall_entry(void);
+void start_program(uint64_t entry, uint64_t sp) __attribute__((noreturn));
+
+// syscall.c
+long syscall_dispatch(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
+
+// proc.c
+void proc_init(void);
+void proc_exit(int status) __attribute__((noreturn));
+void proc_kill(int sig) __attribute__((noreturn));
+void proc_sigpipe(void);
+
+// vm.c
+void vm_init(void);
+int  user_ok(uint64_t addr, uint64_t len);
+int  user_str_ok(const char *s, size_t max);
+
+// file.c
+void file_init(void);
+void file_close_all(void);
+
+// ring.c
+long ring_write(volatile struct uf_ring *r, const void *buf, size_t n, int nonblock);
+long ring_read(volatile struct uf_ring *r, void *buf, size_t n, int nonblock);
+volatile struct uf_ring *shm_ring(uint32_t idx);
+
+// wait.c
+void doorbell(void);
+void sleep_until(uint64_t tsc_deadline);
+
+// clock.c
+void clock_init(void);
+uint64_t clock_mono_ns(void);
+uint64_t clock_real_ns(void);
+uint64_t ns_to_tsc(uint64_t ns);
+
+// console.c
+void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void klog_write(const char *s, size_t n);
+
+// lib.c
+void *memcpy(void *d, const void *s, size_t n);
+void *memset(void *d, int c, size_t n);
+void *memmove(void *d, const void *s, size_t n);
+int   memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+size_t strnlen(const char *s, size_t max);
+int   strcmp(const char *a, const char *b);
+int   fmt(char *out, size_t size, const char *f, __builtin_va_list ap);
+
+#endif

@@ -1,0 +1,217 @@
+/*
+ * entry.S: the ways into the kernel.
+ *
+ *  syscall_entry  the program's `syscall`.  On real KVM and TCG it runs at
+ *                 CPL 0; on nested KVM (PVM) the CPU lands here still at
+ *                 CPL 3.  So this path uses no privileged instruction and
+ *                 returns the way the current CPL allows.
+ *  vector_N       CPU exceptions and the two interrupts, always ring 0.
+ *  gate           the one way from the system-call layer to ring-0 work.
+ *  enter_user     the first drop to ring 3.
+ */
+#include "unifork_abi.h"
+#include "x86.h"
+
+	.text
+
+/*
+ * syscall: rax = number, args in rdi rsi rdx r10 r8 r9, rcx = return rip,
+ * r11 = rflags.  The stack is still the program's, and the 128 bytes below
+ * its rsp (the red zone) may be live: never touch them.  One thread per VM,
+ * so a single saved-rsp slot and a single syscall stack suffice.
+ * Linux preserves every register but rax, rcx and r11; the C code is built
+ * with -mgeneral-regs-only, so the SSE registers are never touched.
+ */
+	.globl syscall_entry
+syscall_entry:
+	movq %rsp, sys_user_rsp(%rip)
+	leaq sys_stack_top(%rip), %rsp
+	cld
+	pushq %rcx
+	pushq %r11
+	pushq %rdi
+	pushq %rsi
+	pushq %rdx
+	pushq %r10
+	pushq %r8
+	pushq %r9
+	pushq %rax                      /* keeps the stack 16-byte aligned */
+	movq %r10, %rcx                 /* 4th argument, C convention */
+	pushq %r9                       /* 7th C argument: the 6th syscall arg */
+	movq %r8, %r9
+	movq %rcx, %r8
+	movq %rdx, %rcx
+	movq %rsi, %rdx
+	movq %rdi, %rsi
+	movq %rax, %rdi                 /* syscall_dispatch(nr, a0..a5) */
+	call syscall_dispatch
+	addq $16, %rsp
+	popq %r9
+	movw %cs, %r8w                  /* CPL test; r8 is popped next */
+	testb $3, %r8b                  /* pops below leave the flags alone */
+	popq %r8
+	popq %r10
+	popq %rdx
+	popq %rsi
+	popq %rdi
+	popq %r11
+	popq %rcx
+	jz 1f
+	/*
+	 * CPL 3 (PVM): sysretq would #GP.  Restore the flags from our own
+	 * stack, then switch stacks and jump: mov and jmp leave flags alone.
+	 */
+	pushq %r11
+	popfq
+	movq sys_user_rsp(%rip), %rsp
+	jmp *%rcx
+1:	movq sys_user_rsp(%rip), %rsp
+	sysretq
+
+/*
+ * Exceptions and interrupts: push a uniform frame (struct trapframe in
+ * defs.h) and call trap().  Exceptions run on IST1, so a fault in the
+ * system-call layer (on its own stack, at CPL 0) still gets a good stack.
+ */
+.macro VEC n, err=0
+	.globl vector_\n
+vector_\n:
+	.if \err == 0
+	pushq $0
+	.endif
+	pushq $\n
+	jmp trap_common
+.endm
+
+VEC 0
+VEC 1
+VEC 2
+VEC 3
+VEC 4
+VEC 5
+VEC 6
+VEC 7
+VEC 8, 1
+VEC 9
+VEC 10, 1
+VEC 11, 1
+VEC 12, 1
+VEC 13, 1
+VEC 14, 1
+VEC 15
+VEC 16
+VEC 17, 1
+VEC 18
+VEC 19
+VEC 20
+VEC 21, 1
+VEC 32
+VEC 33
+VEC 255
+
+trap_common:
+	pushq %rax
+	pushq %rbx
+	pushq %rcx
+	pushq %rdx
+	pushq %rsi
+	pushq %rdi
+	pushq %rbp
+	pushq %r8
+	pushq %r9
+	pushq %r10
+	pushq %r11
+	pushq %r12
+	pushq %r13
+	pushq %r14
+	pushq %r15
+	cld
+	movq %rsp, %rdi
+	movq %rsp, %rbx
+	andq $-16, %rsp
+	call trap
+	movq %rbx, %rsp
+	popq %r15
+	popq %r14
+	popq %r13
+	popq %r12
+	popq %r11
+	popq %r10
+	popq %r9
+	popq %r8
+	popq %rbp
+	popq %rdi
+	popq %rsi
+	popq %rdx
+	popq %rcx
+	popq %rbx
+	popq %rax
+	addq $16, %rsp                  /* vector and error code */
+	iretq
+
+/*
+ * long gate(long op, long a, long b): ring-0 work for the system-call
+ * layer.  At CPL 0 it is a plain call.  At CPL 3 it traps with a ud2 at a
+ * known address; trap() recognises gate_ud2, runs the op with the saved
+ * rdi/rsi/rdx, puts the result in rax and resumes after the ud2.
+ * Each trap costs ~22 us on PVM: keep gates off hot paths.
+ */
+	.globl gate
+gate:
+	movw %cs, %ax
+	testb $3, %al
+	jz gate_ring0
+	.globl gate_ud2
+gate_ud2:
+	ud2
+	ret
+
+/* Clear what a Linux program finds clear at its entry (rdx: no atexit). */
+.macro CLEAR_REGS
+	xorl %eax, %eax
+	xorl %ebx, %ebx
+	xorl %edx, %edx
+	xorl %esi, %esi
+	xorl %edi, %edi
+	xorl %ebp, %ebp
+	xorl %r8d, %r8d
+	xorl %r9d, %r9d
+	xorl %r10d, %r10d
+	xorl %r11d, %r11d
+	xorl %r12d, %r12d
+	xorl %r13d, %r13d
+	xorl %r14d, %r14d
+	xorl %r15d, %r15d
+.endm
+
+/*
+ * void enter_user(uint64_t rip, uint64_t sp): the one drop from ring 0 to
+ * ring 3, to user_start on the syscall stack, with interrupts off.
+ */
+	.globl enter_user
+enter_user:
+	pushq $SEL_UDATA
+	pushq %rsi
+	pushq $0x2
+	pushq $SEL_UCODE
+	pushq %rdi
+	iretq
+
+/* void start_program(uint64_t entry, uint64_t sp): jump to the ELF entry. */
+	.globl start_program
+start_program:
+	movq %rdi, %rcx
+	movq %rsi, %rsp
+	CLEAR_REGS
+	jmp *%rcx
+
+	.bss
+	.p2align 12
+	.globl sys_user_rsp
+sys_user_rsp:
+	.quad 0
+	.p2align 12
+sys_stack:
+	.skip 32768
+	.globl sys_stack_top
+sys_stack_top:

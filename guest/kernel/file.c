@@ -1,0 +1,338 @@
+/*
+ * file.c: file descriptors.  A file is one end of a ring: stdin, stdout and
+ * stderr are rings whose other end is the host.  Descriptors share files
+ * (dup); a ring end is closed when its last descriptor is.
+ */
+#include "defs.h"
+#include "linux.h"
+
+#define NFILE 64
+#define NFD   256
+
+enum { FT_NONE, FT_READ, FT_WRITE };
+
+struct file {
+	int type;               /* FT_*; FT_NONE: slot free */
+	int refs;               /* descriptors pointing here */
+	int flags;              /* O_NONBLOCK, access mode */
+	int tty;                /* the host end is a terminal */
+	volatile struct uf_ring *ring;
+};
+
+static struct file files[NFILE];
+static struct { struct file *f; int cloexec; } fds[NFD];
+
+void
+file_init(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		struct file *f = &files[fd];
+		f->type = fd == 0 ? FT_READ : FT_WRITE;
+		f->flags = fd == 0 ? O_RDONLY : O_WRONLY;
+		f->refs = 1;
+		f->tty = (BOOT->tty >> fd) & 1;
+		f->ring = shm_ring(BOOT->stdio_ring[fd]);
+		fds[fd].f = f;
+	}
+}
+
+static struct file *
+getfile(long fd)
+{
+	if (fd < 0 || fd >= NFD)
+		return 0;
+	return fds[fd].f;
+}
+
+static void
+file_put(struct file *f, int wake)
+{
+	if (--f->refs > 0)
+		return;
+	if (f->type == FT_READ)
+		__atomic_fetch_sub(&f->ring->readers, 1, __ATOMIC_SEQ_CST);
+	else
+		__atomic_fetch_sub(&f->ring->writers, 1, __ATOMIC_SEQ_CST);
+	if (wake)
+		doorbell();     /* the other end may wait for EOF/EPIPE */
+	f->type = FT_NONE;
+}
+
+static long
+io_result(long r)
+{
+	if (r == -EPIPE)
+		proc_sigpipe();
+	return r;
+}
+
+long
+sys_read(long fd, long buf, long n)
+{
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	if (f->type != FT_READ)
+		return -EBADF;
+	if (n < 0)
+		return -EINVAL;
+	if (!user_ok((uint64_t)buf, (uint64_t)n))
+		return -EFAULT;
+	return ring_read(f->ring, (void *)buf, (size_t)n, f->flags & O_NONBLOCK);
+}
+
+long
+sys_write(long fd, long buf, long n)
+{
+	struct file *f = getfile(fd);
+	if (!f || f->type != FT_WRITE)
+		return -EBADF;
+	if (n < 0)
+		return -EINVAL;
+	if (!user_ok((uint64_t)buf, (uint64_t)n))
+		return -EFAULT;
+	return io_result(ring_write(f->ring, (void *)buf, (size_t)n, f->flags & O_NONBLOCK));
+}
+
+static long
+check_iov(const struct iovec *iov, long cnt)
+{
+	if (cnt < 0 || cnt > 1024)
+		return -EINVAL;
+	if (!user_ok((uint64_t)iov, (uint64_t)cnt * sizeof(*iov)))
+		return -EFAULT;
+	for (long i = 0; i < cnt; i++)
+		if (iov[i].len && !user_ok((uint64_t)iov[i].base, iov[i].len))
+			return -EFAULT;
+	return 0;
+}
+
+long
+sys_writev(long fd, long iovp, long cnt)
+{
+	const struct iovec *iov = (const struct iovec *)iovp;
+	struct file *f = getfile(fd);
+	long e, total = 0;
+
+	if (!f || f->type != FT_WRITE)
+		return -EBADF;
+	if ((e = check_iov(iov, cnt)))
+		return e;
+	for (long i = 0; i < cnt; i++) {
+		if (!iov[i].len)
+			continue;
+		long r = ring_write(f->ring, iov[i].base, iov[i].len, f->flags & O_NONBLOCK);
+		if (r < 0)
+			return total ? total : io_result(r);
+		total += r;
+		if ((uint64_t)r < iov[i].len)
+			break;
+	}
+	return total;
+}
+
+long
+sys_readv(long fd, long iovp, long cnt)
+{
+	const struct iovec *iov = (const struct iovec *)iovp;
+	struct file *f = getfile(fd);
+	long e, total = 0;
+
+	if (!f || f->type != FT_READ)
+		return -EBADF;
+	if ((e = check_iov(iov, cnt)))
+		return e;
+	for (long i = 0; i < cnt; i++) {
+		if (!iov[i].len)
+			continue;
+		/* Block for the first byte only, as Linux does. */
+		long r = ring_read(f->ring, iov[i].base, iov[i].len,
+		    total ? 1 : (f->flags & O_NONBLOCK));
+		if (r < 0)
+			return total ? total : r;
+		total += r;
+		if ((uint64_t)r < iov[i].len)
+			break;
+	}
+	return total;
+}
+
+static long
+fd_close(long fd, int wake)
+{
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	fds[fd].f = 0;
+	file_put(f, wake);
+	return 0;
+}
+
+long
+sys_close(long fd)
+{
+	return fd_close(fd, 1);
+}
+
+/*
+ * Close every descriptor, so that peers see EOF or EPIPE: at exit, just
+ * before the VM powers off, which the host notices without a doorbell.
+ */
+void
+file_close_all(void)
+{
+	for (int fd = 0; fd < NFD; fd++)
+		if (fds[fd].f)
+			fd_close(fd, 0);
+}
+
+static long
+fd_install(struct file *f, long lowest, int cloexec)
+{
+	for (long fd = lowest; fd < NFD; fd++) {
+		if (!fds[fd].f) {
+			fds[fd].f = f;
+			fds[fd].cloexec = cloexec;
+			f->refs++;
+			return fd;
+		}
+	}
+	return -EMFILE;
+}
+
+long
+sys_dup(long fd)
+{
+	struct file *f = getfile(fd);
+	return f ? fd_install(f, 0, 0) : -EBADF;
+}
+
+long
+sys_dup3(long oldfd, long newfd, long flags)
+{
+	struct file *f = getfile(oldfd);
+	if (!f)
+		return -EBADF;
+	if (flags & ~O_CLOEXEC)
+		return -EINVAL;
+	if (oldfd == newfd)
+		return -EINVAL;
+	if (newfd < 0 || newfd >= NFD)
+		return -EBADF;
+	f->refs++;              /* before closing newfd: it may share f */
+	if (fds[newfd].f)
+		fd_close(newfd, 1);
+	fds[newfd].f = f;
+	fds[newfd].cloexec = (flags & O_CLOEXEC) != 0;
+	return newfd;
+}
+
+long
+sys_dup2(long oldfd, long newfd)
+{
+	if (oldfd == newfd)
+		return getfile(oldfd) ? newfd : -EBADF;
+	return sys_dup3(oldfd, newfd, 0);
+}
+
+long
+sys_fcntl(long fd, long cmd, long arg)
+{
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	switch (cmd) {
+	case F_DUPFD:
+	case F_DUPFD_CLOEXEC:
+		if (arg < 0 || arg >= NFD)
+			return -EINVAL;
+		return fd_install(f, arg, cmd == F_DUPFD_CLOEXEC);
+	case F_GETFD:
+		return fds[fd].cloexec ? FD_CLOEXEC : 0;
+	case F_SETFD:
+		fds[fd].cloexec = (arg & FD_CLOEXEC) != 0;
+		return 0;
+	case F_GETFL:
+		return f->flags;
+	case F_SETFL:
+		f->flags = (f->flags & ~O_NONBLOCK) | (arg & O_NONBLOCK);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static void
+fill_stat(struct file *f, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->mode = f->tty ? (S_IFCHR | 0620) : (S_IFIFO | 0600);
+	st->nlink = 1;
+	st->uid = BOOT->uid;
+	st->gid = BOOT->gid;
+	st->blksize = 4096;
+	st->dev = 0xc;
+	st->ino = (uint64_t)(f - files) + 1;
+}
+
+long
+sys_fstat(long fd, long stp)
+{
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	if (!user_ok((uint64_t)stp, sizeof(struct stat)))
+		return -EFAULT;
+	fill_stat(f, (struct stat *)stp);
+	return 0;
+}
+
+long
+sys_newfstatat(long dirfd, long path, long stp, long flags)
+{
+	const char *p = (const char *)path;
+	if (!user_str_ok(p, 4096))
+		return -EFAULT;
+	if (p[0] == 0 && (flags & AT_EMPTY_PATH))
+		return sys_fstat(dirfd, stp);
+	return -ENOENT;         /* there is no file system */
+}
+
+long
+sys_ioctl(long fd, long req, long arg)
+{
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	switch (req) {
+	case TIOCGWINSZ:
+		if (!f->tty)
+			return -ENOTTY;
+		if (!user_ok((uint64_t)arg, sizeof(struct winsize)))
+			return -EFAULT;
+		*(struct winsize *)arg = (struct winsize){ BOOT->tty_rows, BOOT->tty_cols, 0, 0 };
+		return 0;
+	case TCGETS:
+		if (!f->tty)
+			return -ENOTTY;
+		if (!user_ok((uint64_t)arg, sizeof(struct termios)))
+			return -EFAULT;
+		/* A cooked terminal: ICRNL IXON, OPOST ONLCR, B38400 CS8 CREAD, ISIG ICANON ECHO... */
+		*(struct termios *)arg = (struct termios){ 0x500, 0x5, 0xbf, 0x8a3b, 0, {0} };
+		return 0;
+	case FIONREAD:
+		if (f->type != FT_READ)
+			return -EINVAL;
+		if (!user_ok((uint64_t)arg, sizeof(int)))
+			return -EFAULT;
+		*(int *)arg = (int)(f->ring->head - f->ring->tail);
+		return 0;
+	}
+	return -ENOTTY;
+}
+
+long
+sys_lseek(long fd, long off, long whence)
+{
+	(void)off; (void)whence;
+	return getfile(fd) ? -ESPIPE : -EBADF;
+}

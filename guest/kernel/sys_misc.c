@@ -1,0 +1,323 @@
+/*
+ * sys_misc.c: the small system calls a C library needs to start and run:
+ * thread pointer, time and sleep, randomness, limits, names.
+ */
+#include "defs.h"
+#include "linux.h"
+#include "x86.h"
+
+static uint64_t fs_base;
+
+long
+sys_arch_prctl(long code, long addr)
+{
+	switch (code) {
+	case ARCH_SET_FS:
+		if ((uint64_t)addr >> 47)
+			return -EPERM;
+		fs_base = (uint64_t)addr;
+		if (cpu_features & CPUF_FSGSBASE)   /* unprivileged, fast */
+			__asm__ volatile("wrfsbase %0" : : "r"(fs_base));
+		else
+			gate(GATE_WRFSBASE, (long)fs_base, 0);
+		return 0;
+	case ARCH_GET_FS:
+		if (!user_ok((uint64_t)addr, 8))
+			return -EFAULT;
+		*(uint64_t *)addr = fs_base;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+long
+sys_set_tid_address(long p)
+{
+	(void)p;
+	return BOOT->pid;
+}
+
+long sys_set_robust_list(long head, long len) { (void)head; (void)len; return 0; }
+long sys_gettid(void) { return BOOT->pid; }
+long sys_sched_yield(void) { return 0; }
+
+long
+sys_futex(long uaddr, long op, long val)
+{
+	if (!user_ok((uint64_t)uaddr, 4))
+		return -EFAULT;
+	switch (op & FUTEX_CMD_MASK) {
+	case FUTEX_WAIT:
+		/* One thread: nobody could ever wake us. */
+		return *(volatile int *)uaddr != (int)val ? -EAGAIN : -EDEADLK;
+	case FUTEX_WAKE:
+		return 0;
+	}
+	return -ENOSYS;
+}
+
+static long
+put_ts(long p, uint64_t ns)
+{
+	if (!user_ok((uint64_t)p, sizeof(struct timespec)))
+		return -EFAULT;
+	*(struct timespec *)p = (struct timespec){ (int64_t)(ns / 1000000000), (int64_t)(ns % 1000000000) };
+	return 0;
+}
+
+static long
+clock_ns(long clk, uint64_t *ns)
+{
+	switch (clk) {
+	case CLOCK_REALTIME:
+	case CLOCK_REALTIME_COARSE:
+		*ns = clock_real_ns();
+		return 0;
+	case CLOCK_MONOTONIC:
+	case CLOCK_MONOTONIC_RAW:
+	case CLOCK_MONOTONIC_COARSE:
+	case CLOCK_BOOTTIME:
+	case CLOCK_PROCESS_CPUTIME_ID:  /* the VM is the process */
+	case CLOCK_THREAD_CPUTIME_ID:
+		*ns = clock_mono_ns();
+		return 0;
+	}
+	return -EINVAL;
+}
+
+long
+sys_clock_gettime(long clk, long tsp)
+{
+	uint64_t ns;
+	long e = clock_ns(clk, &ns);
+	return e ? e : put_ts(tsp, ns);
+}
+
+long
+sys_clock_getres(long clk, long tsp)
+{
+	uint64_t ns;
+	long e = clock_ns(clk, &ns);
+	if (e)
+		return e;
+	return tsp ? put_ts(tsp, 1) : 0;
+}
+
+long
+sys_gettimeofday(long tvp, long tzp)
+{
+	uint64_t ns = clock_real_ns();
+	if (tvp) {
+		if (!user_ok((uint64_t)tvp, sizeof(struct timeval)))
+			return -EFAULT;
+		*(struct timeval *)tvp = (struct timeval){ (int64_t)(ns / 1000000000), (int64_t)(ns % 1000000000 / 1000) };
+	}
+	if (tzp) {
+		if (!user_ok((uint64_t)tzp, 8))
+			return -EFAULT;
+		*(uint64_t *)tzp = 0;
+	}
+	return 0;
+}
+
+long
+sys_time(long tp)
+{
+	int64_t t = (int64_t)(clock_real_ns() / 1000000000);
+	if (tp) {
+		if (!user_ok((uint64_t)tp, 8))
+			return -EFAULT;
+		*(int64_t *)tp = t;
+	}
+	return t;
+}
+
+/* Sleep until the monotonic clock reads (end_ns). */
+static void
+sleep_mono(uint64_t end_ns)
+{
+	uint64_t now;
+	while ((now = clock_mono_ns()) < end_ns)
+		sleep_until(rdtsc() + ns_to_tsc(end_ns - now));
+}
+
+static long
+get_ts(long p, uint64_t *ns)
+{
+	if (!user_ok((uint64_t)p, sizeof(struct timespec)))
+		return -EFAULT;
+	const struct timespec *t = (const struct timespec *)p;
+	if (t->tv_sec < 0 || t->tv_nsec < 0 || t->tv_nsec >= 1000000000)
+		return -EINVAL;
+	*ns = (uint64_t)t->tv_sec * 1000000000 + (uint64_t)t->tv_nsec;
+	return 0;
+}
+
+long
+sys_nanosleep(long req, long rem)
+{
+	uint64_t ns;
+	long e = get_ts(req, &ns);
+	if (e)
+		return e;
+	sleep_mono(clock_mono_ns() + ns);
+	if (rem && user_ok((uint64_t)rem, sizeof(struct timespec)))
+		*(struct timespec *)rem = (struct timespec){ 0, 0 };
+	return 0;
+}
+
+long
+sys_clock_nanosleep(long clk, long flags, long req, long rem)
+{
+	uint64_t ns, now;
+	long e = clock_ns(clk, &now);
+	if (e)
+		return e;
+	if ((e = get_ts(req, &ns)))
+		return e;
+	if (flags & TIMER_ABSTIME)
+		ns = ns > now ? ns - now : 0;
+	sleep_mono(clock_mono_ns() + ns);
+	if (rem && !(flags & TIMER_ABSTIME) && user_ok((uint64_t)rem, sizeof(struct timespec)))
+		*(struct timespec *)rem = (struct timespec){ 0, 0 };
+	return 0;
+}
+
+/*
+ * Randomness: RDRAND where the CPU has it (and so fresh in each copy of a
+ * forked VM); otherwise a xorshift stream from the host's seed (not
+ * cryptographic; said in the limitations).
+ */
+static uint64_t
+random64(void)
+{
+	static uint64_t s;
+	uint64_t v;
+	unsigned char ok;
+
+	if (cpu_features & CPUF_RDRAND) {
+		for (int i = 0; i < 10; i++) {
+			__asm__ volatile("rdrand %0; setc %1" : "=r"(v), "=qm"(ok));
+			if (ok)
+				return v;
+		}
+	}
+	if (!s)
+		memcpy(&s, (const void *)BOOT->seed, 8), s |= 1;
+	s ^= s << 13;
+	s ^= s >> 7;
+	s ^= s << 17;
+	return s * 0x2545f4914f6cdd1dULL;
+}
+
+long
+sys_getrandom(long buf, long n, long flags)
+{
+	(void)flags;
+	if (n < 0)
+		return -EINVAL;
+	if (!user_ok((uint64_t)buf, (uint64_t)n))
+		return -EFAULT;
+	for (long i = 0; i < n; i += 8) {
+		uint64_t v = random64();
+		memcpy((char *)buf + i, &v, MIN(8, (size_t)(n - i)));
+	}
+	return n;
+}
+
+long
+sys_uname(long p)
+{
+	struct utsname *u = (struct utsname *)p;
+	if (!user_ok((uint64_t)p, sizeof(*u)))
+		return -EFAULT;
+	memset(u, 0, sizeof(*u));
+	memcpy(u->sysname, "Linux", 6);
+	memcpy(u->nodename, (const void *)BOOT->hostname, 64);
+	memcpy(u->release, "6.1.0-unifork", 14);
+	memcpy(u->version, "#1 unifork", 11);
+	memcpy(u->machine, "x86_64", 7);
+	memcpy(u->domainname, "(none)", 7);
+	return 0;
+}
+
+#define RLIMIT_STACK  3
+#define RLIMIT_NOFILE 7
+#define RLIMIT_AS     9
+
+long
+sys_prlimit64(long pid, long res, long newp, long oldp)
+{
+	if (pid != 0 && pid != BOOT->pid)
+		return -ESRCH;
+	if (res < 0 || res >= 16)
+		return -EINVAL;
+	if (oldp) {
+		struct rlimit r = { RLIM_INFINITY, RLIM_INFINITY };
+		if (!user_ok((uint64_t)oldp, sizeof(r)))
+			return -EFAULT;
+		if (res == RLIMIT_STACK)
+			r.cur = r.max = BOOT->ram_size - BOOT->stack_low;
+		else if (res == RLIMIT_NOFILE)
+			r.cur = r.max = 256;
+		*(struct rlimit *)oldp = r;
+	}
+	(void)newp;             /* limits are fixed; setting one is accepted */
+	return 0;
+}
+
+long
+sys_getrlimit(long res, long p)
+{
+	return sys_prlimit64(0, res, 0, p);
+}
+
+long
+sys_readlinkat(long dirfd, long path, long buf, long n)
+{
+	const char *p = (const char *)path;
+	(void)dirfd;
+	if (!user_str_ok(p, 4096))
+		return -EFAULT;
+	if (n <= 0)
+		return -EINVAL;
+	if (!user_ok((uint64_t)buf, (uint64_t)n))
+		return -EFAULT;
+	if (strcmp(p, "/proc/self/exe") != 0)
+		return -ENOENT;
+	size_t len = MIN(strnlen((const char *)BOOT->exe, sizeof(BOOT->exe)), (size_t)n);
+	memcpy((void *)buf, (const void *)BOOT->exe, len);
+	return (long)len;
+}
+
+long
+sys_readlink(long path, long buf, long n)
+{
+	return sys_readlinkat(AT_FDCWD, path, buf, n);
+}
+
+long
+sys_getcwd(long buf, long n)
+{
+	if (n < 2)
+		return -ERANGE;
+	if (!user_ok((uint64_t)buf, (uint64_t)n))
+		return -EFAULT;
+	memcpy((void *)buf, "/", 2);
+	return 2;
+}
+
+long
+sys_sched_getaffinity(long pid, long n, long mask)
+{
+	(void)pid;
+	if (n < 8)
+		return -EINVAL;
+	if (!user_ok((uint64_t)mask, (uint64_t)n))
+		return -EFAULT;
+	memset((void *)mask, 0, (size_t)n);
+	*(uint8_t *)mask = 1;   /* one CPU per VM */
+	return 8;
+}
+
+long sys_sigaltstack(long ss, long old) { (void)ss; (void)old; return 0; }

@@ -1,0 +1,167 @@
+/*
+ * trap.c: ring 0.  CPU exceptions (a fault in the program kills it the way
+ * Linux would), the doorbell and timer interrupts, and the privileged gate.
+ * All of this is emulated on PVM, so it does little and returns quickly.
+ */
+#include "defs.h"
+#include "x86.h"
+#include "linux.h"
+
+struct idtgate {
+	uint16_t off0, sel;
+	uint8_t ist, type;
+	uint16_t off1;
+	uint32_t off2, _r;
+};
+
+static struct idtgate idt[256] __attribute__((aligned(16)));
+
+#define V(n) extern char vector_##n[];
+V(0) V(1) V(2) V(3) V(4) V(5) V(6) V(7) V(8) V(9) V(10) V(11) V(12) V(13)
+V(14) V(15) V(16) V(17) V(18) V(19) V(20) V(21) V(32) V(33) V(255)
+#undef V
+extern char gate_ud2[];
+
+static void
+setgate(int n, void *fn, int ist)
+{
+	uint64_t a = (uint64_t)fn;
+
+	idt[n] = (struct idtgate){ (uint16_t)a, SEL_KCODE, (uint8_t)ist, 0x8e,
+	    (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
+}
+
+/*
+ * Exceptions run on IST1 (a known-good stack even when the fault is in the
+ * syscall layer at CPL 0), a double fault on IST2.  Interrupts use no IST:
+ * they only arrive inside the halt gate and nest on its stack.
+ */
+void
+idt_init(void)
+{
+	static void *exc[22] = {
+		vector_0, vector_1, vector_2, vector_3, vector_4, vector_5,
+		vector_6, vector_7, vector_8, vector_9, vector_10, vector_11,
+		vector_12, vector_13, vector_14, vector_15, vector_16,
+		vector_17, vector_18, vector_19, vector_20, vector_21,
+	};
+	struct { uint16_t lim; uint64_t base; } __attribute__((packed)) p;
+
+	for (int i = 0; i < 22; i++)
+		setgate(i, exc[i], i == 8 ? 2 : 1);
+	setgate(UF_VEC_TIMER, vector_32, 0);
+	setgate(UF_VEC_DOORBELL, vector_33, 0);
+	setgate(UF_VEC_SPURIOUS, vector_255, 0);
+	p.lim = sizeof(idt) - 1;
+	p.base = (uint64_t)idt;
+	__asm__ volatile("lidt %0" : : "m"(p));
+}
+
+static void
+lapic_eoi(void)
+{
+	((volatile uint32_t *)LAPIC_BASE)[0xb0 / 4] = 0;
+}
+
+static void
+poweroff(void)
+{
+	outb(UF_EXIT_PORT, 0);
+	for (;;)        /* isa-debug-exit missing: the host's timeout ends us */
+		__asm__ volatile("cli; hlt");
+}
+
+long
+gate_ring0(long op, long a, long b)
+{
+	(void)b;
+	switch (op) {
+	case GATE_HALT:
+		/*
+		 * Sleep until an interrupt: the doorbell, or the TSC deadline
+		 * (a).  sti's one-instruction shadow makes sti;hlt atomic, so
+		 * an interrupt that is already pending wakes the hlt.
+		 */
+		if (a && (cpu_features & CPUF_DEADLINE))
+			wrmsr(MSR_TSC_DEADLINE, (uint64_t)a);
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		if (a && (cpu_features & CPUF_DEADLINE))
+			wrmsr(MSR_TSC_DEADLINE, 0);
+		return 0;
+	case GATE_OUTB:
+		outb((uint16_t)a, (uint8_t)b);
+		return 0;
+	case GATE_WRFSBASE:
+		wrmsr(MSR_FS_BASE, (uint64_t)a);
+		return 0;
+	case GATE_POWEROFF:
+		poweroff();
+	}
+	return -EINVAL;
+}
+
+/* Linux's choice of signal for each CPU exception that a program can raise. */
+static int
+exception_signal(uint64_t vector)
+{
+	switch (vector) {
+	case 0: case 16: case 19: return SIGFPE;   /* #DE, #MF, #XM */
+	case 1: case 3: return SIGTRAP;
+	case 4: case 5: case 10: case 11: case 12: case 13: case 14: case 17:
+		return SIGSEGV;
+	case 6: return SIGILL;
+	case 7: return SIGFPE;
+	default: return SIGKILL;
+	}
+}
+
+static const char *const exception_name[22] = {
+	"divide error", "debug", "NMI", "breakpoint", "overflow",
+	"bound range", "invalid opcode", "device not available",
+	"double fault", "coprocessor overrun", "invalid TSS",
+	"segment not present", "stack fault", "general protection",
+	"page fault", "reserved", "x87 FP error", "alignment check",
+	"machine check", "SIMD FP error", "virtualization", "control protection",
+};
+
+void
+trap(struct trapframe *tf)
+{
+	switch (tf->vector) {
+	case 6:
+		if (tf->rip == (uint64_t)gate_ud2) {
+			tf->rax = (uint64_t)gate_ring0((long)tf->rdi,
+			    (long)tf->rsi, (long)tf->rdx);
+			tf->rip += 2;
+			return;
+		}
+		break;
+	case UF_VEC_DOORBELL:
+		/* Drain the UART so the line drops; the byte carries no data. */
+		while (inb(UF_DOORBELL_PORT + 5) & 1)
+			(void)inb(UF_DOORBELL_PORT);
+		lapic_eoi();
+		return;
+	case UF_VEC_TIMER:
+		lapic_eoi();
+		return;
+	case UF_VEC_SPURIOUS:
+		return;
+	}
+
+	/* A CPU exception: the process dies as Linux would kill it. */
+	int sig = exception_signal(tf->vector);
+	uint64_t addr = tf->vector == 14 ? read_cr2() : 0;
+	CTL->fault_vector = tf->vector;
+	CTL->fault_rip = tf->rip;
+	CTL->fault_addr = addr;
+	CTL->fault_error = tf->error;
+	kprintf("%s at rip %#lx addr %#lx (error %#lx%s)\n",
+	    tf->vector < 22 ? exception_name[tf->vector] : "exception",
+	    tf->rip, addr, tf->error,
+	    (tf->cs & 3) ? "" : ", in the kernel");
+	CTL->status = sig;
+	CTL->state = (tf->cs & 3) || tf->rip >= UF_USER_BASE ?
+	    UF_STATE_KILLED : UF_STATE_PANIC;
+	poweroff();
+}

@@ -1,0 +1,1 @@
+"""unifork workers: the data plane on each KVM host (VMs, rings, fork)."""

@@ -1,0 +1,126 @@
+"""The guest's memory before boot: page tables, boot page, program, stack.
+
+The host writes all of it straight into the VM's RAM file, so the guest's
+ring-0 code copies nothing (ring 0 is emulated and slow on nested KVM).
+Guest virtual addresses equal guest physical ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from collections.abc import Sequence
+
+from . import abi
+from .elf import Program
+from .errors import BadProgram
+
+MIB = 1 << 20
+_P, _RW, _US, _PWT, _PCD, _PS = 1, 2, 4, 8, 16, 128
+_LAPIC, _IOAPIC = 0xFEE00000, 0xFEC00000
+
+# auxv keys
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = \
+    0, 3, 4, 5, 6, 7, 8, 9
+AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = \
+    11, 12, 13, 14, 15, 16, 17
+AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN = 23, 25, 26, 31
+
+
+@dataclasses.dataclass
+class Layout:
+    """Where things are in a guest of (ram_size) bytes."""
+
+    ram_size: int
+    shm_size: int = abi.SHM_SIZE
+
+    @property
+    def shm_base(self) -> int:
+        return self.ram_size          # the second NUMA node follows RAM
+
+    @property
+    def stack_size(self) -> int:
+        return min(8 * MIB, self.ram_size // 8)
+
+    @property
+    def stack_low(self) -> int:
+        return self.ram_size - self.stack_size
+
+    @property
+    def mmap_top(self) -> int:
+        return self.stack_low - abi.PAGE_SIZE
+
+
+def page_tables(mem, layout: Layout) -> None:
+    """Identity-map RAM, the shm region and the APICs, at abi.PT_ADDR.
+
+    PML4, PDPT, four page directories (4 GiB), and one page table for the
+    first 2 MiB so that page 0 stays unmapped (null pointers fault).
+    Everything the program may touch is user-accessible: the VM is the
+    isolation boundary, and the system-call layer runs at CPL 3 on PVM.
+    """
+    base = abi.PT_ADDR
+    pml4, pdpt, pd, pt = base, base + 0x1000, base + 0x2000, base + 0x6000
+    user = _P | _RW | _US
+    struct.pack_into("<Q", mem, pml4, pdpt | user)
+    struct.pack_into("<4Q", mem, pdpt, *(pd + i * 0x1000 | user for i in range(4)))
+    struct.pack_into("<Q", mem, pd, pt | user)
+    struct.pack_into("<511Q", mem, pt + 8, *((i << 12) | user for i in range(1, 512)))
+
+    def map_2m(start: int, end: int, flags: int) -> None:
+        first, last = start >> 21, (end + (1 << 21) - 1) >> 21
+        n = last - max(first, 1)
+        struct.pack_into(f"<{n}Q", mem, pd + 8 * max(first, 1),
+                         *((i << 21) | flags | _PS for i in range(max(first, 1), last)))
+
+    map_2m(0, layout.ram_size, user)
+    map_2m(layout.shm_base, layout.shm_base + layout.shm_size, user)
+    map_2m(_IOAPIC, _IOAPIC + (2 << 20), _P | _RW | _PCD | _PWT)
+    map_2m(_LAPIC, _LAPIC + (2 << 20), _P | _RW | _PCD | _PWT)
+
+
+def load_program(mem, prog: Program) -> None:
+    """Copy the PT_LOAD segments to their addresses; the rest is zero."""
+    for s in prog.segments:
+        at = s.vaddr + prog.bias
+        mem[at:at + s.filesz] = prog.data[s.offset:s.offset + s.filesz]
+
+
+def initial_stack(mem, layout: Layout, prog: Program, argv: Sequence[bytes],
+                  envp: Sequence[bytes], exe: bytes, uid: int, gid: int,
+                  hwcap: int) -> int:
+    """Build the Linux initial stack at the top of RAM; return its rsp.
+
+    From the top down: strings, AT_RANDOM bytes; then, 16-byte aligned,
+    argc, argv[], NULL, envp[], NULL, auxv pairs, AT_NULL.
+    """
+    top = layout.ram_size - 64
+    pos = top
+
+    def put(b: bytes) -> int:
+        nonlocal pos
+        pos -= len(b)
+        mem[pos:pos + len(b)] = b
+        return pos
+
+    execfn = put(exe + b"\0")
+    platform = put(b"x86_64\0")
+    rand = put(os.urandom(16))
+    envs = [put(e + b"\0") for e in envp]
+    args = [put(a + b"\0") for a in argv]
+    auxv = [
+        (AT_PHDR, prog.phdr), (AT_PHENT, 56), (AT_PHNUM, prog.phnum),
+        (AT_PAGESZ, abi.PAGE_SIZE), (AT_BASE, 0), (AT_FLAGS, 0),
+        (AT_ENTRY, prog.entry), (AT_UID, uid), (AT_EUID, uid), (AT_GID, gid),
+        (AT_EGID, gid), (AT_SECURE, 0), (AT_RANDOM, rand), (AT_HWCAP, hwcap),
+        (AT_HWCAP2, 0), (AT_CLKTCK, 100), (AT_PLATFORM, platform),
+        (AT_EXECFN, execfn), (AT_NULL, 0),
+    ]
+    words = [len(argv), *args, 0, *envs, 0]
+    for k, v in auxv:
+        words += [k, v]
+    sp = (pos - 8 * len(words)) & ~15
+    struct.pack_into(f"<{len(words)}Q", mem, sp, *words)
+    if sp < layout.stack_low + 4096:
+        raise BadProgram("arguments and environment do not fit on the stack")
+    return sp
