@@ -1,0 +1,1 @@
+"""unifork broker: the control plane (Celery app, cluster state, the CLI)."""
