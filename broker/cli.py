@@ -5,17 +5,19 @@ nothing heavy (asyncio, Celery, Redis) is imported before it has.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 
 def _env_pair(s: str) -> str:
+    import argparse
     if "=" not in s or s.startswith("="):
         raise argparse.ArgumentTypeError(f"expected K=V, got {s!r}")
     return s
 
 
-def parser() -> argparse.ArgumentParser:
+def parser():
+    """The full command line (argparse), for help and for errors."""
+    import argparse
     p = argparse.ArgumentParser(prog="unifork",
                                 description="Run multi-process programs as unikernel VMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -34,11 +36,46 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fast_run_args(argv: list[str]) -> dict | None:
+    """Parse `run [--mem N] [--timeout S] [--env K=V]... PROGRAM [ARGS...]`
+    without argparse (14 ms to import here); None sends the words to
+    argparse, which explains what is wrong or prints the help."""
+    opts: dict = {"mem": 128, "timeout": None, "env": []}
+    i = 1
+    while i < len(argv) and argv[i].startswith("--"):
+        name, eq, value = argv[i].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value, i = argv[i + 1], i + 1
+        try:
+            if name == "--mem":
+                opts["mem"] = int(value)
+            elif name == "--timeout":
+                opts["timeout"] = float(value)
+            elif name == "--env" and "=" in value and not value.startswith("="):
+                opts["env"].append(value)
+            else:
+                return None
+        except ValueError:
+            return None
+        i += 1
+    if i >= len(argv) or argv[i].startswith("-"):
+        return None
+    opts["program"], opts["args"] = argv[i], argv[i + 1:]
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "run":
+    argv = sys.argv[1:] if argv is None else argv
+    fast = _fast_run_args(argv) if argv[:1] == ["run"] else None
+    if fast is None:
+        args = parser().parse_args(argv)
+        fast = vars(args)
+    if fast.get("command", "run") == "run":
         from workers.run import RunRequest, main_run
-        return main_run(RunRequest(args.program, args.args, args.env, args.mem, args.timeout))
+        return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
+                                   fast["timeout"]))
     return 2
 
 

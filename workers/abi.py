@@ -5,8 +5,7 @@ compiles the header and checks sizes, offsets and values against this file.
 """
 from __future__ import annotations
 
-import ctypes
-import enum
+import struct
 
 ABI_VERSION = 1
 
@@ -47,8 +46,8 @@ def shm_ring_off(i: int) -> int:
     return 0x1000 + i * SHM_SLOT
 
 
-class State(enum.IntEnum):
-    """Why the guest stopped (struct uf_ctl.state)."""
+class State:
+    """Why the guest stopped (enum uf_state in struct uf_ctl.state)."""
 
     NONE = 0
     RUNNING = 1
@@ -57,70 +56,61 @@ class State(enum.IntEnum):
     PANIC = 4
 
 
-class Boot(ctypes.Structure):
-    _fields_ = [
-        ("magic", ctypes.c_uint64),
-        ("abi_version", ctypes.c_uint32),
-        ("features", ctypes.c_uint32),
-        ("ram_size", ctypes.c_uint64),
-        ("shm_base", ctypes.c_uint64),
-        ("shm_size", ctypes.c_uint64),
-        ("tsc_khz", ctypes.c_uint64),
-        ("realtime_ns", ctypes.c_uint64),
-        ("entry", ctypes.c_uint64),
-        ("sp", ctypes.c_uint64),
-        ("brk", ctypes.c_uint64),
-        ("mmap_top", ctypes.c_uint64),
-        ("stack_low", ctypes.c_uint64),
-        ("pid", ctypes.c_uint32),
-        ("ppid", ctypes.c_uint32),
-        ("uid", ctypes.c_uint32),
-        ("gid", ctypes.c_uint32),
-        ("stdio_ring", ctypes.c_uint32 * 3),
-        ("tty", ctypes.c_uint32),
-        ("tty_rows", ctypes.c_uint16),
-        ("tty_cols", ctypes.c_uint16),
-        ("_pad0", ctypes.c_uint32),
-        ("seed", ctypes.c_uint8 * 32),
-        ("exe", ctypes.c_char * 256),
-        ("hostname", ctypes.c_char * 65),
-        ("_pad1", ctypes.c_char * 7),
-    ]
+class Record:
+    """A C structure of the ABI as (name, struct format) fields.
+
+    Reads and writes go through struct at fixed offsets: cheap to import
+    (unifork run imports this before QEMU starts) and fast to access.
+    tests/test_abi.py checks every offset against the C header.
+    """
+
+    def __init__(self, name: str, fields: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.fields = fields
+        self.offsets: dict[str, int] = {}
+        self.formats: dict[str, str] = {}
+        fmt = "<"
+        for fname, f in fields:
+            self.offsets[fname] = struct.calcsize(fmt)
+            self.formats[fname] = "<" + f
+            fmt += f
+        self.struct = struct.Struct(fmt)
+        self.size = self.struct.size
+
+    def get(self, buf, base: int, field: str):
+        v = struct.unpack_from(self.formats[field], buf, base + self.offsets[field])
+        return v if len(v) > 1 else v[0]
+
+    def put(self, buf, base: int, **values) -> None:
+        for field, v in values.items():
+            args = v if isinstance(v, (tuple, list)) else (v,)
+            struct.pack_into(self.formats[field], buf, base + self.offsets[field], *args)
+
+    def read(self, buf, base: int) -> dict:
+        """Every field, arrays as tuples."""
+        return {f: self.get(buf, base, f) for f, _ in self.fields}
 
 
-class Ctl(ctypes.Structure):
-    _fields_ = [
-        ("state", ctypes.c_uint32),
-        ("status", ctypes.c_int32),
-        ("fault_vector", ctypes.c_uint64),
-        ("fault_rip", ctypes.c_uint64),
-        ("fault_addr", ctypes.c_uint64),
-        ("fault_error", ctypes.c_uint64),
-        ("syscalls", ctypes.c_uint64),
-        ("_pad", ctypes.c_uint64 * 2),
-    ]
+BOOT = Record("uf_boot", [
+    ("magic", "Q"), ("abi_version", "I"), ("features", "I"),
+    ("ram_size", "Q"), ("shm_base", "Q"), ("shm_size", "Q"),
+    ("tsc_khz", "Q"), ("realtime_ns", "Q"), ("entry", "Q"), ("sp", "Q"),
+    ("brk", "Q"), ("mmap_top", "Q"), ("stack_low", "Q"),
+    ("pid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"),
+    ("stdio_ring", "3I"), ("tty", "I"), ("tty_rows", "H"), ("tty_cols", "H"),
+    ("_pad0", "I"), ("seed", "32s"), ("exe", "256s"), ("hostname", "65s"),
+    ("_pad1", "7s"),
+])
 
+CTL = Record("uf_ctl", [
+    ("state", "I"), ("status", "i"), ("fault_vector", "Q"), ("fault_rip", "Q"),
+    ("fault_addr", "Q"), ("fault_error", "Q"), ("syscalls", "Q"), ("_pad", "16s"),
+])
 
-class Ring(ctypes.Structure):
-    """The header of struct uf_ring; data[] follows it."""
+RING = Record("uf_ring", [
+    ("head", "Q"), ("writers", "I"), ("wr_wait", "I"), ("_pad0", "48s"),
+    ("tail", "Q"), ("readers", "I"), ("rd_wait", "I"), ("_pad1", "48s"),
+    ("size", "I"), ("_pad2", "60s"),
+])
 
-    _fields_ = [
-        ("head", ctypes.c_uint64),
-        ("writers", ctypes.c_uint32),
-        ("wr_wait", ctypes.c_uint32),
-        ("_pad0", ctypes.c_uint8 * 48),
-        ("tail", ctypes.c_uint64),
-        ("readers", ctypes.c_uint32),
-        ("rd_wait", ctypes.c_uint32),
-        ("_pad1", ctypes.c_uint8 * 48),
-        ("size", ctypes.c_uint32),
-        ("_pad2", ctypes.c_uint32 * 15),
-    ]
-
-
-class Shm(ctypes.Structure):
-    _fields_ = [
-        ("magic", ctypes.c_uint64),
-        ("abi_version", ctypes.c_uint32),
-        ("nrings", ctypes.c_uint32),
-    ]
+SHM = Record("uf_shm", [("magic", "Q"), ("abi_version", "I"), ("nrings", "I")])

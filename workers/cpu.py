@@ -1,69 +1,83 @@
-"""Three instructions Python lacks: rdtsc, mfence and cpuid.
+"""Three instructions Python lacks (rdtsc, mfence, cpuid), and what the
+guest needs to know about this CPU (its TSC rate, AT_HWCAP).
 
-The host shares rings with guests and must order its stores and loads the
+The host shares rings with guests and must order a store before a load the
 way the guest does (a full fence between raising a wait flag and re-reading
 a counter), and it tells the guest the TSC rate.  Each helper is a few bytes
-of x86-64 machine code in an executable page, called through ctypes.
+of x86-64 machine code in an executable page, called through ctypes, which
+is imported on first use only (it costs ~6 ms, `unifork run` counts them).
 """
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
-import time
 
 _CODE = {
     # rdtsc; shl $32, %rdx; or %rdx, %rax; ret
-    "rdtsc": bytes.fromhex("0f31 48c1e220 4809d0 c3"),
+    "rdtsc": "0f31 48c1e220 4809d0 c3",
     # mfence; ret
-    "mfence": bytes.fromhex("0faef0 c3"),
+    "mfence": "0faef0 c3",
     # push %rbx; mov %edi, %eax; xor %ecx, %ecx; cpuid; mov %edx, %eax; pop %rbx; ret
-    "cpuid_edx": bytes.fromhex("53 89f8 31c9 0fa2 89d0 5b c3"),
+    "cpuid_edx": "53 89f8 31c9 0fa2 89d0 5b c3",
 }
-
-_page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-_funcs = {}
-_off = 0
-for _name, _code in _CODE.items():
-    _page[_off:_off + len(_code)] = _code
-    _addr = ctypes.addressof(ctypes.c_char.from_buffer(_page, _off))
-    _funcs[_name] = _addr
-    _off += (len(_code) + 15) & ~15
-
-rdtsc = ctypes.CFUNCTYPE(ctypes.c_uint64)(_funcs["rdtsc"])
-mfence = ctypes.CFUNCTYPE(None)(_funcs["mfence"])
-_cpuid_edx = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_uint32)(_funcs["cpuid_edx"])
+_funcs: dict = {}
 
 
-def hwcap() -> int:
-    """CPUID leaf 1 EDX: what Linux puts in AT_HWCAP on x86."""
-    return int(_cpuid_edx(1))
+def _machine_code(name: str):
+    if not _funcs:
+        import ctypes
+        import mmap
+        page = mmap.mmap(-1, mmap.PAGESIZE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        off = 0
+        for fname, hexcode in _CODE.items():
+            code = bytes.fromhex(hexcode)
+            page[off:off + len(code)] = code
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(page, off))
+            argtypes = (ctypes.c_uint32,) if fname == "cpuid_edx" else ()
+            _funcs[fname] = ctypes.CFUNCTYPE(ctypes.c_uint64, *argtypes)(addr)
+            off += (len(code) + 15) & ~15
+        _funcs["page"] = page
+    return _funcs[name]
 
 
-def _measure_tsc_khz() -> int:
+def rdtsc() -> int:
+    return int(_machine_code("rdtsc")())
+
+
+def mfence() -> None:
+    _machine_code("mfence")()
+
+
+def _measure() -> tuple[int, int]:
+    import time
     t0, c0 = time.perf_counter_ns(), rdtsc()
     time.sleep(0.02)
     t1, c1 = time.perf_counter_ns(), rdtsc()
-    return (c1 - c0) * 1_000_000 // (t1 - t0)
+    khz = (c1 - c0) * 1_000_000 // (t1 - t0)
+    return khz, int(_machine_code("cpuid_edx")(1)) & 0xFFFFFFFF
 
 
-def tsc_khz() -> int:
-    """The TSC rate in kHz: measured once per machine boot, then cached."""
+def machine() -> tuple[int, int]:
+    """(TSC rate in kHz, CPUID.1:EDX for AT_HWCAP): measured once per
+    machine boot, then read from a small cache file."""
     try:
-        boot_id = open("/proc/sys/kernel/random/boot_id").read().strip()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot_id = f.read().strip()
     except OSError:
         boot_id = "unknown"
-    cache = os.path.join(os.path.expanduser("~/.cache/unifork"), f"tsc-khz-{boot_id}")
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "unifork", f"cpu-{boot_id}")
     try:
-        return int(open(cache).read())
+        with open(cache) as f:
+            khz, hwcap = map(int, f.read().split())
+            return khz, hwcap
     except (OSError, ValueError):
         pass
-    khz = _measure_tsc_khz()
+    khz, hwcap = _measure()
     try:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         with open(cache + ".tmp", "w") as f:
-            f.write(str(khz))
+            f.write(f"{khz} {hwcap}\n")
         os.replace(cache + ".tmp", cache)
     except OSError:
         pass
-    return khz
+    return khz, hwcap

@@ -5,7 +5,6 @@ reason a program cannot run is a BadProgram with a one-line message.
 """
 from __future__ import annotations
 
-import dataclasses
 import struct
 
 from .errors import BadProgram
@@ -17,26 +16,27 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 
 
-@dataclasses.dataclass(frozen=True)
 class Segment:
-    offset: int
-    vaddr: int
-    filesz: int
-    memsz: int
+    """A PT_LOAD segment: (filesz) bytes at (offset) in the file go to
+    (vaddr); the rest up to (memsz) is zero."""
+
+    __slots__ = ("offset", "vaddr", "filesz", "memsz")
+
+    def __init__(self, offset: int, vaddr: int, filesz: int, memsz: int) -> None:
+        self.offset, self.vaddr, self.filesz, self.memsz = offset, vaddr, filesz, memsz
 
 
-@dataclasses.dataclass(frozen=True)
 class Program:
     """A validated program: where its pieces go in guest memory."""
 
-    path: str
-    data: bytes
-    pie: bool
-    bias: int             # added to every vaddr (0 for ET_EXEC)
-    entry: int            # runtime entry point
-    phdr: int             # runtime address of the program headers
-    phnum: int
-    segments: tuple[Segment, ...]
+    def __init__(self, path: str, data: bytes, pie: bool, bias: int, entry: int,
+                 phdr: int, phnum: int, segments: tuple[Segment, ...]) -> None:
+        self.path, self.data, self.pie = path, data, pie
+        self.bias = bias            # added to every vaddr (0 for ET_EXEC)
+        self.entry = entry          # runtime entry point
+        self.phdr = phdr            # runtime address of the program headers
+        self.phnum = phnum
+        self.segments = segments
 
     @property
     def end(self) -> int:

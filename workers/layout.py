@@ -6,10 +6,8 @@ Guest virtual addresses equal guest physical ones.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import struct
-from collections.abc import Sequence
 
 from . import abi
 from .elf import Program
@@ -27,12 +25,12 @@ AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = \
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN = 23, 25, 26, 31
 
 
-@dataclasses.dataclass
 class Layout:
     """Where things are in a guest of (ram_size) bytes."""
 
-    ram_size: int
-    shm_size: int = abi.SHM_SIZE
+    def __init__(self, ram_size: int, shm_size: int = abi.SHM_SIZE) -> None:
+        self.ram_size = ram_size
+        self.shm_size = shm_size
 
     @property
     def shm_base(self) -> int:
@@ -86,9 +84,9 @@ def load_program(mem, prog: Program) -> None:
         mem[at:at + s.filesz] = prog.data[s.offset:s.offset + s.filesz]
 
 
-def initial_stack(mem, layout: Layout, prog: Program, argv: Sequence[bytes],
-                  envp: Sequence[bytes], exe: bytes, uid: int, gid: int,
-                  hwcap: int) -> int:
+def initial_stack(mem, layout: Layout, prog: Program, argv: list[bytes],
+                  envp: list[bytes], exe: bytes, uid: int, gid: int,
+                  hwcap: int = 0) -> int:
     """Build the Linux initial stack at the top of RAM; return its rsp.
 
     From the top down: strings, AT_RANDOM bytes; then, 16-byte aligned,

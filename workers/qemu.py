@@ -8,11 +8,8 @@ descriptors (/proc/self/fd/N, fd=N): nothing is created on disk.
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
-import functools
 import os
-import shutil
 
 from .errors import VMError
 
@@ -20,12 +17,21 @@ QEMU = os.environ.get("UNIFORK_QEMU", "qemu-system-x86_64")
 KVM_GET_API_VERSION = 0xAE00
 
 
-@functools.cache
+_kvm: bool | None = None
+
+
 def kvm_usable() -> bool:
     """Whether /dev/kvm opens and speaks KVM API 12 (the start-up check).
 
     UNIFORK_ACCEL=tcg forces TCG; UNIFORK_ACCEL=kvm insists on KVM.
     """
+    global _kvm
+    if _kvm is None:
+        _kvm = _check_kvm()
+    return _kvm
+
+
+def _check_kvm() -> bool:
     want = os.environ.get("UNIFORK_ACCEL", "")
     if want == "tcg":
         return False
@@ -44,25 +50,26 @@ def kvm_usable() -> bool:
 
 
 def qemu_binary() -> str:
-    path = shutil.which(QEMU)
-    if path is None:
-        raise VMError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
-    return path
+    """The QEMU executable's path, from UNIFORK_QEMU or PATH."""
+    if os.sep in QEMU:
+        return QEMU
+    for d in os.get_exec_path():
+        path = os.path.join(d, QEMU)
+        if os.access(path, os.X_OK):
+            return path
+    raise VMError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
 
 
-@dataclasses.dataclass
 class VMSpec:
     """What a VM is made of; the fds must be inheritable by QEMU."""
 
-    kernel: str
-    ram_mib: int
-    shm_mib: int
-    ram_fd: int
-    shm_fd: int
-    doorbell_fd: int
-    qmp_fd: int
-    kvm: bool
-    incoming: bool = False       # wait for a migration (fork) instead of booting
+    def __init__(self, kernel: str, ram_mib: int, shm_mib: int, ram_fd: int, shm_fd: int,
+                 doorbell_fd: int, qmp_fd: int, kvm: bool, incoming: bool = False) -> None:
+        self.kernel, self.ram_mib, self.shm_mib = kernel, ram_mib, shm_mib
+        self.ram_fd, self.shm_fd = ram_fd, shm_fd
+        self.doorbell_fd, self.qmp_fd = doorbell_fd, qmp_fd
+        self.kvm = kvm
+        self.incoming = incoming    # wait for a migration (fork) instead of booting
 
     def argv(self) -> list[str]:
         accel = "kvm" if self.kvm else "tcg"

@@ -9,100 +9,125 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 
-from . import abi, cpu
+from . import abi
 
-_HDR = 192  # sizeof(struct uf_ring)
+_R = abi.RING
+_HEAD, _TAIL = _R.offsets["head"], _R.offsets["tail"]
+_WRITERS, _READERS = _R.offsets["writers"], _R.offsets["readers"]
+_FLAG = {"wr_wait": _R.offsets["wr_wait"], "rd_wait": _R.offsets["rd_wait"]}
+_Q, _I = struct.Struct("<Q"), struct.Struct("<I")
+
+
+def _fence() -> None:
+    """A full memory fence (x86 orders everything but store-then-load)."""
+    from .cpu import mfence        # ctypes: kept off unifork run's start-up path
+    global _fence
+    _fence = mfence
+    mfence()
 
 
 class HostRing:
-    """One ring as the host sees it, inside a mapped buffer."""
+    """One ring as the host sees it, at (off) inside a mapped buffer."""
 
     def __init__(self, buf: mmap.mmap, off: int) -> None:
-        self.hdr = abi.Ring.from_buffer(buf, off)
-        self._data = memoryview(buf)[off + _HDR:off + _HDR + self.hdr.size]
-        self.size = self.hdr.size
+        self._buf = buf
+        self._off = off
+        self.size = _R.get(buf, off, "size")
+        self._data = memoryview(buf)[off + _R.size:off + _R.size + self.size]
 
     @classmethod
     def create(cls, buf: mmap.mmap, off: int, size: int) -> "HostRing":
         """Make an empty ring with one writer and one reader (memory must be zero)."""
-        hdr = abi.Ring.from_buffer(buf, off)
-        hdr.size, hdr.writers, hdr.readers = size, 1, 1
-        del hdr
+        _R.put(buf, off, size=size, writers=1, readers=1)
         return cls(buf, off)
+
+    def _get(self, at: int, s: struct.Struct = _Q) -> int:
+        return s.unpack_from(self._buf, self._off + at)[0]
+
+    def _set(self, at: int, v: int, s: struct.Struct = _Q) -> None:
+        s.pack_into(self._buf, self._off + at, v)
+
+    @property
+    def writers(self) -> int:
+        return self._get(_WRITERS, _I)
+
+    @property
+    def readers(self) -> int:
+        return self._get(_READERS, _I)
 
     # -- consumer side -------------------------------------------------
     def readable(self) -> int:
-        return self.hdr.head - self.hdr.tail
+        return self._get(_HEAD) - self._get(_TAIL)
 
     def read(self, limit: int = 1 << 30) -> tuple[bytes, bool]:
         """Take what is there, up to (limit) bytes.
 
         :return: the bytes, and whether the producer waits to be woken.
         """
-        h = self.hdr
-        tail = h.tail
-        n = min(h.head - tail, limit)
+        tail = self._get(_TAIL)
+        n = min(self._get(_HEAD) - tail, limit)
         if n == 0:
             return b"", False
         off = tail & (self.size - 1)
         first = min(n, self.size - off)
-        out = bytes(self._data[off:off + first]) + bytes(self._data[:n - first])
-        h.tail = tail + n
+        out = bytes(self._data[off:off + first])
+        if n > first:
+            out += bytes(self._data[:n - first])
+        self._set(_TAIL, tail + n)
         return out, self._take_flag("wr_wait")
 
     def eof(self) -> bool:
         """No writer is left and everything written has been read."""
-        return self.hdr.writers == 0 and self.readable() == 0
+        return self.writers == 0 and self.readable() == 0
 
     # -- producer side -------------------------------------------------
     def space(self) -> int:
-        return self.size - (self.hdr.head - self.hdr.tail)
+        return self.size - (self._get(_HEAD) - self._get(_TAIL))
 
     def write(self, data: bytes) -> tuple[int, bool]:
         """Put as much of (data) as fits.
 
         :return: the count written, and whether the consumer waits to be woken.
         """
-        h = self.hdr
-        head = h.head
-        n = min(len(data), self.size - (head - h.tail))
+        head = self._get(_HEAD)
+        n = min(len(data), self.size - (head - self._get(_TAIL)))
         if n == 0:
             return 0, False
         off = head & (self.size - 1)
         first = min(n, self.size - off)
         self._data[off:off + first] = data[:first]
         self._data[:n - first] = data[first:n]
-        h.head = head + n
+        self._set(_HEAD, head + n)
         return n, self._take_flag("rd_wait")
 
     def close_write(self) -> bool:
-        """Drop the host's write end; returns whether the reader waits."""
-        self.hdr.writers = max(0, self.hdr.writers - 1)
+        """Drop the host's write end (EOF); returns whether the reader waits."""
+        self._set(_WRITERS, max(0, self.writers - 1), _I)
         return self._take_flag("rd_wait")
 
     def close_read(self) -> bool:
-        """Drop the host's read end (EPIPE for writers); returns whether a writer waits."""
-        self.hdr.readers = max(0, self.hdr.readers - 1)
+        """Drop the host's read end (EPIPE); returns whether a writer waits."""
+        self._set(_READERS, max(0, self.readers - 1), _I)
         return self._take_flag("wr_wait")
 
     # -- waiting ---------------------------------------------------------
     def arm(self, flag: str) -> None:
         """Raise our wait flag before sleeping; the caller re-checks after."""
-        setattr(self.hdr, flag, 1)
-        cpu.mfence()
+        self._set(_FLAG[flag], 1, _I)
+        _fence()
 
     def _take_flag(self, flag: str) -> bool:
-        cpu.mfence()
-        if getattr(self.hdr, flag):
-            setattr(self.hdr, flag, 0)
+        _fence()
+        if self._get(_FLAG[flag], _I):
+            self._set(_FLAG[flag], 0, _I)
             return True
         return False
 
     def release(self) -> None:
-        """Drop the views into the buffer so it can be unmapped."""
+        """Drop the view into the buffer so that it can be unmapped."""
         self._data.release()
-        del self.hdr
 
 
 class SharedRegion:
@@ -110,26 +135,24 @@ class SharedRegion:
 
     def __init__(self, size: int = abi.SHM_SIZE) -> None:
         self.size = size
-        self.fd = os.memfd_create("unifork-shm", 0)
+        self.fd = os.memfd_create("unifork-shm", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size)
-        hdr = abi.Shm.from_buffer(self.map, 0)
-        hdr.magic, hdr.abi_version, hdr.nrings = abi.SHM_MAGIC, abi.ABI_VERSION, abi.SHM_RINGS
-        del hdr
-        self._rings: dict[int, HostRing] = {}
-        self._next = 0
+        abi.SHM.put(self.map, 0, magic=abi.SHM_MAGIC, abi_version=abi.ABI_VERSION,
+                    nrings=abi.SHM_RINGS)
+        self._rings: list[HostRing] = []
 
     def new_ring(self) -> tuple[int, HostRing]:
         """Allocate the next ring slot: an empty ring with one end each side."""
-        if self._next >= abi.SHM_RINGS:
+        idx = len(self._rings)
+        if idx >= abi.SHM_RINGS:
             raise RuntimeError("no free ring slot in the shared region")
-        idx, self._next = self._next, self._next + 1
         ring = HostRing.create(self.map, abi.shm_ring_off(idx), abi.RING_SIZE)
-        self._rings[idx] = ring
+        self._rings.append(ring)
         return idx, ring
 
     def close(self) -> None:
-        for r in self._rings.values():
+        for r in self._rings:
             r.release()
         self._rings.clear()
         self.map.close()

@@ -1,40 +1,44 @@
 """`unifork run`: one program, one VM, on this machine, no broker.
 
 The program's stdin, stdout and stderr are rings in the job's shared region;
-this module pumps them to and from our own file descriptors as bytes arrive,
-prints the guest kernel's log on stderr, and turns the way the VM stopped
-into an exit status the way a shell would (128 + signal when killed).
+the Supervisor pumps them to and from our own file descriptors as bytes
+arrive, prints the guest kernel's log on stderr, and turns the way the VM
+stopped into an exit status the way a shell would (128 + signal if killed).
+
+The waiting is a poll() over four descriptors (doorbell, QEMU's pidfd,
+stdin, a signal pipe): `unifork run` is measured against a bare QEMU launch,
+and asyncio alone takes longer to import than the guest takes to boot.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import signal
-import socket
 import stat
 import sys
 
 from . import abi, elf
 from .errors import BadProgram, UniforkError
+from .layout import Layout
 from .rings import HostRing, SharedRegion
 from .vm import VM
 
 EXIT_TIMEOUT = 124
+SIGINT, SIGKILL, SIGTERM, SIGHUP = 2, 9, 15, 1
+_STOPS = {SIGINT: "interrupted", SIGTERM: "terminated", SIGHUP: "hung up"}
 
 
-@dataclasses.dataclass
 class RunRequest:
-    program: str
-    args: list[str]
-    env: list[str]
-    mem_mib: int = 128
-    timeout: float | None = None
-    stdin: int = 0
-    stdout: int = 1
-    stderr: int = 2
+    """What to run, with what, and where its stdio goes."""
+
+    def __init__(self, program: str, args: list[str], env: list[str], mem_mib: int = 128,
+                 timeout: float | None = None, stdin: int = 0, stdout: int = 1,
+                 stderr: int = 2) -> None:
+        self.program, self.args, self.env = program, args, env
+        self.mem_mib, self.timeout = mem_mib, timeout
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
 
 
 def _signame(sig: int) -> str:
+    import signal
     try:
         return signal.Signals(sig).name
     except ValueError:
@@ -43,15 +47,14 @@ def _signame(sig: int) -> str:
 
 def prepare(req: RunRequest) -> elf.Program:
     """Read and validate the program; every problem is a BadProgram."""
+    if req.mem_mib % 2 or not 16 <= req.mem_mib <= abi.MAX_RAM >> 20:
+        raise BadProgram(f"--mem {req.mem_mib}: must be an even number of MiB "
+                         f"from 16 to {abi.MAX_RAM >> 20}")
     try:
         with open(req.program, "rb") as f:
             data = f.read()
     except OSError as err:
         raise BadProgram(f"{req.program}: {err.strerror}") from err
-    if req.mem_mib % 2 or not 16 <= req.mem_mib <= abi.MAX_RAM >> 20:
-        raise BadProgram(f"--mem {req.mem_mib}: must be an even number of MiB "
-                         f"from 16 to {abi.MAX_RAM >> 20}")
-    from .layout import Layout
     return elf.parse(req.program, data, abi.PIE_BASE, Layout(req.mem_mib << 20).mmap_top)
 
 
@@ -73,17 +76,12 @@ def run(req: RunRequest) -> int:
             cols, rows = os.get_terminal_size(req.stdout)
         except OSError:
             cols, rows = 0, 0
-        exe = os.path.abspath(req.program).encode()
         vm.load(prog, [req.program.encode(), *map(os.fsencode, req.args)],
-                [os.fsencode(e) for e in req.env], exe, pid=1, ppid=0,
-                stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
-                tty_size=(rows, cols), hostname=socket.gethostname().encode())
+                [os.fsencode(e) for e in req.env], os.fsencode(os.path.abspath(req.program)),
+                pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
+                tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         vm.start()
-        # Imported only now: asyncio and qemu.qmp take ~40 ms to import,
-        # which overlaps with QEMU's own start-up this way.
-        import asyncio
-        sup = Supervisor(vm, req, rings[0][1], rings[1][1], rings[2][1])
-        return asyncio.run(sup.run())
+        return Supervisor(vm, req, rings[0][1], rings[1][1], rings[2][1]).run()
     finally:
         if vm is not None:
             vm.close()
@@ -91,7 +89,11 @@ def run(req: RunRequest) -> int:
 
 
 class Supervisor:
-    """Pumps one VM's stdio and log until QEMU exits; decides the status."""
+    """Pumps one VM's stdio and log until QEMU exits; decides the status.
+
+    _pump() is the whole protocol and never blocks; run() only decides when
+    to call it again.
+    """
 
     def __init__(self, vm: VM, req: RunRequest, stdin: HostRing, stdout: HostRing,
                  stderr: HostRing) -> None:
@@ -100,72 +102,74 @@ class Supervisor:
         self.out_fds = {id(stdout): req.stdout, id(stderr): req.stderr}
         self.pending_in = b""
         self.stdin_eof = False
-        self.stdin_polled = False
-        self.stdin_ready = False
+        self.stdin_polled = False    # stdin is pollable (pipe, tty, socket)
+        self.stdin_ready = False     # a read will not block
         self.log_partial = b""
         self.stop_reason: str | None = None
 
-    async def run(self) -> int:
-        import asyncio
-        loop = asyncio.get_running_loop()
-        self.kick = asyncio.Event()
-        kick = self.kick.set
-        loop.add_reader(self.vm.bell, kick)
-        loop.add_reader(self.vm.pidfd, kick)
-        for sig, why in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"),
-                         (signal.SIGHUP, "hung up")):
-            loop.add_signal_handler(sig, self._stop, why)
+    def run(self) -> int:
+        # Imported here, once QEMU is starting: nothing delays its launch.
+        global select, signal
+        import select
+        import signal
+        poller = select.poll()
+        poller.register(self.vm.bell.fileno(), select.POLLIN)
+        poller.register(self.vm.pidfd, select.POLLIN)
+        sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        poller.register(sig_r, select.POLLIN)
+        old_wakeup = signal.set_wakeup_fd(sig_w)
+        old = {s: signal.signal(s, self._on_signal) for s in _STOPS}
+        self._start_stdin(poller)
+        deadline = None
         if self.req.timeout:
-            loop.call_later(self.req.timeout, self._stop, "timeout")
-        qmp = asyncio.create_task(self.vm.qmp())    # ready for quit, off the boot path
-        self._start_stdin(loop)
+            import time
+            deadline = time.monotonic() + self.req.timeout
         try:
             while True:
-                self.kick.clear()
                 self.vm.take_doorbells()
                 self._pump()
-                if self.vm.proc.poll() is not None or self.stop_reason:
+                if self.vm.poll() is not None or self.stop_reason:
                     break
                 self.stdout.arm("rd_wait")
                 self.stderr.arm("rd_wait")
                 if self.stdout.readable() or self.stderr.readable():
                     continue
-                await self.kick.wait()
+                self._sync_stdin(poller)
+                wait_ms = None
+                if deadline is not None:
+                    import time
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.stop_reason = "timeout"
+                        break
+                    wait_ms = int(left * 1000) + 1
+                for fd, _ in poller.poll(wait_ms):
+                    if fd == self.req.stdin:
+                        self.stdin_ready = True
+                    elif fd == sig_r:
+                        try:
+                            os.read(sig_r, 64)
+                        except OSError:
+                            pass
             if self.stop_reason:
-                await self.vm.quit()
+                self.vm.quit()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            loop.remove_reader(self.vm.bell)
-            loop.remove_reader(self.vm.pidfd)
-            if self.stdin_polled:
-                loop.remove_reader(self.req.stdin)
-            self.stdin_polled = False
-            await self._close_qmp(qmp)
-        rc = self.vm.reap()
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.close(sig_r)
+            os.close(sig_w)
+        rc = self.vm.wait()
         self._pump()
         self._flush_log()
         return self._status(rc)
 
-    @staticmethod
-    async def _close_qmp(task) -> None:
-        if not task.done():
-            task.cancel()
-        try:
-            client = await task
-            await client.disconnect()
-        except BaseException:   # noqa: BLE001 - QEMU is gone or going: nothing to tell
-            pass
-
-    def _stop(self, why: str) -> None:
-        self.stop_reason = self.stop_reason or why
-        self.kick.set()
+    def _on_signal(self, signum: int, frame) -> None:
+        self.stop_reason = self.stop_reason or _STOPS[signum]
 
     # -- stdin ---------------------------------------------------------------
-    # Our stdin is read only when the guest's stdin ring has room for more:
-    # the reader callback disarms itself until what it read is in the ring.
-    def _start_stdin(self, loop) -> None:
-        self.loop = loop
+    # Our stdin is read only when the guest's stdin ring has room for more.
+    def _start_stdin(self, poller) -> None:
         try:
             mode = os.fstat(self.req.stdin).st_mode
         except OSError:
@@ -173,17 +177,26 @@ class Supervisor:
             return
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             try:
-                loop.add_reader(self.req.stdin, self._stdin_readable)
+                poller.register(self.req.stdin, select.POLLIN)
+                poller.unregister(self.req.stdin)
                 self.stdin_polled = True
                 return
-            except PermissionError:
+            except OSError:
                 pass            # not pollable (/dev/null): it never blocks
-        self.stdin_ready = True         # read on demand
-
-    def _stdin_readable(self) -> None:
-        self.loop.remove_reader(self.req.stdin)
         self.stdin_ready = True
-        self.kick.set()
+
+    def _sync_stdin(self, poller) -> None:
+        """Poll stdin only while we want to read it."""
+        if not self.stdin_polled:
+            return
+        want = not self.stdin_eof and not self.pending_in and not self.stdin_ready
+        if want:
+            poller.register(self.req.stdin, select.POLLIN)
+        else:
+            try:
+                poller.unregister(self.req.stdin)
+            except KeyError:
+                pass
 
     def _stdin_done(self) -> None:
         if not self.stdin_eof:
@@ -195,7 +208,7 @@ class Supervisor:
     def _feed(self) -> None:
         if self.stdin_eof:
             return
-        if self.stdin.hdr.readers == 0:     # the program closed its stdin
+        if self.stdin.readers == 0:     # the program closed its stdin
             self._stdin_done()
             return
         while True:
@@ -206,6 +219,8 @@ class Supervisor:
                     self.pending_in = os.read(self.req.stdin, abi.RING_SIZE)
                 except OSError:
                     self.pending_in = b""
+                if self.stdin_polled:
+                    self.stdin_ready = False
                 if not self.pending_in:
                     self._stdin_done()
                     return
@@ -217,10 +232,6 @@ class Supervisor:
                 self.stdin.arm("wr_wait")
                 if self.stdin.space() == 0:
                     return
-            elif self.stdin_polled:      # all in the ring: listen again
-                self.stdin_ready = False
-                self.loop.add_reader(self.req.stdin, self._stdin_readable)
-                return
 
     # -- output --------------------------------------------------------------
     def _pump(self) -> None:
@@ -273,22 +284,21 @@ class Supervisor:
             return EXIT_TIMEOUT
         if self.stop_reason:
             self._say(f"{self.stop_reason}; the VM was stopped")
-            return 128 + {"interrupted": signal.SIGINT, "terminated": signal.SIGTERM,
-                          "hung up": signal.SIGHUP}[self.stop_reason]
-        state = ctl.state
+            return 128 + {v: k for k, v in _STOPS.items()}[self.stop_reason]
+        state, status = ctl["state"], ctl["status"]
         if state == abi.State.EXITED:
-            return ctl.status
+            return status
         if state == abi.State.KILLED:
-            self._say(f"killed by {_signame(ctl.status)}")
-            return 128 + ctl.status
+            self._say(f"killed by {_signame(status)}")
+            return 128 + status
         if state == abi.State.PANIC:
             self._say("the guest kernel failed (see above); the program was killed")
-            return 128 + signal.SIGKILL
+            return 128 + SIGKILL
         detail = self.vm.qemu_stderr()
         self._say("the VM stopped without an exit status "
                   f"(QEMU exit code {qemu_rc}: a triple fault or a QEMU crash)"
                   + (f": {detail}" if detail else ""))
-        return 128 + signal.SIGKILL
+        return 128 + SIGKILL
 
 
 def main_run(req: RunRequest) -> int:

@@ -1,20 +1,21 @@
 """One unifork VM: its RAM file, its QEMU process, its doorbell and QMP.
 
-The RAM is a memfd that the host maps (to lay out the program before boot
-and to read the control page and kernel log after) and QEMU maps through
-/proc/self/fd.  The doorbell and QMP are socketpairs.  When the VM is
-closed nothing remains: no process, no file, no socket path.
+The RAM is a memfd that the host maps (to lay out the program before boot,
+and to read the control page and kernel log) and QEMU maps through
+/proc/self/fd.  The doorbell and QMP are socketpairs.  QEMU runs in its own
+session (a terminal's Ctrl-C reaches us, not it) and is killed if we die
+(setpriv --pdeathsig).  After close() nothing remains: no process, no file,
+no socket path.
+
+Start-up speed matters (`unifork run` is measured against a bare QEMU
+launch): this module imports nothing heavy; QMP is imported when used.
 """
 from __future__ import annotations
 
-import enum
+import _socket
 import mmap
 import os
-import signal
-import socket
-import subprocess
 import time
-from typing import TYPE_CHECKING
 
 from . import abi, cpu, layout
 from .elf import Program
@@ -22,26 +23,19 @@ from .errors import VMError
 from .qemu import VMSpec, kvm_usable
 from .rings import HostRing, SharedRegion
 
-if TYPE_CHECKING:
-    from qemu.qmp import QMPClient
-
 KERNEL = os.environ.get(
     "UNIFORK_KERNEL",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  "guest", "build", "kernel.elf"))
+SETPRIV = "/usr/bin/setpriv"
 
 
-def _die_with_parent() -> None:
-    """In QEMU's child process: SIGKILL it if we die, even by SIGKILL."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+class VMState:
+    """Where a VM is in its life (VM.state)."""
 
-
-class VMState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
-    STOPPED = "stopped"       # QEMU has exited
+    STOPPED = "stopped"       # QEMU has exited and was reaped
     CLOSED = "closed"
 
 
@@ -56,63 +50,69 @@ class VM:
         self.shm = shm
         self.layout = layout.Layout(ram_mib << 20, shm.size)
         self.kvm = kvm_usable()
-        self.ram_fd = os.memfd_create("unifork-ram", 0)
+        self.ram_fd = os.memfd_create("unifork-ram", os.MFD_CLOEXEC)
         os.ftruncate(self.ram_fd, ram_mib << 20)
         self.mem = mmap.mmap(self.ram_fd, ram_mib << 20)
-        self.bell, self._bell_peer = socket.socketpair()
+        self.bell, self._bell_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.bell.setblocking(False)
-        self._qmp_sock, self._qmp_peer = socket.socketpair()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._qmp_sock, self._qmp_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.pid = 0
         self.pidfd = -1
-        self._qmp: QMPClient | None = None
+        self.returncode: int | None = None
+        self._stderr_r = -1
         self.log = HostRing.create(self.mem, abi.LOG_ADDR, abi.LOG_SIZE)
 
     # -- before boot -------------------------------------------------------
     def load(self, prog: Program, argv: list[bytes], envp: list[bytes], exe: bytes,
              pid: int, ppid: int, stdio: tuple[int, int, int], tty: int = 0,
              tty_size: tuple[int, int] = (0, 0), hostname: bytes = b"unifork") -> None:
-        """Lay out (prog) and its boot page in RAM."""
+        """Lay out (prog), its stack and the boot page in RAM."""
         lay = self.layout
         uid, gid = os.getuid(), os.getgid()
+        tsc_khz, hwcap = cpu.machine()
         layout.page_tables(self.mem, lay)
         layout.load_program(self.mem, prog)
-        sp = layout.initial_stack(self.mem, lay, prog, argv, envp, exe, uid, gid, cpu.hwcap())
-        b = abi.Boot.from_buffer(self.mem, abi.BOOT_ADDR)
-        b.magic, b.abi_version = abi.BOOT_MAGIC, abi.ABI_VERSION
-        b.features = abi.FEAT_KVM if self.kvm else 0
-        b.ram_size, b.shm_base, b.shm_size = lay.ram_size, lay.shm_base, lay.shm_size
-        b.tsc_khz = cpu.tsc_khz()
-        b.entry, b.sp = prog.entry, sp
-        b.brk = (prog.end + abi.PAGE_SIZE - 1) & ~(abi.PAGE_SIZE - 1)
-        b.mmap_top, b.stack_low = lay.mmap_top, lay.stack_low
-        b.pid, b.ppid, b.uid, b.gid = pid, ppid, uid, gid
-        b.stdio_ring[:] = list(stdio)
-        b.tty, (b.tty_rows, b.tty_cols) = tty, tty_size
-        b.seed[:] = list(os.urandom(32))
-        b.exe = exe[:255]
-        b.hostname = hostname[:64]
-        # QEMU resets the TSC to 0 when it creates the vCPU, just after this.
-        b.realtime_ns = time.time_ns()
-        del b
+        sp = layout.initial_stack(self.mem, lay, prog, argv, envp, exe, uid, gid, hwcap)
+        abi.BOOT.put(
+            self.mem, abi.BOOT_ADDR, magic=abi.BOOT_MAGIC, abi_version=abi.ABI_VERSION,
+            features=abi.FEAT_KVM if self.kvm else 0, ram_size=lay.ram_size,
+            shm_base=lay.shm_base, shm_size=lay.shm_size, tsc_khz=tsc_khz,
+            entry=prog.entry, sp=sp, brk=(prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
+            mmap_top=lay.mmap_top, stack_low=lay.stack_low, pid=pid, ppid=ppid,
+            uid=uid, gid=gid, stdio_ring=stdio, tty=tty, tty_rows=tty_size[0],
+            tty_cols=tty_size[1], seed=os.urandom(32), exe=exe[:255],
+            hostname=hostname[:64],
+            # QEMU resets the TSC to 0 as it creates the vCPU, just after this.
+            realtime_ns=time.time_ns())
 
     def start(self) -> None:
         """Start QEMU; the guest boots at once."""
-        spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, self.ram_fd, self.shm.fd,
-                      self._bell_peer.fileno(), self._qmp_peer.fileno(), self.kvm)
         if not os.path.exists(KERNEL):
             raise VMError(f"guest kernel {KERNEL} is missing: run make setup")
+        passed = (self.ram_fd, self.shm.fd, self._bell_peer.fileno(), self._qmp_peer.fileno())
+        spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm)
+        argv = spec.argv()
+        if os.access(SETPRIV, os.X_OK):
+            argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        self._stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        for fd in passed:
+            os.set_inheritable(fd, True)
         try:
-            self.proc = subprocess.Popen(
-                spec.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=_die_with_parent,
-                pass_fds=(self.ram_fd, self.shm.fd, self._bell_peer.fileno(),
-                          self._qmp_peer.fileno()))
+            self.pid = os.posix_spawn(
+                argv[0], argv, os.environ, setsid=True, file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, stderr_w, 2),
+                ])
         except OSError as err:
-            raise VMError(f"cannot start QEMU: {err}") from err
-        self._bell_peer.close()
-        self._qmp_peer.close()
-        self.pidfd = os.pidfd_open(self.proc.pid)
+            raise VMError(f"cannot start QEMU ({argv[0]}): {err.strerror}") from err
+        finally:
+            os.close(stderr_w)
+            for fd in (self.ram_fd, self.shm.fd):
+                os.set_inheritable(fd, False)
+            self._bell_peer.close()
+            self._qmp_peer.close()
+        self.pidfd = os.pidfd_open(self.pid)
         self.state = VMState.RUNNING
 
     # -- running -------------------------------------------------------------
@@ -120,7 +120,7 @@ class VM:
         """Wake a halted guest: one byte to its doorbell UART."""
         try:
             self.bell.send(b"\1")
-        except (BlockingIOError, OSError):
+        except OSError:
             pass                # a wake-up is already pending, or QEMU is gone
 
     def take_doorbells(self) -> None:
@@ -128,66 +128,76 @@ class VM:
         try:
             while self.bell.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
 
-    async def qmp(self) -> "QMPClient":
-        """The QMP client, connected on first use."""
-        if self._qmp is None:
-            from qemu.qmp import QMPClient
-            client = QMPClient("unifork")
-            await client.connect(self._qmp_sock)
-            self._qmp = client
-        return self._qmp
+    def poll(self) -> int | None:
+        """QEMU's exit code if it has exited (and reap it), else None."""
+        if self.returncode is None and self.pid:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._reaped(status)
+        return self.returncode
 
-    async def quit(self, grace: float = 1.0) -> None:
+    def wait(self) -> int:
+        if self.returncode is None:
+            self._reaped(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def _reaped(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.state = VMState.STOPPED
+
+    def quit(self, grace: float = 1.0) -> None:
         """Ask QEMU to quit over QMP; kill it if that does not work in time."""
-        import asyncio
-        if self.proc is None or self.proc.poll() is not None:
+        if self.poll() is not None:
             return
         try:
-            qmp = await asyncio.wait_for(self.qmp(), grace)
-            await asyncio.wait_for(qmp.execute("quit"), grace)
-        except Exception:   # noqa: BLE001 - any failure ends in SIGKILL below
+            import socket
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+            sock = socket.socket(fileno=self._qmp_sock.detach())
+            qmp = QEMUMonitorProtocol(sock)     # type: ignore[arg-type]
+            qmp.settimeout(grace)
+            qmp.connect()
+            qmp.cmd("quit")
+            qmp.close()
+        except Exception:       # noqa: BLE001 - any failure ends in SIGKILL below
             pass
         deadline = time.monotonic() + grace
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
         self.kill()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def reap(self) -> int:
-        """Wait for QEMU to have exited; its exit code."""
-        assert self.proc is not None
-        rc = self.proc.wait()
-        self.state = VMState.STOPPED
-        return rc
+        if self.poll() is None:
+            os.kill(self.pid, 9)        # SIGKILL
+            self.wait()
 
     def qemu_stderr(self) -> str:
-        if self.proc is None or self.proc.stderr is None:
+        """What QEMU printed (read once it has exited)."""
+        if self._stderr_r < 0:
             return ""
+        out = b""
         try:
-            return self.proc.stderr.read().decode(errors="replace").strip()
-        except (OSError, ValueError):
-            return ""
+            while chunk := os.read(self._stderr_r, 65536):
+                out += chunk
+        except OSError:
+            pass
+        return out.decode(errors="replace").strip()
 
     @property
-    def ctl(self) -> abi.Ctl:
-        return abi.Ctl.from_buffer_copy(self.mem, abi.CTL_ADDR)
+    def ctl(self) -> dict:
+        return abi.CTL.read(self.mem, abi.CTL_ADDR)
 
     def close(self) -> None:
         """Stop QEMU if it still runs and release every resource."""
         if self.state is VMState.CLOSED:
             return
-        self.kill()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
+        if self.pid:
+            self.kill()
+        for fd in (self.pidfd, self._stderr_r):
+            if fd >= 0:
+                os.close(fd)
         self.log.release()
         for s in (self.bell, self._bell_peer, self._qmp_sock, self._qmp_peer):
             s.close()
