@@ -1,0 +1,61 @@
+"""workers/abi.py is the twin of guest/include/unifork_abi.h: every
+structure's size and every field's offset, and every constant, agree."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from workers import abi
+
+RECORDS = [abi.BOOT, abi.CTL, abi.RING, abi.SHM]
+CONSTANTS = [
+    "ABI_VERSION", "PAGE_SIZE", "KERNEL_BASE", "BOOT_ADDR", "CTL_ADDR", "PT_ADDR",
+    "PT_PAGES", "LOG_ADDR", "LOG_SIZE", "USER_BASE", "PIE_BASE", "MAX_RAM",
+    "DOORBELL_PORT", "DOORBELL_IRQ", "EXIT_PORT", "VEC_TIMER", "VEC_DOORBELL",
+    "VEC_SPURIOUS", "BOOT_MAGIC", "FEAT_KVM", "TTY_STDIN", "TTY_STDOUT", "TTY_STDERR",
+    "SHM_MAGIC", "SHM_RINGS", "RING_SIZE", "SHM_SLOT", "SHM_SIZE",
+]
+STATES = {"NONE": 0, "RUNNING": 1, "EXITED": 2, "KILLED": 3, "PANIC": 4}
+
+
+@pytest.fixture(scope="module")
+def header_facts(tmp_path_factory) -> dict[str, int]:
+    """Compile a program against the header that prints what it says."""
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "unifork_abi.h"',
+             "int main(void) {"]
+    for rec in RECORDS:
+        lines.append(f'printf("sizeof {rec.name} %zu\\n", sizeof(struct {rec.name}));')
+        for field, _ in rec.fields:
+            lines.append(f'printf("{rec.name}.{field} %zu\\n", offsetof(struct {rec.name}, {field}));')
+    for c in CONSTANTS:
+        lines.append(f'printf("UF_{c} %llu\\n", (unsigned long long)(UF_{c}));')
+    for s in STATES:
+        lines.append(f'printf("UF_STATE_{s} %d\\n", UF_STATE_{s});')
+    lines.append('printf("ring_off_5 %llu\\n", (unsigned long long)UF_SHM_RING_OFF(5));')
+    lines.append("return 0; }")
+    d = tmp_path_factory.mktemp("abi")
+    (d / "facts.c").write_text("\n".join(lines))
+    subprocess.run(["gcc", "-I", ROOT / "guest" / "include", "-o", d / "facts", d / "facts.c"],
+                   check=True)
+    out = subprocess.run([d / "facts"], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=lambda r: r.name)
+def test_structures_have_the_same_layout(header_facts, rec):
+    assert header_facts[f"sizeof {rec.name}"] == rec.size
+    for field, _ in rec.fields:
+        assert header_facts[f"{rec.name}.{field}"] == rec.offsets[field], field
+
+
+@pytest.mark.parametrize("name", CONSTANTS)
+def test_constants_agree(header_facts, name):
+    assert header_facts[f"UF_{name}"] == getattr(abi, name)
+
+
+def test_states_and_ring_offsets_agree(header_facts):
+    for s, v in STATES.items():
+        assert header_facts[f"UF_STATE_{s}"] == getattr(abi.State, s) == v
+    assert header_facts["ring_off_5"] == abi.shm_ring_off(5)

@@ -1,0 +1,62 @@
+"""VMs run under KVM where /dev/kvm works, and under TCG (software
+emulation) otherwise; a smoke subset runs under TCG on every machine."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import UNIFORK, native, qemu_pids, status, unifork
+
+TCG = {"UNIFORK_ACCEL": "tcg"}
+
+
+def accel_of_a_running_vm(program, env=None) -> str:
+    before = qemu_pids()
+    p = subprocess.Popen([str(UNIFORK), "run", str(program("waiter", "musl")), "stdin"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         env={**os.environ, **(env or {})})
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        (qemu,) = qemu_pids() - before
+        cmdline = open(f"/proc/{qemu}/cmdline", "rb").read().split(b"\0")
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+    machine = next(a for a in cmdline if a.startswith(b"microvm"))
+    return "kvm" if b"accel=kvm" in machine else "tcg"
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                    reason="this machine has no usable /dev/kvm")
+def test_vms_use_kvm_when_dev_kvm_works(program):
+    assert accel_of_a_running_vm(program) == "kvm"
+
+
+def test_unifork_accel_tcg_forces_software_emulation(program):
+    assert accel_of_a_running_vm(program, TCG) == "tcg"
+
+
+@pytest.mark.tcg
+@pytest.mark.parametrize("name,libc", [("hello", "musl"), ("float", "glibc"),
+                                       ("echo", "glibc"), ("cat", "musl")])
+def test_examples_match_native_under_tcg(example, name, libc):
+    prog = example(name, libc)
+    want = native(prog, "x", input=b"some input\n")
+    got = unifork("run", prog, "x", input=b"some input\n", env=TCG)
+    assert got.stdout == want.stdout
+    assert status(got) == status(want)
+
+
+@pytest.mark.tcg
+def test_a_crash_is_reported_under_tcg(program):
+    got = unifork("run", program("crash", "glibc"), "segv", env=TCG)
+    assert got.returncode == 139 and b"killed by SIGSEGV" in got.stderr
+
+
+@pytest.mark.tcg
+def test_syscalls_answer_like_linux_under_tcg(program):
+    prog = program("sysinfo", "musl")
+    got = unifork("run", prog, env=TCG)
+    assert got.stdout == native(prog).stdout

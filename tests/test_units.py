@@ -1,0 +1,72 @@
+"""Unit tests of the host side's pure parts: ELF checks, the guest memory
+layout, and the host's end of a ring (on an ordinary buffer)."""
+from __future__ import annotations
+
+import mmap
+import struct
+
+import pytest
+
+from workers import abi, elf, layout
+from workers.errors import BadProgram
+from workers.rings import HostRing
+
+MIB = 1 << 20
+
+
+def test_et_exec_keeps_its_addresses_and_pie_moves_to_the_pie_base(example, program):
+    exe = elf.parse("x", example("hello", "musl").read_bytes(), abi.PIE_BASE, 100 * MIB)
+    assert not exe.pie and exe.bias == 0 and exe.start >= abi.USER_BASE
+    pie = elf.parse("y", program("sysinfo", "glibc", pie=True).read_bytes(), abi.PIE_BASE,
+                    100 * MIB)
+    assert pie.pie and pie.start == abi.PIE_BASE and pie.entry > abi.PIE_BASE
+
+
+def test_elf_errors_name_the_program():
+    with pytest.raises(BadProgram, match="^prog: not an ELF file$"):
+        elf.parse("prog", b"hello", abi.PIE_BASE, 100 * MIB)
+
+
+def test_page_tables_leave_page_zero_unmapped_and_map_all_ram():
+    lay = layout.Layout(64 * MIB)
+    mem = bytearray(64 * MIB)
+    layout.page_tables(mem, lay)
+    pt = abi.PT_ADDR + 0x6000
+    assert struct.unpack_from("<Q", mem, pt)[0] == 0                  # page 0
+    assert struct.unpack_from("<Q", mem, pt + 8)[0] & 0x7 == 0x7        # page 1: P RW US
+    pd = abi.PT_ADDR + 0x2000
+    last = (64 * MIB >> 21) - 1
+    assert struct.unpack_from("<Q", mem, pd + 8 * last)[0] == (last << 21) | 0x87
+    shm0 = struct.unpack_from("<Q", mem, pd + 8 * (last + 1))[0]
+    assert shm0 == (64 * MIB) | 0x87                                     # shm follows RAM
+
+
+def test_initial_stack_is_linux_shaped(example):
+    lay = layout.Layout(32 * MIB)
+    mem = bytearray(32 * MIB)
+    prog = elf.parse("p", example("hello", "musl").read_bytes(), abi.PIE_BASE, lay.mmap_top)
+    sp = layout.initial_stack(mem, lay, prog, [b"p", b"arg"], [b"A=1"], b"/x/p", 7, 8)
+    assert sp % 16 == 0
+    argc, a0, a1, null, e0, null2 = struct.unpack_from("<6Q", mem, sp)
+    assert (argc, null, null2) == (2, 0, 0)
+    assert mem[a1:a1 + 4] == b"arg\0" and mem[e0:e0 + 4] == b"A=1\0"
+    aux = dict(struct.unpack_from("<2Q", mem, sp + 48 + 16 * i) for i in range(19))
+    assert aux[layout.AT_PAGESZ] == 4096 and aux[layout.AT_ENTRY] == prog.entry
+    assert aux[layout.AT_UID] == 7 and aux[layout.AT_GID] == 8 and aux[layout.AT_SECURE] == 0
+    assert mem[aux[layout.AT_EXECFN]:aux[layout.AT_EXECFN] + 5] == b"/x/p\0"
+
+
+def test_host_ring_wraps_and_reports_waiters():
+    buf = mmap.mmap(-1, 4096)
+    ring = HostRing.create(buf, 0, 1024)
+    n, wake = ring.write(b"a" * 1000)
+    assert (n, wake) == (1000, False)
+    assert ring.read(600)[0] == b"a" * 600
+    abi.RING.put(buf, 0, rd_wait=1)                 # the guest sleeps on read
+    n, wake = ring.write(bytes(range(256)) * 4)
+    assert n == 624 and wake                        # fills up, across the end
+    assert abi.RING.get(buf, 0, "rd_wait") == 0     # the flag is taken
+    data, _ = ring.read()
+    assert data == b"a" * 400 + (bytes(range(256)) * 4)[:624]
+    assert ring.space() == 1024
+    ring.release()
