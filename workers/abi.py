@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 PAGE_SIZE = 0x1000
 KERNEL_BASE = 0x100000
@@ -54,6 +54,29 @@ class State:
     EXITED = 2
     KILLED = 3
     PANIC = 4
+
+
+class Req:
+    """Requests from guest to host (enum uf_req in struct uf_ctl.req)."""
+
+    NONE = 0
+    FORK = 1
+    WAIT = 2
+    KILL = 3
+    EXEC = 4
+
+
+class Sleep:
+    """What a halted guest waits for (enum uf_sleep in struct uf_ctl.asleep)."""
+
+    NONE = 0
+    REPLY = 1
+    READ = 2
+    WRITE = 3
+    TIMER = 4
+
+
+PIPE_BUF = 4096
 
 
 class Record:
@@ -104,13 +127,19 @@ BOOT = Record("uf_boot", [
 
 CTL = Record("uf_ctl", [
     ("state", "I"), ("status", "i"), ("fault_vector", "Q"), ("fault_rip", "Q"),
-    ("fault_addr", "Q"), ("fault_error", "Q"), ("syscalls", "Q"), ("_pad", "16s"),
+    ("fault_addr", "Q"), ("fault_error", "Q"), ("syscalls", "Q"), ("_pad0", "16s"),
+    ("req", "I"), ("req_seq", "I"), ("arg", "4q"), ("asleep", "I"), ("sleep_ring", "i"),
+    ("_pad1", "16s"),
+    ("rep_seq", "I"), ("_pad2", "I"), ("ret", "q"), ("val", "2q"), ("_pad3", "32s"),
+    ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("_pad4", "40s"),
+    ("ends", "128H"),
 ])
 
 RING = Record("uf_ring", [
-    ("head", "Q"), ("writers", "I"), ("wr_wait", "I"), ("_pad0", "48s"),
-    ("tail", "Q"), ("readers", "I"), ("rd_wait", "I"), ("_pad1", "48s"),
-    ("size", "I"), ("_pad2", "60s"),
+    ("head", "Q"), ("wlock", "I"), ("wr_wait", "I"), ("_pad0", "48s"),
+    ("tail", "Q"), ("rlock", "I"), ("rd_wait", "I"), ("_pad1", "48s"),
+    ("readers", "I"), ("writers", "I"), ("size", "I"), ("_pad2", "52s"),
 ])
 
-SHM = Record("uf_shm", [("magic", "Q"), ("abi_version", "I"), ("nrings", "I")])
+SHM = Record("uf_shm", [("magic", "Q"), ("abi_version", "I"), ("nrings", "I"),
+                        ("used", "Q")])

@@ -18,6 +18,8 @@ _CODE = {
     "mfence": "0faef0 c3",
     # push %rbx; mov %edi, %eax; xor %ecx, %ecx; cpuid; mov %edx, %eax; pop %rbx; ret
     "cpuid_edx": "53 89f8 31c9 0fa2 89d0 5b c3",
+    # mov %rsi, %rax; lock xadd %rax, (%rdi); add %rsi, %rax; ret  (returns the new value)
+    "atomic_add": "4889f0 f0480fc107 4801f0 c3",
 }
 _funcs: dict = {}
 
@@ -33,7 +35,8 @@ def _machine_code(name: str):
             code = bytes.fromhex(hexcode)
             page[off:off + len(code)] = code
             addr = ctypes.addressof(ctypes.c_char.from_buffer(page, off))
-            argtypes = (ctypes.c_uint32,) if fname == "cpuid_edx" else ()
+            argtypes = {"cpuid_edx": (ctypes.c_uint32,),
+                        "atomic_add": (ctypes.c_void_p, ctypes.c_int64)}.get(fname, ())
             _funcs[fname] = ctypes.CFUNCTYPE(ctypes.c_uint64, *argtypes)(addr)
             off += (len(code) + 15) & ~15
         _funcs["page"] = page
@@ -46,6 +49,20 @@ def rdtsc() -> int:
 
 def mfence() -> None:
     _machine_code("mfence")()
+
+
+def address(buf) -> int:
+    """The address of a writable mapping (an mmap), to hand to atomic_add."""
+    import ctypes
+    c = ctypes.c_char.from_buffer(buf)
+    addr = ctypes.addressof(c)
+    del c                       # no lasting export: the mmap can still be closed
+    return addr
+
+
+def atomic_add(addr: int, delta: int) -> int:
+    """lock xadd on the 64-bit word at (addr), as guests do; the new value."""
+    return int(_machine_code("atomic_add")(addr, delta)) & (2**64 - 1)
 
 
 def _measure() -> tuple[int, int]:

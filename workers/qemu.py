@@ -94,6 +94,6 @@ class VMSpec:
             "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-kernel", self.kernel,
         ]
-        if self.incoming:
-            args += ["-incoming", "defer"]
+        if self.incoming:           # a pool VM: paused, until a fork migrates into it
+            args += ["-S", "-incoming", "defer"]
         return args

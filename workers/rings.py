@@ -16,8 +16,11 @@ from . import abi
 _R = abi.RING
 _HEAD, _TAIL = _R.offsets["head"], _R.offsets["tail"]
 _WRITERS, _READERS = _R.offsets["writers"], _R.offsets["readers"]
+_ENDS = _READERS                # readers | writers << 32: one atomic word
 _FLAG = {"wr_wait": _R.offsets["wr_wait"], "rd_wait": _R.offsets["rd_wait"]}
+_LOCKS = (_R.offsets["wlock"], _R.offsets["rlock"])
 _Q, _I = struct.Struct("<Q"), struct.Struct("<I")
+_USED = abi.SHM.offsets["used"]
 
 
 def _fence() -> None:
@@ -31,10 +34,13 @@ def _fence() -> None:
 class HostRing:
     """One ring as the host sees it, at (off) inside a mapped buffer."""
 
-    def __init__(self, buf: mmap.mmap, off: int) -> None:
+    def __init__(self, buf: mmap.mmap, off: int, base: "list[int] | None" = None) -> None:
         self._buf = buf
         self._off = off
+        self._base = base if base is not None else [0]  # the mapping's address, shared
         self.size = _R.get(buf, off, "size")
+        if not 0 < self.size <= abi.RING_SIZE or self.size & (self.size - 1):
+            raise ValueError(f"ring at {off:#x} has a bad size {self.size}")
         self._data = memoryview(buf)[off + _R.size:off + _R.size + self.size]
 
     @classmethod
@@ -64,10 +70,13 @@ class HostRing:
     def read(self, limit: int = 1 << 30) -> tuple[bytes, bool]:
         """Take what is there, up to (limit) bytes.
 
+        A guest may have written garbage into the counters: the count is
+        clamped to the ring's size, so the host never reads outside it.
+
         :return: the bytes, and whether the producer waits to be woken.
         """
         tail = self._get(_TAIL)
-        n = min(self._get(_HEAD) - tail, limit)
+        n = min((self._get(_HEAD) - tail) % 2**64, limit, self.size)
         if n == 0:
             return b"", False
         off = tail & (self.size - 1)
@@ -84,7 +93,7 @@ class HostRing:
 
     # -- producer side -------------------------------------------------
     def space(self) -> int:
-        return self.size - (self._get(_HEAD) - self._get(_TAIL))
+        return max(0, self.size - (self._get(_HEAD) - self._get(_TAIL)) % 2**64)
 
     def write(self, data: bytes) -> tuple[int, bool]:
         """Put as much of (data) as fits.
@@ -92,7 +101,7 @@ class HostRing:
         :return: the count written, and whether the consumer waits to be woken.
         """
         head = self._get(_HEAD)
-        n = min(len(data), self.size - (head - self._get(_TAIL)))
+        n = min(len(data), self.space())
         if n == 0:
             return 0, False
         off = head & (self.size - 1)
@@ -102,15 +111,38 @@ class HostRing:
         self._set(_HEAD, head + n)
         return n, self._take_flag("rd_wait")
 
+    def add_ends(self, readers: int, writers: int) -> int:
+        """Atomically add to the open ends (negative: close), as guests do;
+        returns the new readers | writers << 32."""
+        from .cpu import address, atomic_add
+        if not self._base[0]:
+            self._base[0] = address(self._buf)
+        return atomic_add(self._base[0] + self._off + _ENDS, readers + (writers << 32))
+
     def close_write(self) -> bool:
         """Drop the host's write end (EOF); returns whether the reader waits."""
-        self._set(_WRITERS, max(0, self.writers - 1), _I)
+        self.add_ends(0, -1)
         return self._take_flag("rd_wait")
 
     def close_read(self) -> bool:
         """Drop the host's read end (EPIPE); returns whether a writer waits."""
-        self._set(_READERS, max(0, self.readers - 1), _I)
+        self.add_ends(-1, 0)
         return self._take_flag("wr_wait")
+
+    def release_locks(self, pid: int) -> None:
+        """Free the copy locks a dead process (pid) held."""
+        for at in _LOCKS:
+            if self._get(at, _I) == pid:
+                self._set(at, 0, _I)
+
+    def clear_wait_flags(self) -> bool:
+        """Take both wait flags (after a change); whether either was up."""
+        _fence()
+        up = self._get(_FLAG["rd_wait"], _I) or self._get(_FLAG["wr_wait"], _I)
+        if up:
+            self._set(_FLAG["rd_wait"], 0, _I)
+            self._set(_FLAG["wr_wait"], 0, _I)
+        return bool(up)
 
     # -- waiting ---------------------------------------------------------
     def arm(self, flag: str) -> None:
@@ -140,19 +172,33 @@ class SharedRegion:
         self.map = mmap.mmap(self.fd, size)
         abi.SHM.put(self.map, 0, magic=abi.SHM_MAGIC, abi_version=abi.ABI_VERSION,
                     nrings=abi.SHM_RINGS)
-        self._rings: list[HostRing] = []
+        self._rings: dict[int, HostRing] = {}
+        self._base = [0]
 
     def new_ring(self) -> tuple[int, HostRing]:
-        """Allocate the next ring slot: an empty ring with one end each side."""
-        idx = len(self._rings)
-        if idx >= abi.SHM_RINGS:
-            raise RuntimeError("no free ring slot in the shared region")
+        """Allocate a ring slot for the host's use (stdio): an empty ring
+        with one end each side.  Only before any guest runs."""
+        used = abi.SHM.get(self.map, 0, "used")
+        idx = next(i for i in range(abi.SHM_RINGS) if not used >> i & 1)
+        abi.SHM.put(self.map, 0, used=used | 1 << idx)
         ring = HostRing.create(self.map, abi.shm_ring_off(idx), abi.RING_SIZE)
-        self._rings.append(ring)
+        ring._base = self._base
+        self._rings[idx] = ring
         return idx, ring
 
+    def ring(self, idx: int) -> HostRing:
+        """The host's view of ring slot (idx), allocated by anyone."""
+        r = self._rings.get(idx)
+        if r is None:
+            r = self._rings[idx] = HostRing(self.map, abi.shm_ring_off(idx), self._base)
+        return r
+
+    def used(self) -> int:
+        """The bitmap of ring slots in use."""
+        return abi.SHM.get(self.map, 0, "used")
+
     def close(self) -> None:
-        for r in self._rings:
+        for r in self._rings.values():
             r.release()
         self._rings.clear()
         self.map.close()

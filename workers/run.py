@@ -19,6 +19,7 @@ from . import abi, elf
 from .errors import BadProgram, UniforkError
 from .layout import Layout
 from .rings import HostRing, SharedRegion
+from .job import Job, Proc
 from .vm import VM
 
 EXIT_TIMEOUT = 124
@@ -31,10 +32,19 @@ class RunRequest:
 
     def __init__(self, program: str, args: list[str], env: list[str], mem_mib: int = 128,
                  timeout: float | None = None, stdin: int = 0, stdout: int = 1,
-                 stderr: int = 2) -> None:
+                 stderr: int = 2, max_procs: int = 64) -> None:
         self.program, self.args, self.env = program, args, env
         self.mem_mib, self.timeout = mem_mib, timeout
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.max_procs = max_procs
+
+
+def host_max_vms() -> int:
+    """The most VMs this host runs at once (UNIFORK_HOST_MAX_VMS, default 64)."""
+    try:
+        return max(1, int(os.environ.get("UNIFORK_HOST_MAX_VMS", "64")))
+    except ValueError:
+        return 64
 
 
 def _signame(sig: int) -> str:
@@ -65,8 +75,10 @@ def run(req: RunRequest) -> int:
     :raise VMError: when QEMU cannot be started.
     """
     prog = prepare(req)
+    if req.max_procs < 1:
+        raise BadProgram(f"--max-procs {req.max_procs}: must be at least 1")
     shm = SharedRegion()
-    vm: VM | None = None
+    job = None
     try:
         rings = [shm.new_ring() for _ in range(3)]
         vm = VM(req.mem_mib, shm)
@@ -80,31 +92,39 @@ def run(req: RunRequest) -> int:
                 [os.fsencode(e) for e in req.env], os.fsencode(os.path.abspath(req.program)),
                 pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
+        sup = Supervisor(req, rings[0][1], rings[1][1], rings[2][1])
+        job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, host_max_vms(), sup.say)
+        sup.job = job
+        job.add(vm)
         vm.start()
-        return Supervisor(vm, req, rings[0][1], rings[1][1], rings[2][1]).run()
+        return sup.run()
     finally:
-        if vm is not None:
-            vm.close()
+        if job is not None:
+            job.close()
         shm.close()
 
 
 class Supervisor:
-    """Pumps one VM's stdio and log until QEMU exits; decides the status.
+    """Runs a job's I/O until pid 1 ends: wakes on doorbells, VM exits,
+    stdin and signals; pumps stdio and the guests' logs; hands requests and
+    exits to the Job.  Decides the exit status.
 
-    _pump() is the whole protocol and never blocks; run() only decides when
-    to call it again.
+    _pump() is the whole stdio protocol and never blocks; run() only
+    decides when to call it again.
     """
 
-    def __init__(self, vm: VM, req: RunRequest, stdin: HostRing, stdout: HostRing,
+    job: Job
+
+    def __init__(self, req: RunRequest, stdin: HostRing, stdout: HostRing,
                  stderr: HostRing) -> None:
-        self.vm, self.req = vm, req
+        self.req = req
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.out_fds = {id(stdout): req.stdout, id(stderr): req.stderr}
         self.pending_in = b""
         self.stdin_eof = False
         self.stdin_polled = False    # stdin is pollable (pipe, tty, socket)
         self.stdin_ready = False     # a read will not block
-        self.log_partial = b""
+        self.log_partial: dict[int, bytes] = {}
         self.stop_reason: str | None = None
 
     def run(self) -> int:
@@ -112,23 +132,31 @@ class Supervisor:
         global select, signal
         import select
         import signal
-        poller = select.poll()
-        poller.register(self.vm.bell.fileno(), select.POLLIN)
-        poller.register(self.vm.pidfd, select.POLLIN)
+        job = self.job
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        poller.register(sig_r, select.POLLIN)
         old_wakeup = signal.set_wakeup_fd(sig_w)
         old = {s: signal.signal(s, self._on_signal) for s in _STOPS}
+        poller = select.poll()
         self._start_stdin(poller)
+        by_fd: dict[int, tuple[str, Proc]] = {}
         deadline = None
         if self.req.timeout:
             import time
             deadline = time.monotonic() + self.req.timeout
+        pid1 = job.procs[1]
         try:
             while True:
-                self.vm.take_doorbells()
+                if job.changed:
+                    by_fd = self._repoll(poller, by_fd, sig_r)
+                for p in job.live():
+                    if p.vm.poll() is not None:
+                        self._ended(p)
+                    else:
+                        p.vm.take_doorbells()
+                        job.service(p)
                 self._pump()
-                if self.vm.poll() is not None or self.stop_reason:
+                job.wake_sleepers()
+                if not pid1.running or self.stop_reason:
                     break
                 self.stdout.arm("rd_wait")
                 self.stderr.arm("rd_wait")
@@ -151,18 +179,53 @@ class Supervisor:
                             os.read(sig_r, 64)
                         except OSError:
                             pass
-            if self.stop_reason:
-                self.vm.quit()
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)
             os.close(sig_r)
             os.close(sig_w)
-        rc = self.vm.wait()
+        if self.stop_reason and pid1.running:
+            pid1.vm.quit()
+        for p in job.live():            # pid 1 has ended: so does the job
+            if p.vm is not None and p.vm.poll() is None:
+                p.vm.kill()
+            self._ended(p)
         self._pump()
-        self._flush_log()
-        return self._status(rc)
+        for pid in list(self.log_partial):
+            self._flush_log(pid)
+        return self._status(pid1)
+
+    def _repoll(self, poller, by_fd, sig_r) -> dict:
+        for fd in by_fd:
+            poller.unregister(fd)
+        by_fd = {}
+        for p in self.job.live():
+            by_fd[p.vm.bell.fileno()] = ("bell", p)
+            by_fd[p.vm.pidfd] = ("exit", p)
+        by_fd[sig_r] = ("signal", None)
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        self.job.changed = False
+        return by_fd
+
+    def _ended(self, p: Proc) -> None:
+        """(p)'s QEMU has exited: reap it, keep its last log lines, free it."""
+        vm = p.vm
+        vm.wait()
+        self._drain_log(p)
+        self.job.reap(p)
+        if p.pid != 1 and p.killed_by is not None and abi.CTL.get(
+                vm.mem, abi.CTL_ADDR, "state") == abi.State.KILLED:
+            self.say(p.pid, f"killed by {_signame(p.killed_by)}")
+        self.pid1_qemu_rc = vm.returncode if p.pid == 1 else getattr(self, "pid1_qemu_rc", 0)
+        if p.pid == 1:
+            self.pid1_ctl = vm.ctl
+            self.pid1_qemu_err = vm.qemu_stderr()
+        if vm._qmp is not None and self.job.loop is not None:
+            self.job.loop.run_until_complete(vm.aclose_qmp())
+        vm.close()
+        p.vm = None
 
     def _on_signal(self, signum: int, frame) -> None:
         self.stop_reason = self.stop_reason or _STOPS[signum]
@@ -202,8 +265,7 @@ class Supervisor:
         if not self.stdin_eof:
             self.stdin_eof = True
             self.pending_in = b""
-            if self.stdin.close_write():
-                self.vm.wake()
+            self.stdin.close_write()
 
     def _feed(self) -> None:
         if self.stdin_eof:
@@ -226,8 +288,6 @@ class Supervisor:
                     return
             n, wake = self.stdin.write(self.pending_in)
             self.pending_in = self.pending_in[n:]
-            if wake:
-                self.vm.wake()
             if self.pending_in:          # ring full: the guest's read wakes us
                 self.stdin.arm("wr_wait")
                 if self.stdin.space() == 0:
@@ -236,15 +296,21 @@ class Supervisor:
     # -- output --------------------------------------------------------------
     def _pump(self) -> None:
         for ring in (self.stdout, self.stderr):
-            data, wake = ring.read()
+            data, _ = ring.read()
             if data:
                 self._write_out(ring, data)
-            if wake:
-                self.vm.wake()
-        log, _ = self.vm.log.read()
-        if log:
-            self._log(log)
+        for p in self.job.live():
+            self._drain_log(p)
         self._feed()
+
+    def _drain_log(self, p: Proc) -> None:
+        log, _ = p.vm.log.read()
+        if log:
+            lines = (self.log_partial.pop(p.pid, b"") + log).split(b"\n")
+            if lines[-1]:
+                self.log_partial[p.pid] = lines[-1]
+            for line in lines[:-1]:
+                self.say(p.pid, line.decode(errors="replace"))
 
     def _write_out(self, ring: HostRing, data: bytes) -> None:
         fd = self.out_fds[id(ring)]
@@ -256,48 +322,46 @@ class Supervisor:
                 view = view[os.write(fd, view):]
         except BrokenPipeError:
             self.out_fds[id(ring)] = -1
-            if ring.close_read():    # the program now gets SIGPIPE/EPIPE
-                self.vm.wake()
+            ring.close_read()        # the program now gets SIGPIPE/EPIPE
 
-    def _log(self, data: bytes) -> None:
-        lines = (self.log_partial + data).split(b"\n")
-        self.log_partial = lines.pop()
-        for line in lines:
-            self._say(line.decode(errors="replace"))
+    def _flush_log(self, pid: int) -> None:
+        rest = self.log_partial.pop(pid, b"")
+        if rest:
+            self.say(pid, rest.decode(errors="replace"))
 
-    def _flush_log(self) -> None:
-        if self.log_partial:
-            self._say(self.log_partial.decode(errors="replace"))
-            self.log_partial = b""
-
-    def _say(self, msg: str) -> None:
+    def say(self, pid: int, msg: str) -> None:
+        """One line on our stderr about process (pid) of the job."""
+        who = self.req.program if pid == 1 else f"{self.req.program} (pid {pid})"
         try:
-            os.write(self.req.stderr, f"unifork: {self.req.program}: {msg}\n".encode())
+            os.write(self.req.stderr, f"unifork: {who}: {msg}\n".encode())
         except OSError:
             pass
 
     # -- the end -------------------------------------------------------------
-    def _status(self, qemu_rc: int) -> int:
-        ctl = self.vm.ctl
+    def _status(self, pid1: Proc) -> int:
         if self.stop_reason == "timeout":
-            self._say(f"timed out after {self.req.timeout:g} s; the VM was stopped")
+            self.say(1, f"timed out after {self.req.timeout:g} s; the VM was stopped")
             return EXIT_TIMEOUT
         if self.stop_reason:
-            self._say(f"{self.stop_reason}; the VM was stopped")
+            self.say(1, f"{self.stop_reason}; the VM was stopped")
             return 128 + {v: k for k, v in _STOPS.items()}[self.stop_reason]
+        ctl = self.pid1_ctl
         state, status = ctl["state"], ctl["status"]
         if state == abi.State.EXITED:
             return status
         if state == abi.State.KILLED:
-            self._say(f"killed by {_signame(status)}")
+            self.say(1, f"killed by {_signame(status)}")
             return 128 + status
         if state == abi.State.PANIC:
-            self._say("the guest kernel failed (see above); the program was killed")
+            self.say(1, "the guest kernel failed (see above); the program was killed")
             return 128 + SIGKILL
-        detail = self.vm.qemu_stderr()
-        self._say("the VM stopped without an exit status "
-                  f"(QEMU exit code {qemu_rc}: a triple fault or a QEMU crash)"
-                  + (f": {detail}" if detail else ""))
+        if pid1.killed_by is not None:
+            self.say(1, f"killed by {_signame(pid1.killed_by)}")
+            return 128 + pid1.killed_by
+        detail = self.pid1_qemu_err
+        self.say(1, "the VM stopped without an exit status "
+                 f"(QEMU exit code {self.pid1_qemu_rc}: a triple fault or a QEMU crash)"
+                 + (f": {detail}" if detail else ""))
         return 128 + SIGKILL
 
 

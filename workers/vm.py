@@ -61,6 +61,8 @@ class VM:
         self.returncode: int | None = None
         self._stderr_r = -1
         self.log = HostRing.create(self.mem, abi.LOG_ADDR, abi.LOG_SIZE)
+        self._qmp = None               # qemu.qmp QMPClient, connected on first use
+        self.migration_ready = False   # capabilities set for fork
 
     # -- before boot -------------------------------------------------------
     def load(self, prog: Program, argv: list[bytes], envp: list[bytes], exe: bytes,
@@ -85,12 +87,14 @@ class VM:
             # QEMU resets the TSC to 0 as it creates the vCPU, just after this.
             realtime_ns=time.time_ns())
 
-    def start(self) -> None:
-        """Start QEMU; the guest boots at once."""
+    def start(self, incoming: bool = False) -> None:
+        """Start QEMU: the guest boots at once, or with (incoming) QEMU waits
+        paused for a fork to migrate a running guest into it."""
         if not os.path.exists(KERNEL):
             raise VMError(f"guest kernel {KERNEL} is missing: run make setup")
         passed = (self.ram_fd, self.shm.fd, self._bell_peer.fileno(), self._qmp_peer.fileno())
-        spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm)
+        spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm,
+                      incoming=incoming)
         argv = spec.argv()
         if os.access(SETPRIV, os.X_OK):
             argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
@@ -148,9 +152,30 @@ class VM:
         self.returncode = os.waitstatus_to_exitcode(status)
         self.state = VMState.STOPPED
 
+    async def qmp(self):
+        """This VM's QMP client (qemu.qmp), connected on first use."""
+        if self._qmp is None:
+            import socket
+            from qemu.qmp import QMPClient
+            client = QMPClient(f"vm{self.pid}")
+            await client.connect(socket.socket(fileno=self._qmp_sock.detach()))
+            self._qmp = client
+        return self._qmp
+
+    async def aclose_qmp(self) -> None:
+        if self._qmp is not None:
+            try:
+                await self._qmp.disconnect()
+            except Exception:       # noqa: BLE001 - QEMU is gone: nothing to say
+                pass
+            self._qmp = None
+
     def quit(self, grace: float = 1.0) -> None:
         """Ask QEMU to quit over QMP; kill it if that does not work in time."""
         if self.poll() is not None:
+            return
+        if self._qmp is not None:           # QMP is held by the fork engine's loop
+            self.kill()
             return
         try:
             import socket
@@ -200,7 +225,10 @@ class VM:
                 os.close(fd)
         self.log.release()
         for s in (self.bell, self._bell_peer, self._qmp_sock, self._qmp_peer):
-            s.close()
+            try:
+                s.close()
+            except OSError:
+                pass
         self.mem.close()
         os.close(self.ram_fd)
         self.state = VMState.CLOSED

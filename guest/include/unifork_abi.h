@@ -36,7 +36,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      1
+#define UF_ABI_VERSION      2
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -115,8 +115,44 @@ enum uf_state {
 };
 
 /*
- * The control page.  The guest writes it before it powers off (through
- * UF_EXIT_PORT); the host reads it after QEMU has exited.
+ * Requests from guest to host (struct uf_ctl.req).  The guest writes arg[],
+ * then req, then increments req_seq, rings the doorbell and waits until
+ * rep_seq == req_seq.  The host writes ret (a result or -errno) and val[],
+ * then rep_seq; the reply is what tells a forked child (ret 0) from its
+ * parent (ret = the child's pid).
+ *
+ *   FORK  (arg0) clone flags                    ret: child pid | 0 | -errno
+ *   WAIT  (arg0) pid or -1, (arg1) options      ret: pid | 0 (WNOHANG) | -errno
+ *         (WNOHANG, WNOWAIT)                     val0: wait status, val1: uid
+ *   KILL  (arg0) pid, 0 or -1, (arg1) signal    ret: 0 | -errno; the host kills
+ *         others; the guest acts on itself after the reply
+ *   EXEC  (arg0) path, (arg1) argv, (arg2) envp  ret: 0 | -errno; on success
+ *         the host has laid out the new image: entry, sp, brk, mmap_top in
+ *         the boot page
+ */
+enum uf_req {
+	UF_REQ_NONE = 0,
+	UF_REQ_FORK,
+	UF_REQ_WAIT,
+	UF_REQ_KILL,
+	UF_REQ_EXEC,
+	UF_REQ_MAX
+};
+
+/* What a halted guest waits for (struct uf_ctl.asleep). */
+enum uf_sleep {
+	UF_SLEEP_NONE = 0,
+	UF_SLEEP_REPLY,             /* rep_seq to reach req_seq */
+	UF_SLEEP_READ,              /* ring sleep_ring to have data, or no writer */
+	UF_SLEEP_WRITE,             /* ring sleep_ring to have room, or no reader */
+	UF_SLEEP_TIMER,             /* only its own deadline */
+	UF_SLEEP_MAX
+};
+
+/*
+ * The control page: one per VM, in its RAM (so a fork copies it).  The
+ * guest writes state and status before it powers off (through
+ * UF_EXIT_PORT); the host reads them after QEMU has exited.
  */
 struct uf_ctl {
 	uint32_t state;             /* enum uf_state */
@@ -126,7 +162,28 @@ struct uf_ctl {
 	uint64_t fault_addr;        /* CR2 for a page fault */
 	uint64_t fault_error;       /* the exception's error code */
 	uint64_t syscalls;          /* system calls served (statistics) */
-	uint64_t _pad[2];
+	uint64_t _pad0[2];
+	/* Guest-written: a request, and what the guest sleeps on. */
+	uint32_t req;               /* enum uf_req */
+	uint32_t req_seq;
+	int64_t  arg[4];
+	uint32_t asleep;            /* enum uf_sleep; the host wakes it */
+	int32_t  sleep_ring;
+	uint64_t _pad1[2];
+	/* Host-written: the reply. */
+	uint32_t rep_seq;
+	uint32_t _pad2;
+	int64_t  ret;
+	int64_t  val[2];
+	uint64_t _pad3[4];
+	/* Guest-written: signal dispositions, bit (sig - 1), for kill(). */
+	uint64_t sig_ignored;       /* SIG_IGN, or default-ignore */
+	uint64_t sig_caught;        /* a handler (not run: default action) */
+	uint64_t sig_blocked;
+	uint64_t _pad4[5];
+	/* Guest-written: ring ends this process holds: [ring][0 read, 1 write].
+	 * The host closes them for a VM that dies without closing them. */
+	uint16_t ends[64][2];
 };
 
 /*
@@ -142,27 +199,38 @@ struct uf_ctl {
  *
  * writers == 0 means no write end is open: the reader sees EOF once the ring
  * is drained.  readers == 0 means no read end is open: a writer gets EPIPE.
+ * Several writers (or readers) take wlock (rlock) around each copy; a write
+ * of up to UF_PIPE_BUF bytes waits for room for all of it, so it is never
+ * interleaved with another.  A VM that dies holding a lock has it released
+ * by the host.
  */
 struct uf_ring {
-	/* Written by the producer. */
+	/* Written by the producer(s). */
 	volatile uint64_t head;
-	volatile uint32_t writers;
+	volatile uint32_t wlock;    /* pid of the writer copying, 0: free */
 	volatile uint32_t wr_wait;  /* a writer sleeps until tail moves */
 	uint8_t _pad0[48];
-	/* Written by the consumer. */
+	/* Written by the consumer(s). */
 	volatile uint64_t tail;
-	volatile uint32_t readers;
+	volatile uint32_t rlock;    /* pid of the reader copying, 0: free */
 	volatile uint32_t rd_wait;  /* a reader sleeps until head moves */
 	uint8_t _pad1[48];
-	/* Set once by whoever creates the ring. */
+	/* Open ends in the job, changed with atomic adds on the whole word so
+	 * that exactly one closer sees both reach 0 (and frees the slot). */
+	volatile uint32_t readers;
+	volatile uint32_t writers;
 	uint32_t size;              /* capacity in bytes, a power of two */
-	uint32_t _pad2[15];
+	uint32_t _pad2[13];
 	uint8_t data[];
 };
+
+#define UF_PIPE_BUF         4096  /* writes up to this size are atomic */
 
 /*
  * The job's shared-memory region: a header page, then UF_SHM_RINGS ring
  * slots of UF_SHM_SLOT bytes each (a ring header and UF_RING_SIZE data).
+ * Bit i of used is set while slot i holds a ring; guests allocate with an
+ * atomic or, the last closer frees.  Slots 0-2 are pid 1's stdio.
  */
 #define UF_SHM_MAGIC        0x4d485346494e55UL  /* "UNIFSHM" */
 #define UF_SHM_RINGS        64
@@ -175,12 +243,17 @@ struct uf_shm {
 	uint64_t magic;             /* UF_SHM_MAGIC */
 	uint32_t abi_version;
 	uint32_t nrings;
+	volatile uint64_t used;     /* bitmap of ring slots in use */
 };
 
 _Static_assert(sizeof(struct uf_boot) == 496, "uf_boot layout");
-_Static_assert(sizeof(struct uf_ctl) == 64, "uf_ctl layout");
+_Static_assert(sizeof(struct uf_ctl) == 512, "uf_ctl layout");
+_Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
+_Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");
+_Static_assert(__builtin_offsetof(struct uf_ctl, ends) == 256, "uf_ctl lines");
 _Static_assert(sizeof(struct uf_ring) == 192, "uf_ring layout");
 _Static_assert(__builtin_offsetof(struct uf_ring, tail) == 64, "uf_ring lines");
+_Static_assert(__builtin_offsetof(struct uf_ring, readers) == 128, "uf_ring lines");
 _Static_assert(UF_SHM_RING_OFF(UF_SHM_RINGS) <= UF_SHM_SIZE, "shm fits");
 
 #endif /* __ASSEMBLER__ */

@@ -47,6 +47,7 @@ void proc_init(void);
 void proc_exit(int status) __attribute__((noreturn));
 void proc_kill(int sig) __attribute__((noreturn));
 void proc_sigpipe(void);
+long sys_arch_prctl(long code, long addr);
 
 // vm.c
 void vm_init(void);
@@ -56,15 +57,20 @@ int  user_str_ok(const char *s, size_t max);
 // file.c
 void file_init(void);
 void file_close_all(void);
+void file_exec(void);
 
 // ring.c
-long ring_write(volatile struct uf_ring *r, const void *buf, size_t n, int nonblock);
-long ring_read(volatile struct uf_ring *r, void *buf, size_t n, int nonblock);
-volatile struct uf_ring *shm_ring(uint32_t idx);
+volatile struct uf_ring *shm_ring(int idx);
+int  ring_alloc(void);
+void ring_ends(int idx, int dr, int dw, int quiet);
+long ring_write(int idx, const void *buf, size_t n, int nonblock);
+long ring_read(int idx, void *buf, size_t n, int nonblock);
+long ring_avail(int idx);
 
 // wait.c
 void doorbell(void);
 void sleep_until(uint64_t tsc_deadline);
+void wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring);
 
 // clock.c
 void clock_init(void);

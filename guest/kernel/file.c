@@ -1,7 +1,8 @@
 /*
- * file.c: file descriptors.  A file is one end of a ring: stdin, stdout and
- * stderr are rings whose other end is the host.  Descriptors share files
- * (dup); a ring end is closed when its last descriptor is.
+ * file.c: file descriptors.  A file is one end of a ring: a pipe, or stdin,
+ * stdout and stderr, whose other end is the host.  Descriptors share files
+ * (dup); a ring end is closed when its last descriptor is.  A forked child
+ * has its own copy of every file, so the host counts the child's ends in.
  */
 #include "defs.h"
 #include "linux.h"
@@ -16,7 +17,7 @@ struct file {
 	int refs;               /* descriptors pointing here */
 	int flags;              /* O_NONBLOCK, access mode */
 	int tty;                /* the host end is a terminal */
-	volatile struct uf_ring *ring;
+	int ring;               /* index in the job's shared region */
 };
 
 static struct file files[NFILE];
@@ -31,7 +32,8 @@ file_init(void)
 		f->flags = fd == 0 ? O_RDONLY : O_WRONLY;
 		f->refs = 1;
 		f->tty = (BOOT->tty >> fd) & 1;
-		f->ring = shm_ring(BOOT->stdio_ring[fd]);
+		f->ring = (int)BOOT->stdio_ring[fd];
+		CTL->ends[f->ring][fd == 0 ? 0 : 1] = 1;
 		fds[fd].f = f;
 	}
 }
@@ -50,11 +52,9 @@ file_put(struct file *f, int wake)
 	if (--f->refs > 0)
 		return;
 	if (f->type == FT_READ)
-		__atomic_fetch_sub(&f->ring->readers, 1, __ATOMIC_SEQ_CST);
+		ring_ends(f->ring, -1, 0, !wake);
 	else
-		__atomic_fetch_sub(&f->ring->writers, 1, __ATOMIC_SEQ_CST);
-	if (wake)
-		doorbell();     /* the other end may wait for EOF/EPIPE */
+		ring_ends(f->ring, 0, -1, !wake);
 	f->type = FT_NONE;
 }
 
@@ -324,10 +324,67 @@ sys_ioctl(long fd, long req, long arg)
 			return -EINVAL;
 		if (!user_ok((uint64_t)arg, sizeof(int)))
 			return -EFAULT;
-		*(int *)arg = (int)(f->ring->head - f->ring->tail);
+		*(int *)arg = (int)ring_avail(f->ring);
 		return 0;
 	}
 	return -ENOTTY;
+}
+
+static struct file *
+file_alloc(int type, int ring, int flags)
+{
+	for (int i = 0; i < NFILE; i++) {
+		if (files[i].type == FT_NONE) {
+			files[i] = (struct file){ type, 0, flags, 0, ring };
+			return &files[i];
+		}
+	}
+	return 0;
+}
+
+long
+sys_pipe2(long fdsp, long flags)
+{
+	int *out = (int *)fdsp;
+	if (flags & ~(O_CLOEXEC | O_NONBLOCK))
+		return -EINVAL;
+	if (!user_ok((uint64_t)fdsp, 2 * sizeof(int)))
+		return -EFAULT;
+	int ring = ring_alloc();
+	if (ring < 0)
+		return -ENFILE;
+	struct file *r = file_alloc(FT_READ, ring, O_RDONLY | (flags & O_NONBLOCK));
+	struct file *w = r ? file_alloc(FT_WRITE, ring, O_WRONLY | (flags & O_NONBLOCK)) : 0;
+	long rfd = r ? fd_install(r, 0, (flags & O_CLOEXEC) != 0) : -ENFILE;
+	long wfd = w && rfd >= 0 ? fd_install(w, 0, (flags & O_CLOEXEC) != 0) : -ENFILE;
+	if (rfd < 0 || wfd < 0) {
+		if (rfd >= 0)
+			fds[rfd].f = 0;
+		if (r)
+			r->type = FT_NONE;
+		if (w)
+			w->type = FT_NONE;
+		ring_ends(ring, -1, -1, 1);
+		return rfd < 0 ? rfd : wfd;
+	}
+	out[0] = (int)rfd;
+	out[1] = (int)wfd;
+	return 0;
+}
+
+long
+sys_pipe(long fdsp)
+{
+	return sys_pipe2(fdsp, 0);
+}
+
+/* At execve: close the descriptors marked close-on-exec. */
+void
+file_exec(void)
+{
+	for (int fd = 0; fd < NFD; fd++)
+		if (fds[fd].f && fds[fd].cloexec)
+			fd_close(fd, 1);
 }
 
 long

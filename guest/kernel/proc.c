@@ -1,22 +1,78 @@
 /*
- * proc.c: this process: its ids, its end, and signals.  Dispositions and
- * the mask are recorded; a signal sent to itself takes its default action
- * (running handlers is not supported yet, and says so in the log).
+ * proc.c: this process and its relatives.  fork, wait, kill of others and
+ * execve are requests to the host (struct uf_ctl), which clones the VM,
+ * keeps the job's process table and lays out new images.  Signal
+ * dispositions and the mask are recorded here and published in the
+ * control page, so that the host can act on kill(); a signal takes its
+ * default action (running handlers is not supported yet, and says so).
  */
 #include "defs.h"
 #include "linux.h"
+#include "x86.h"
+
+#define CLONE_VM             0x00000100
+#define CLONE_FS             0x00000200
+#define CLONE_FILES          0x00000400
+#define CLONE_SIGHAND        0x00000800
+#define CLONE_VFORK          0x00004000
+#define CLONE_PARENT         0x00008000
+#define CLONE_THREAD         0x00010000
+#define CLONE_SETTLS         0x00080000
+#define CLONE_PARENT_SETTID  0x00100000
+#define CLONE_CHILD_CLEARTID 0x00200000
+#define CLONE_CHILD_SETTID   0x01000000
+#define WNOHANG    1
+#define WUNTRACED  2
+#define WEXITED    4
+#define WCONTINUED 8
+#define WNOWAIT    0x01000000
+#define P_ALL  0
+#define P_PID  1
+#define P_PGID 2
+
+extern uint64_t sys_user_rsp;
 
 static struct k_sigaction actions[NSIG + 1];
 static uint64_t sigmask, sigpending;
+static uint64_t clear_tid;
 
 void
 proc_init(void)
 {
 }
 
+static int
+replied(void *seq)
+{
+	return CTL->rep_seq == *(uint32_t *)seq;
+}
+
+/*
+ * Ask the host (req) with up to four arguments and wait for its answer.
+ * A forked child comes back to life inside this wait, with its reply.
+ */
+static long
+host_call(int req, long a0, long a1, long a2, long a3)
+{
+	uint32_t seq = CTL->req_seq + 1;
+
+	CTL->arg[0] = a0;
+	CTL->arg[1] = a1;
+	CTL->arg[2] = a2;
+	CTL->arg[3] = a3;
+	CTL->req = (uint32_t)req;
+	__atomic_store_n(&CTL->req_seq, seq, __ATOMIC_RELEASE);
+	doorbell();
+	wait_until(replied, &seq, 0, UF_SLEEP_REPLY, -1);
+	CTL->req = UF_REQ_NONE;
+	return CTL->ret;
+}
+
 void
 proc_exit(int status)
 {
+	if (clear_tid && user_ok(clear_tid, 4))
+		*(volatile int *)clear_tid = 0;
 	file_close_all();
 	CTL->status = status & 0xff;
 	CTL->state = UF_STATE_EXITED;
@@ -41,6 +97,23 @@ static int
 default_ignored(int sig)
 {
 	return sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH || sig == SIGCONT;
+}
+
+/* Tell the host how each signal would be received here (for kill()). */
+static void
+publish_signals(void)
+{
+	uint64_t ign = 0, caught = 0;
+	for (int sig = 1; sig <= NSIG; sig++) {
+		uint64_t h = actions[sig].handler, bit = 1UL << (sig - 1);
+		if (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig)))
+			ign |= bit;
+		else if (h != SIG_DFL)
+			caught |= bit;
+	}
+	CTL->sig_ignored = ign;
+	CTL->sig_caught = caught;
+	CTL->sig_blocked = sigmask;
 }
 
 /* Act on (sig) sent to this process, now that it is not blocked. */
@@ -93,23 +166,31 @@ sys_getuid(void)  { return BOOT->uid; }
 long
 sys_getgid(void)  { return BOOT->gid; }
 
+/*
+ * kill: to itself, here; to others (pid > 0, or everyone: 0 and -1, or a
+ * process group: all of the job is one), through the host.
+ */
 long
 sys_kill(long pid, long sig)
 {
 	if (sig < 0 || sig > NSIG)
 		return -EINVAL;
-	if (pid != BOOT->pid && pid != 0 && pid != -1)
-		return -ESRCH;  /* no other process in this job yet */
-	if (sig)
-		raise_sig((int)sig);
-	return 0;
+	if (pid == BOOT->pid) {
+		if (sig)
+			raise_sig((int)sig);
+		return 0;
+	}
+	long r = host_call(UF_REQ_KILL, pid, sig, 0, 0);
+	if (r == 0 && sig && (pid == 0 || pid < -1))
+		raise_sig((int)sig);    /* the group includes this process */
+	return r;
 }
 
 long
 sys_tgkill(long tgid, long tid, long sig)
 {
-	if (tgid != BOOT->pid)
-		return -ESRCH;
+	if (tgid != tid)
+		return -ESRCH;  /* one thread per process: tid == pid */
 	return sys_kill(tid, sig);
 }
 
@@ -134,8 +215,10 @@ sys_rt_sigaction(long sig, long act, long oact, long size)
 		return -EFAULT;
 	if (oact)
 		*(struct k_sigaction *)oact = actions[sig];
-	if (act)
+	if (act) {
 		actions[sig] = *(const struct k_sigaction *)act;
+		publish_signals();
+	}
 	return 0;
 }
 
@@ -159,6 +242,7 @@ sys_rt_sigprocmask(long how, long set, long oset, long size)
 		default: return -EINVAL;
 		}
 		sigmask &= ~((1UL << (SIGKILL - 1)) | (1UL << (SIGSTOP - 1)));
+		CTL->sig_blocked = sigmask;
 		uint64_t ready = sigpending & ~sigmask;
 		for (int sig = 1; ready; sig++, ready >>= 1) {
 			if (ready & 1) {
@@ -168,4 +252,123 @@ sys_rt_sigprocmask(long how, long set, long oset, long size)
 		}
 	}
 	return 0;
+}
+
+/* fork, vfork and clone used as fork: the host clones this VM. */
+long
+sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
+{
+	if ((flags & (CLONE_THREAD | CLONE_SIGHAND)) ||
+	    ((flags & CLONE_VM) && !(flags & CLONE_VFORK))) {
+		static int said;
+		if (!said++)
+			kprintf("clone(%#lx): threads are not supported; returning ENOSYS\n", flags);
+		return -ENOSYS;
+	}
+	if ((flags & CLONE_CHILD_SETTID) && !user_ok((uint64_t)ctid, 4))
+		return -EFAULT;
+	if ((flags & CLONE_PARENT_SETTID) && !user_ok((uint64_t)ptid, 4))
+		return -EFAULT;
+	long pid = host_call(UF_REQ_FORK, flags, 0, 0, 0);
+	if (pid < 0)
+		return pid;
+	if (pid == 0) {                 /* the child, in its own VM */
+		if (flags & CLONE_CHILD_SETTID)
+			*(int *)ctid = (int)BOOT->pid;
+		if (flags & CLONE_CHILD_CLEARTID)
+			clear_tid = (uint64_t)ctid;
+		if (flags & CLONE_SETTLS)
+			sys_arch_prctl(ARCH_SET_FS, tls);
+		if (newsp)              /* vfork-style clone onto a new stack */
+			sys_user_rsp = (uint64_t)newsp;
+		return 0;
+	}
+	if (flags & CLONE_PARENT_SETTID)
+		*(int *)ptid = (int)pid;
+	return pid;
+}
+
+long
+sys_fork(void)
+{
+	return sys_clone(SIGCHLD, 0, 0, 0, 0);
+}
+
+long
+sys_vfork(void)
+{
+	return sys_clone(SIGCHLD, 0, 0, 0, 0);
+}
+
+long
+sys_wait4(long pid, long wstatus, long options, long rusage)
+{
+	if (options & ~(WNOHANG | WUNTRACED | WCONTINUED | 0x40000000 | 0x80000000))
+		return -EINVAL;
+	if (wstatus && !user_ok((uint64_t)wstatus, 4))
+		return -EFAULT;
+	if (rusage && !user_ok((uint64_t)rusage, 144))
+		return -EFAULT;
+	long r = host_call(UF_REQ_WAIT, pid < -1 || pid == 0 ? -1 : pid,
+	    options & WNOHANG, 0, 0);
+	if (r > 0 && wstatus)
+		*(int *)wstatus = (int)CTL->val[0];
+	if (r >= 0 && rusage)
+		memset((void *)rusage, 0, 144);
+	return r;
+}
+
+long
+sys_waitid(long idtype, long id, long infop, long options)
+{
+	if (!(options & WEXITED) || (options & ~(WNOHANG | WEXITED | WNOWAIT |
+	    WUNTRACED | WCONTINUED)))
+		return -EINVAL;
+	if (idtype != P_ALL && idtype != P_PID && idtype != P_PGID)
+		return -EINVAL;
+	if (infop && !user_ok((uint64_t)infop, 128))
+		return -EFAULT;
+	long r = host_call(UF_REQ_WAIT, idtype == P_PID ? id : -1,
+	    options & (WNOHANG | WNOWAIT), 0, 0);
+	if (r < 0)
+		return r;
+	if (infop) {
+		int *si = (int *)infop;
+		int st = (int)CTL->val[0];
+		memset(si, 0, 128);
+		if (r > 0) {
+			si[0] = SIGCHLD;
+			si[2] = (st & 0x7f) ? ((st & 0x80) ? 3 : 2) : 1;  /* CLD_* */
+			si[4] = (int)r;
+			si[5] = (int)CTL->val[1];
+			si[6] = (st & 0x7f) ? (st & 0x7f) : ((st >> 8) & 0xff);
+		}
+	}
+	return 0;
+}
+
+/*
+ * execve of the program's own image (the multi-call binary re-running
+ * itself): the host checks the path, reads argv and envp from our memory
+ * and lays out a fresh image; then this process starts over, keeping its
+ * descriptors but those marked close-on-exec.
+ */
+long
+sys_execve(long path, long argv, long envp)
+{
+	if (!user_str_ok((const char *)path, 4096))
+		return -EFAULT;
+	if (!user_ok((uint64_t)argv, 8) || (envp && !user_ok((uint64_t)envp, 8)))
+		return -EFAULT;
+	long r = host_call(UF_REQ_EXEC, path, argv, envp, 0);
+	if (r < 0)
+		return r;
+	for (int sig = 1; sig <= NSIG; sig++)
+		if (actions[sig].handler != SIG_IGN)
+			actions[sig] = (struct k_sigaction){ 0, 0, 0, 0 };
+	publish_signals();
+	clear_tid = 0;
+	file_exec();
+	vm_init();
+	start_program(BOOT->entry, BOOT->sp);
 }

@@ -25,6 +25,7 @@ static const sysfn table[] = {
 	[__NR_geteuid] = (sysfn)sys_getuid,
 	[__NR_getegid] = (sysfn)sys_getgid,
 	[__NR_rseq] = (sysfn)sys_quiet_enosys,
+	[__NR_clone3] = (sysfn)sys_quiet_enosys,   /* glibc falls back to clone */
 };
 
 #define NSYS (sizeof(table) / sizeof(table[0]))

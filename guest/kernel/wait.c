@@ -2,6 +2,10 @@
  * wait.c: waking the host, and sleeping until it (or a deadline) wakes us.
  * Both go through the gate, which costs ~22 us on PVM: callers spin a
  * little first and only sleep when the wait is really long.
+ *
+ * Before it halts, the guest says in its control page what it waits for
+ * (asleep, sleep_ring); the host, whenever something changes, wakes each
+ * halted VM whose condition now holds.
  */
 #include "defs.h"
 #include "x86.h"
@@ -27,4 +31,33 @@ sleep_until(uint64_t tsc_deadline)
 		return;
 	}
 	gate(GATE_HALT, (long)tsc_deadline, 0);
+}
+
+#define SPIN_NS        20000           /* spin this long before sleeping */
+#define SLEEP_SLICE_NS 100000000ULL    /* re-check at least every 100 ms */
+
+/*
+ * Wait until ready(arg) holds: spin SPIN_NS, then halt with (what, ring)
+ * published in the control page and (flag), the ring's wait flag, raised
+ * so that the side that changes the ring rings the doorbell.
+ */
+void
+wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring)
+{
+	uint64_t spin_end = rdtsc() + ns_to_tsc(SPIN_NS);
+
+	while (!ready(arg)) {
+		if (rdtsc() < spin_end) {
+			cpu_relax();
+			continue;
+		}
+		CTL->sleep_ring = ring;
+		CTL->asleep = (uint32_t)what;
+		if (flag)
+			*flag = 1;
+		mfence();
+		if (!ready(arg))
+			sleep_until(rdtsc() + ns_to_tsc(SLEEP_SLICE_NS));
+		CTL->asleep = UF_SLEEP_NONE;
+	}
 }

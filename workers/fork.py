@@ -1,0 +1,152 @@
+"""The fork engine: clone a running VM into a pooled QEMU.
+
+The measured best path on these machines (QEMU-FACTS.md, "Clone"):
+
+1. the parent's guest has asked to fork and waits for its reply;
+2. migrate the parent's device state to the pooled QEMU over a socketpair,
+   with x-ignore-shared: neither RAM nor the job's shared region travels in
+   the stream.  The source stops when the migration completes;
+3. copy the parent's RAM file into the child's, in place and sparse (only
+   the extents the parent touched), while the parent is stopped;
+4. make the copy the child: its pid, ppid and entropy in its boot page, its
+   reply (0) in its control page; count its inherited ring ends in;
+5. resume both.  The parent's reply (the child's pid) is written by the
+   caller, which owns the process table.
+
+Every step that can fail leaves the parent as it was: the caller kills the
+half-made child and answers the parent with an error.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import socket
+import time
+
+from . import abi
+from .errors import VMError
+from .vm import VM
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """Free the pages of [offset, offset+length) of a memfd: they read as zero."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                       ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"fallocate(PUNCH_HOLE): {os.strerror(e)}")
+
+
+def copy_ram(src: int, dst: int, size: int) -> int:
+    """Make memfd (dst) equal to memfd (src), copying only src's data
+    extents (SEEK_DATA/SEEK_HOLE) in place; (dst) stays mapped by its QEMU,
+    so it is never truncated or replaced.  Returns the bytes copied."""
+    punch(dst, 0, size)
+    copied, off = 0, 0
+    while off < size:
+        try:
+            data = os.lseek(src, off, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:       # no data past off
+                break
+            raise
+        hole = min(os.lseek(src, data, os.SEEK_HOLE), size)
+        pos = data
+        while pos < hole:
+            n = os.copy_file_range(src, dst, hole - pos, pos, pos)
+            if n <= 0:
+                raise OSError(errno.EIO, "copy_file_range copied nothing")
+            pos += n
+        copied += hole - data
+        off = hole
+    return copied
+
+
+async def _prepare(vm: VM) -> None:
+    """Set the migration capabilities a fork needs, once per QEMU."""
+    if vm.migration_ready:
+        return
+    qmp = await vm.qmp()
+    await qmp.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": "x-ignore-shared", "state": True}]})
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    vm.migration_ready = True
+
+
+async def _wait_status(qmp, command: str, key: str, done: set[str], fail: set[str],
+                       timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await qmp.execute(command)
+        status = r.get(key, "")
+        if status in done:
+            return status
+        if status in fail:
+            raise VMError(f"fork: migration {status}: {r.get('error-desc', '')}")
+        if time.monotonic() > deadline:
+            raise VMError(f"fork: migration still {status!r} after {timeout:g} s")
+        await asyncio.sleep(0.0002)
+
+
+async def _cont(qmp, timeout: float = 2.0) -> None:
+    """`cont`, retried while QEMU says the migration is not finalized yet."""
+    from qemu.qmp import ExecuteError
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await qmp.execute("cont")
+            return
+        except ExecuteError as err:
+            if "not finalized" not in str(err) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.0005)
+
+
+async def clone(parent: VM, child: VM, pid: int, ppid: int, timeout: float = 10.0) -> int:
+    """Make (child), a pooled VM, a copy of the stopped-by-us (parent).
+
+    On return both are paused-then-resumed copies: the child runs with
+    (pid, ppid) and fork's reply 0; the parent runs too, and its caller
+    writes its reply.  Returns the bytes of RAM copied.
+
+    :raise VMError: the clone failed; the parent is resumed, unchanged.
+    """
+    pq = await parent.qmp()
+    cq = await child.qmp()
+    await asyncio.gather(_prepare(parent), _prepare(child))
+    a, b = socket.socketpair()
+    try:
+        cq.send_fd_scm(b.fileno())
+        await cq.execute("getfd", {"fdname": "fork"})
+        await cq.execute("migrate-incoming", {"uri": "fd:fork"})
+        pq.send_fd_scm(a.fileno())
+        await pq.execute("getfd", {"fdname": "fork"})
+        await pq.execute("migrate", {"uri": "fd:fork"})
+    finally:
+        a.close()
+        b.close()
+    try:
+        await _wait_status(pq, "query-migrate", "status", {"completed"},
+                           {"failed", "cancelled"}, timeout)
+        # The child loads the state; with -S it then stays paused.
+        await _wait_status(cq, "query-status", "status", {"paused", "prelaunch"},
+                           {"internal-error", "shutdown", "guest-panicked"}, timeout)
+        copied = copy_ram(parent.ram_fd, child.ram_fd, parent.layout.ram_size)
+        abi.BOOT.put(child.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
+        seq = abi.CTL.get(child.mem, abi.CTL_ADDR, "req_seq")
+        abi.CTL.put(child.mem, abi.CTL_ADDR, ret=0, val=(0, 0))
+        abi.CTL.put(child.mem, abi.CTL_ADDR, rep_seq=seq)
+    except BaseException:
+        await _cont(pq)
+        raise
+    return copied
+
+
+async def resume(parent: VM, child: VM) -> None:
+    """Let both copies run."""
+    await _cont((await child.qmp()))
+    await _cont((await parent.qmp()))

@@ -1,0 +1,382 @@
+"""A job on this host: the process tree of one program, one VM a process.
+
+The Job answers its guests' requests (fork, wait, kill, execve: struct
+uf_ctl in unifork_abi.h), reaps VMs that stop, reparents orphans to pid 1,
+closes the pipe ends of a VM that died without closing them, and wakes the
+guests whose wait is over.  It does no I/O of its own beyond the guests'
+memory: the supervisor (run.py) tells it what happened.
+
+Everything read from a guest's memory is untrusted: a guest that writes
+garbage gets an error reply or is killed, never the host's trouble.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import Callable
+
+from . import abi, elf, layout
+from .errors import VMError
+from .pool import Pool
+from .rings import SharedRegion
+from .vm import VM
+
+SIGKILL, SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH = \
+    9, 17, 18, 19, 20, 21, 22, 23, 28
+DEFAULT_IGNORED = {SIGCHLD, SIGURG, SIGWINCH, SIGCONT}
+STOPPING = {SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU}
+WNOHANG, WNOWAIT = 1, 0x01000000
+MAX_ARGS, MAX_ARG_BYTES = 4096, 1 << 20
+
+
+class Proc:
+    """One process: a VM while it runs, a wait status once it has ended."""
+
+    def __init__(self, pid: int, ppid: int, vm: VM) -> None:
+        self.pid, self.ppid = pid, ppid
+        self.vm: VM | None = vm
+        self.wstatus: int | None = None      # set when it has ended: a zombie
+        self.killed_by: int | None = None    # a signal the host delivered
+        self.parked_seq = -1                  # a WAIT request waiting for a child
+        self.reaped = False                   # waited for by its parent
+
+    @property
+    def running(self) -> bool:
+        return self.wstatus is None
+
+
+def exit_status(code: int) -> int:
+    return (code & 0xFF) << 8
+
+
+class Job:
+    """The processes of one program on this host.
+
+    (say) prints a line about process (pid) on our stderr.
+    """
+
+    def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
+                 max_procs: int, host_max_vms: int, say: Callable[[int, str], None],
+                 pool_size: int = 2) -> None:
+        self.program, self.prog = req_program, prog
+        self.exe = os.path.abspath(req_program)
+        self.mem_mib, self.shm = mem_mib, shm
+        self.max_procs, self.host_max_vms = max_procs, host_max_vms
+        self.say = say
+        self.procs: dict[int, Proc] = {}
+        self.next_pid = 1
+        self.pool = Pool(mem_mib, shm, pool_size)
+        self.loop = None            # asyncio loop for QMP, made at the first fork
+        self.changed = True         # the set of VMs changed (the supervisor re-polls)
+        self.stats: list[tuple[float, int]] = []   # per fork: seconds, RAM bytes copied
+        self._said: set[str] = set()
+
+    def add(self, vm: VM, ppid: int = 0) -> Proc:
+        p = Proc(self.next_pid, ppid, vm)
+        self.next_pid += 1
+        self.procs[p.pid] = p
+        self.changed = True
+        return p
+
+    def live(self) -> list[Proc]:
+        return [p for p in self.procs.values() if p.running]
+
+    def _say_once(self, pid: int, msg: str) -> None:
+        if msg not in self._said:
+            self._said.add(msg)
+            self.say(pid, msg)
+
+    # -- requests ------------------------------------------------------------
+    def service(self, p: Proc) -> None:
+        """Answer (p)'s request if it has a new one."""
+        vm = p.vm
+        if vm is None or not p.running:
+            return
+        ctl = abi.CTL.read(vm.mem, abi.CTL_ADDR)
+        seq = ctl["req_seq"]
+        if seq == ctl["rep_seq"] or seq == p.parked_seq:
+            return
+        req, args = ctl["req"], ctl["arg"]
+        if req == abi.Req.FORK:
+            self._fork(p)
+        elif req == abi.Req.WAIT:
+            self._wait(p, args[0], args[1])
+        elif req == abi.Req.KILL:
+            self._kill(p, args[0], args[1])
+        elif req == abi.Req.EXEC:
+            self._exec(p, args[0], args[1], args[2])
+        else:
+            self._say_once(p.pid, f"unknown request {req} from the guest: ENOSYS")
+            self.reply(p, -errno.ENOSYS)
+
+    def reply(self, p: Proc, ret: int, val0: int = 0, val1: int = 0) -> None:
+        """Answer (p)'s current request and wake it if it sleeps on that."""
+        mem = p.vm.mem
+        seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
+        abi.CTL.put(mem, abi.CTL_ADDR, ret=ret, val=(val0, val1))
+        abi.CTL.put(mem, abi.CTL_ADDR, rep_seq=seq)
+        p.parked_seq = -1
+        self._wake_if(p, abi.Sleep.REPLY)
+
+    def _wake_if(self, p: Proc, what: int) -> None:
+        from .cpu import mfence
+        mfence()
+        if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") == what:
+            p.vm.wake()
+
+    # fork --------------------------------------------------------------------
+    def vms_in_use(self) -> int:
+        return len(self.live()) + len(self.pool.idle)
+
+    def _fork(self, parent: Proc) -> None:
+        if len(self.live()) >= self.max_procs:
+            self._say_once(parent.pid, f"fork: the job's limit of {self.max_procs} "
+                           "processes is reached: EAGAIN")
+            return self.reply(parent, -errno.EAGAIN)
+        child_vm = self.pool.take()
+        if child_vm is None:
+            if self.vms_in_use() >= self.host_max_vms:
+                self._say_once(parent.pid, f"fork: this host's limit of {self.host_max_vms} "
+                               "VMs is reached: EAGAIN")
+                return self.reply(parent, -errno.EAGAIN)
+            child_vm = VM(self.mem_mib, self.shm)
+            child_vm.start(incoming=True)
+        pid = self.next_pid
+        import time
+        from . import fork
+        t0 = time.perf_counter()
+        try:
+            copied = self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
+        except (VMError, OSError, Exception) as err:   # noqa: BLE001 - any failure: EAGAIN
+            child_vm.close()
+            self.say(parent.pid, f"fork failed: {err}")
+            self.reply(parent, -errno.EAGAIN)
+            return
+        child = self.add(child_vm, parent.pid)
+        self._count_ends(child_vm, +1)
+        seq = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "req_seq")
+        abi.CTL.put(parent.vm.mem, abi.CTL_ADDR, ret=child.pid, val=(0, 0))
+        abi.CTL.put(parent.vm.mem, abi.CTL_ADDR, rep_seq=seq)
+        try:
+            self._aio(fork.resume(parent.vm, child_vm))
+        except Exception as err:        # noqa: BLE001 - a VM died: its reaping says so
+            self.say(child.pid, f"fork: resuming failed: {err}")
+        self.stats.append((time.perf_counter() - t0, copied))
+        self._wake_if(parent, abi.Sleep.REPLY)
+        self._wake_if(child, abi.Sleep.REPLY)
+        self.pool.fill(self.host_max_vms - self.vms_in_use())
+
+    def _count_ends(self, vm: VM, sign: int) -> None:
+        """Add (or, sign -1, take away) the ring ends (vm)'s process holds."""
+        ends = abi.CTL.get(vm.mem, abi.CTL_ADDR, "ends")
+        used = self.shm.used()
+        for i in range(abi.SHM_RINGS):
+            r, w = ends[2 * i], ends[2 * i + 1]
+            if (r or w) and used >> i & 1:
+                try:
+                    self.shm.ring(i).add_ends(sign * r, sign * w)
+                except ValueError:
+                    pass            # a ring the guests corrupted: leave it
+
+    def _aio(self, coro):
+        """Run a QMP conversation (qemu.qmp is asyncio) to its end."""
+        if self.loop is None:
+            import asyncio
+            self.loop = asyncio.new_event_loop()
+        return self.loop.run_until_complete(coro)
+
+    # wait ----------------------------------------------------------------------
+    def _wait(self, p: Proc, pid: int, options: int) -> None:
+        kids = [c for c in self.procs.values() if c.ppid == p.pid and not c.reaped
+                and (pid == -1 or c.pid == pid)]
+        if not kids:
+            return self.reply(p, -errno.ECHILD)
+        done = next((c for c in kids if not c.running), None)
+        if done is not None:
+            if not options & WNOWAIT:
+                done.reaped = True
+            return self.reply(p, done.pid, done.wstatus, os.getuid())
+        if options & WNOHANG:
+            return self.reply(p, 0)
+        p.parked_seq = abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "req_seq")
+
+    def _retry_parked_wait(self, parent: Proc) -> None:
+        if parent.running and parent.parked_seq >= 0 and parent.vm is not None:
+            args = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")
+            parent.parked_seq = -1
+            self._wait(parent, args[0], args[1])
+
+    # kill ----------------------------------------------------------------------
+    def _kill(self, p: Proc, pid: int, sig: int) -> None:
+        if not 0 <= sig <= 64:
+            return self.reply(p, -errno.EINVAL)
+        if pid > 0:
+            target = self.procs.get(pid)
+            if target is None or target.reaped:
+                return self.reply(p, -errno.ESRCH)
+            targets = [target]
+        else:       # 0 or < -1: the job is one process group; -1: all but init
+            targets = [t for t in self.live() if t.pid != p.pid and (pid != -1 or t.pid != 1)]
+        for t in targets:
+            if sig and t.running:
+                self.signal(t, sig)
+        self.reply(p, 0)
+
+    def signal(self, t: Proc, sig: int) -> None:
+        """Deliver (sig) to (t) from outside it, as its dispositions say."""
+        ctl = abi.CTL.read(t.vm.mem, abi.CTL_ADDR)
+        bit = 1 << (sig - 1)
+        if sig != SIGKILL:
+            if sig in STOPPING:
+                return self._say_once(t.pid, f"signal {sig}: stopping a process is not "
+                                      "supported; ignored")
+            if ctl["sig_blocked"] & bit:
+                return self._say_once(t.pid, f"signal {sig} is blocked there; dropped "
+                                      "(pending signals are not supported)")
+            if ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not ctl["sig_caught"] & bit):
+                return
+            if ctl["sig_caught"] & bit:
+                self._say_once(t.pid, f"signal {sig}: running signal handlers is not "
+                               "supported; taking the default action")
+            if sig in DEFAULT_IGNORED:
+                return
+        t.killed_by = sig
+        t.vm.kill()
+
+    # exec ----------------------------------------------------------------------
+    def _read_str(self, vm: VM, addr: int, limit: int = 4096) -> bytes:
+        if not abi.USER_BASE <= addr < vm.layout.ram_size:
+            raise ValueError
+        end = vm.mem.find(b"\0", addr, min(addr + limit, vm.layout.ram_size))
+        if end < 0:
+            raise ValueError
+        return vm.mem[addr:end]
+
+    def _read_strv(self, vm: VM, addr: int) -> list[bytes]:
+        out, total = [], 0
+        if addr == 0:
+            return out
+        for i in range(MAX_ARGS):
+            at = addr + 8 * i
+            if not abi.USER_BASE <= at <= vm.layout.ram_size - 8:
+                raise ValueError
+            ptr = struct.unpack_from("<Q", vm.mem, at)[0]
+            if ptr == 0:
+                return out
+            s = self._read_str(vm, ptr, MAX_ARG_BYTES)
+            total += len(s) + 1
+            if total > MAX_ARG_BYTES:
+                raise OverflowError
+            out.append(s)
+        raise OverflowError
+
+    def _exec(self, p: Proc, path_p: int, argv_p: int, envp_p: int) -> None:
+        vm = p.vm
+        try:
+            path = self._read_str(vm, path_p)
+            argv, envp = self._read_strv(vm, argv_p), self._read_strv(vm, envp_p)
+        except OverflowError:
+            return self.reply(p, -errno.E2BIG)
+        except ValueError:
+            return self.reply(p, -errno.EFAULT)
+        allowed = {os.fsencode(self.program), os.fsencode(self.exe), b"/proc/self/exe"}
+        if path not in allowed:
+            self._say_once(p.pid, f"execve({path.decode(errors='replace')}): only the "
+                           "program's own image can be run; ENOENT")
+            return self.reply(p, -errno.ENOENT)
+        from .fork import punch
+        lay = vm.layout
+        punch(vm.ram_fd, abi.USER_BASE, lay.ram_size - abi.USER_BASE)
+        layout.load_program(vm.mem, self.prog)
+        try:
+            sp = layout.initial_stack(vm.mem, lay, self.prog, argv, envp, os.fsencode(self.exe),
+                                      os.getuid(), os.getgid())
+        except Exception:       # noqa: BLE001 - too big for the stack
+            return self.reply(p, -errno.E2BIG)
+        abi.BOOT.put(vm.mem, abi.BOOT_ADDR, entry=self.prog.entry, sp=sp,
+                     brk=(self.prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
+                     mmap_top=lay.mmap_top, stack_low=lay.stack_low)
+        self.reply(p, 0)
+
+    # ends ----------------------------------------------------------------------
+    def reap(self, p: Proc) -> None:
+        """(p)'s QEMU has exited: record how it ended, close what it held,
+        hand its children to pid 1, and tell a waiting parent."""
+        vm = p.vm
+        ctl = abi.CTL.read(vm.mem, abi.CTL_ADDR)
+        if p.killed_by is not None:
+            p.wstatus = p.killed_by
+        elif ctl["state"] == abi.State.EXITED:
+            p.wstatus = exit_status(ctl["status"])
+        elif ctl["state"] == abi.State.KILLED and 0 < ctl["status"] < 65:
+            p.wstatus = ctl["status"]
+        else:
+            p.wstatus = SIGKILL
+            if p.pid != 1:
+                detail = vm.qemu_stderr()
+                self.say(p.pid, "the VM stopped without an exit status (a triple fault "
+                         "or a QEMU crash)" + (f": {detail}" if detail else ""))
+        self._count_ends(vm, -1)
+        for i in range(abi.SHM_RINGS):
+            if self.shm.used() >> i & 1:
+                try:
+                    ring = self.shm.ring(i)
+                except ValueError:
+                    continue
+                ring.release_locks(p.pid)
+        self.changed = True
+        for c in self.procs.values():
+            if c.ppid == p.pid:
+                c.ppid = 1
+                if c.running and c.vm is not None:
+                    abi.BOOT.put(c.vm.mem, abi.BOOT_ADDR, ppid=1)
+        parent = self.procs.get(p.ppid)
+        if parent is not None:
+            self._retry_parked_wait(parent)
+        if p.ppid == 0 or p.ppid not in self.procs:
+            p.reaped = True
+        pid1 = self.procs.get(1)
+        if pid1 is not None and p.ppid == 1:
+            self._retry_parked_wait(pid1)
+
+    def wake_sleepers(self) -> None:
+        """Wake every halted guest whose wait is over."""
+        from .cpu import mfence
+        mfence()
+        used = self.shm.used()
+        for p in self.procs.values():
+            if not p.running or p.vm is None:
+                continue
+            ctl = p.vm.mem
+            what = abi.CTL.get(ctl, abi.CTL_ADDR, "asleep")
+            if what in (abi.Sleep.NONE, abi.Sleep.TIMER):
+                continue
+            if what == abi.Sleep.REPLY:
+                ready = (abi.CTL.get(ctl, abi.CTL_ADDR, "rep_seq")
+                         == abi.CTL.get(ctl, abi.CTL_ADDR, "req_seq"))
+            else:
+                idx = abi.CTL.get(ctl, abi.CTL_ADDR, "sleep_ring")
+                try:
+                    if not (0 <= idx < abi.SHM_RINGS and used >> idx & 1):
+                        raise ValueError
+                    ring = self.shm.ring(idx)
+                except ValueError:
+                    ready = True        # nonsense: wake it, it re-checks
+                else:
+                    if what == abi.Sleep.READ:
+                        ready = ring.readable() > 0 or ring.writers == 0
+                    else:
+                        ready = ring.space() > 0 or ring.readers == 0
+            if ready:
+                p.vm.wake()
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.vm is not None:
+                p.vm.close()
+                p.vm = None
+        self.pool.close()
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
