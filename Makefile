@@ -35,12 +35,14 @@ $(VENV)/.installed: pyproject.toml
 guest:
 	@$(MAKE) -s -C guest
 
+# The example job: 8 forked workers count primes, results come back through
+# pipes, a formatter process (stdin dup2'ed from a pipe) prints the table.
+# Each process is a VM; the result is checked against the native run.
 demo: setup
-	@echo '$$ unifork run guest/build/examples/echo.musl hello "from a unikernel"'
-	@$(VENV)/bin/unifork run guest/build/examples/echo.musl hello "from a unikernel"; \
-	echo "(exit status $$?: echo exits with its argc)"
-	@echo '$$ printf "one\\ntwo\\n" | unifork run guest/build/examples/cat.glibc'
-	@printf 'one\ntwo\n' | $(VENV)/bin/unifork run guest/build/examples/cat.glibc
+	@echo '$$ unifork run guest/build/examples/primes.musl 2000000 8'
+	@$(VENV)/bin/unifork run guest/build/examples/primes.musl 2000000 8 | tee .setup/demo.out
+	@guest/build/examples/primes.musl 2000000 8 | cmp -s - .setup/demo.out \
+		&& echo "(identical to the native run)" || { echo "DIFFERS from the native run"; exit 1; }
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

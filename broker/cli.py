@@ -28,6 +28,9 @@ def parser():
                    help="VM memory in MiB (even, 16..2048; default 128)")
     r.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="stop the VM after S seconds (exit status 124)")
+    r.add_argument("--max-procs", type=int, default=64, metavar="N",
+                   help="the most processes (VMs) the job may have at once; past it "
+                   "fork fails with EAGAIN (default 64)")
     r.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V",
                    help="an environment variable for the program (repeatable); "
                    "the program gets only these")
@@ -40,7 +43,7 @@ def _fast_run_args(argv: list[str]) -> dict | None:
     """Parse `run [--mem N] [--timeout S] [--env K=V]... PROGRAM [ARGS...]`
     without argparse (14 ms to import here); None sends the words to
     argparse, which explains what is wrong or prints the help."""
-    opts: dict = {"mem": 128, "timeout": None, "env": []}
+    opts: dict = {"mem": 128, "timeout": None, "env": [], "max_procs": 64}
     i = 1
     while i < len(argv) and argv[i].startswith("--"):
         name, eq, value = argv[i].partition("=")
@@ -53,6 +56,8 @@ def _fast_run_args(argv: list[str]) -> dict | None:
                 opts["mem"] = int(value)
             elif name == "--timeout":
                 opts["timeout"] = float(value)
+            elif name == "--max-procs":
+                opts["max_procs"] = int(value)
             elif name == "--env" and "=" in value and not value.startswith("="):
                 opts["env"].append(value)
             else:
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if fast.get("command", "run") == "run":
         from workers.run import RunRequest, main_run
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
-                                   fast["timeout"]))
+                                   fast["timeout"], max_procs=fast["max_procs"]))
     return 2
 
 

@@ -41,6 +41,7 @@ class HostRing:
         self.size = _R.get(buf, off, "size")
         if not 0 < self.size <= abi.RING_SIZE or self.size & (self.size - 1):
             raise ValueError(f"ring at {off:#x} has a bad size {self.size}")
+        self.corrupt = False    # a guest broke the counters: we stop using it
         self._data = memoryview(buf)[off + _R.size:off + _R.size + self.size]
 
     @classmethod
@@ -64,19 +65,24 @@ class HostRing:
         return self._get(_READERS, _I)
 
     # -- consumer side -------------------------------------------------
+    def _used(self) -> int:
+        """Bytes in the ring; marks the ring corrupt (and says 0) when the
+        counters are impossible, as only a misbehaving guest makes them."""
+        n = (self._get(_HEAD) - self._get(_TAIL)) % 2**64
+        if n > self.size:
+            self.corrupt = True
+        return 0 if self.corrupt else n
+
     def readable(self) -> int:
-        return self._get(_HEAD) - self._get(_TAIL)
+        return self._used()
 
     def read(self, limit: int = 1 << 30) -> tuple[bytes, bool]:
-        """Take what is there, up to (limit) bytes.
-
-        A guest may have written garbage into the counters: the count is
-        clamped to the ring's size, so the host never reads outside it.
+        """Take what is there, up to (limit) bytes (none from a corrupt ring).
 
         :return: the bytes, and whether the producer waits to be woken.
         """
         tail = self._get(_TAIL)
-        n = min((self._get(_HEAD) - tail) % 2**64, limit, self.size)
+        n = min(self._used(), limit)
         if n == 0:
             return b"", False
         off = tail & (self.size - 1)
@@ -93,7 +99,8 @@ class HostRing:
 
     # -- producer side -------------------------------------------------
     def space(self) -> int:
-        return max(0, self.size - (self._get(_HEAD) - self._get(_TAIL)) % 2**64)
+        used = self._used()
+        return 0 if self.corrupt else self.size - used
 
     def write(self, data: bytes) -> tuple[int, bool]:
         """Put as much of (data) as fits.

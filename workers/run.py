@@ -295,16 +295,24 @@ class Supervisor:
 
     # -- output --------------------------------------------------------------
     def _pump(self) -> None:
-        for ring in (self.stdout, self.stderr):
+        for ring, name in ((self.stdout, "stdout"), (self.stderr, "stderr")):
             data, _ = ring.read()
             if data:
                 self._write_out(ring, data)
+            if ring.corrupt and self.out_fds[id(ring)] >= 0:
+                self.out_fds[id(ring)] = -1
+                self.say(1, f"the job's {name} ring was overwritten by a guest: "
+                         f"its {name} is discarded from here on")
         for p in self.job.live():
             self._drain_log(p)
         self._feed()
 
     def _drain_log(self, p: Proc) -> None:
+        if p.vm.log.corrupt:
+            return
         log, _ = p.vm.log.read()
+        if p.vm.log.corrupt:
+            self.say(p.pid, "its kernel log ring was overwritten: log discarded")
         if log:
             lines = (self.log_partial.pop(p.pid, b"") + log).split(b"\n")
             if lines[-1]:

@@ -67,7 +67,7 @@ io_result(long r)
 }
 
 long
-sys_read(long fd, long buf, long n)
+sys_read(int fd, long buf, long n)
 {
 	struct file *f = getfile(fd);
 	if (!f)
@@ -82,7 +82,7 @@ sys_read(long fd, long buf, long n)
 }
 
 long
-sys_write(long fd, long buf, long n)
+sys_write(int fd, long buf, long n)
 {
 	struct file *f = getfile(fd);
 	if (!f || f->type != FT_WRITE)
@@ -108,7 +108,7 @@ check_iov(const struct iovec *iov, long cnt)
 }
 
 long
-sys_writev(long fd, long iovp, long cnt)
+sys_writev(int fd, long iovp, long cnt)
 {
 	const struct iovec *iov = (const struct iovec *)iovp;
 	struct file *f = getfile(fd);
@@ -132,7 +132,7 @@ sys_writev(long fd, long iovp, long cnt)
 }
 
 long
-sys_readv(long fd, long iovp, long cnt)
+sys_readv(int fd, long iovp, long cnt)
 {
 	const struct iovec *iov = (const struct iovec *)iovp;
 	struct file *f = getfile(fd);
@@ -169,7 +169,7 @@ fd_close(long fd, int wake)
 }
 
 long
-sys_close(long fd)
+sys_close(int fd)
 {
 	return fd_close(fd, 1);
 }
@@ -201,14 +201,14 @@ fd_install(struct file *f, long lowest, int cloexec)
 }
 
 long
-sys_dup(long fd)
+sys_dup(int fd)
 {
 	struct file *f = getfile(fd);
 	return f ? fd_install(f, 0, 0) : -EBADF;
 }
 
 long
-sys_dup3(long oldfd, long newfd, long flags)
+sys_dup3(int oldfd, int newfd, int flags)
 {
 	struct file *f = getfile(oldfd);
 	if (!f)
@@ -228,7 +228,7 @@ sys_dup3(long oldfd, long newfd, long flags)
 }
 
 long
-sys_dup2(long oldfd, long newfd)
+sys_dup2(int oldfd, int newfd)
 {
 	if (oldfd == newfd)
 		return getfile(oldfd) ? newfd : -EBADF;
@@ -236,7 +236,7 @@ sys_dup2(long oldfd, long newfd)
 }
 
 long
-sys_fcntl(long fd, long cmd, long arg)
+sys_fcntl(int fd, int cmd, long arg)
 {
 	struct file *f = getfile(fd);
 	if (!f)
@@ -275,7 +275,7 @@ fill_stat(struct file *f, struct stat *st)
 }
 
 long
-sys_fstat(long fd, long stp)
+sys_fstat(int fd, long stp)
 {
 	struct file *f = getfile(fd);
 	if (!f)
@@ -287,7 +287,7 @@ sys_fstat(long fd, long stp)
 }
 
 long
-sys_newfstatat(long dirfd, long path, long stp, long flags)
+sys_newfstatat(int dirfd, long path, long stp, int flags)
 {
 	const char *p = (const char *)path;
 	if (!user_str_ok(p, 4096))
@@ -298,7 +298,7 @@ sys_newfstatat(long dirfd, long path, long stp, long flags)
 }
 
 long
-sys_ioctl(long fd, long req, long arg)
+sys_ioctl(int fd, unsigned req, long arg)
 {
 	struct file *f = getfile(fd);
 	if (!f)
@@ -343,7 +343,7 @@ file_alloc(int type, int ring, int flags)
 }
 
 long
-sys_pipe2(long fdsp, long flags)
+sys_pipe2(long fdsp, int flags)
 {
 	int *out = (int *)fdsp;
 	if (flags & ~(O_CLOEXEC | O_NONBLOCK))
@@ -388,7 +388,7 @@ file_exec(void)
 }
 
 long
-sys_lseek(long fd, long off, long whence)
+sys_lseek(int fd, long off, long whence)
 {
 	(void)off; (void)whence;
 	return getfile(fd) ? -ESPIPE : -EBADF;

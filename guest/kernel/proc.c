@@ -171,8 +171,10 @@ sys_getgid(void)  { return BOOT->gid; }
  * process group: all of the job is one), through the host.
  */
 long
-sys_kill(long pid, long sig)
+sys_kill(long pid_, long sig_)
 {
+	long pid = (int)pid_, sig = (int)sig_;     /* pid_t and int: 32 bits */
+
 	if (sig < 0 || sig > NSIG)
 		return -EINVAL;
 	if (pid == BOOT->pid) {
@@ -189,7 +191,7 @@ sys_kill(long pid, long sig)
 long
 sys_tgkill(long tgid, long tid, long sig)
 {
-	if (tgid != tid)
+	if ((int)tgid != (int)tid)
 		return -ESRCH;  /* one thread per process: tid == pid */
 	return sys_kill(tid, sig);
 }
@@ -201,8 +203,10 @@ sys_tkill(long tid, long sig)
 }
 
 long
-sys_rt_sigaction(long sig, long act, long oact, long size)
+sys_rt_sigaction(long sig_, long act, long oact, long size)
 {
+	long sig = (int)sig_;
+
 	if (size != 8)
 		return -EINVAL;
 	if (sig < 1 || sig > NSIG)
@@ -223,8 +227,10 @@ sys_rt_sigaction(long sig, long act, long oact, long size)
 }
 
 long
-sys_rt_sigprocmask(long how, long set, long oset, long size)
+sys_rt_sigprocmask(long how_, long set, long oset, long size)
 {
+	long how = (int)how_;
+
 	if (size != 8)
 		return -EINVAL;
 	if (set && !user_ok((uint64_t)set, 8))
@@ -301,8 +307,10 @@ sys_vfork(void)
 }
 
 long
-sys_wait4(long pid, long wstatus, long options, long rusage)
+sys_wait4(long pid_, long wstatus, long options_, long rusage)
 {
+	long pid = (int)pid_, options = (int)options_;
+
 	if (options & ~(WNOHANG | WUNTRACED | WCONTINUED | 0x40000000 | 0x80000000))
 		return -EINVAL;
 	if (wstatus && !user_ok((uint64_t)wstatus, 4))
@@ -319,8 +327,10 @@ sys_wait4(long pid, long wstatus, long options, long rusage)
 }
 
 long
-sys_waitid(long idtype, long id, long infop, long options)
+sys_waitid(long idtype_, long id_, long infop, long options_)
 {
+	long idtype = (int)idtype_, id = (int)id_, options = (int)options_;
+
 	if (!(options & WEXITED) || (options & ~(WNOHANG | WEXITED | WNOWAIT |
 	    WUNTRACED | WCONTINUED)))
 		return -EINVAL;

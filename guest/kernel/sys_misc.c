@@ -321,3 +321,11 @@ sys_sched_getaffinity(long pid, long n, long mask)
 }
 
 long sys_sigaltstack(long ss, long old) { (void)ss; (void)old; return 0; }
+
+/* pause: no signal can interrupt us (handlers are not run), so: forever. */
+long
+sys_pause(void)
+{
+	for (;;)
+		sleep_until(0);
+}

@@ -1,0 +1,74 @@
+"""Multi-process programs run as one VM per process, with output and status
+identical to the native run: fork, wait, kill, orphans, pipes, dup2,
+execve of the program's own image, limits, and misbehaving guests."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import LIBCS, native, qemu_pids, status, unifork
+
+PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline"]
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_multi_process_program_matches_native(program, name, libc):
+    prog = program(name, libc)
+    want = native(prog)
+    got = unifork("run", prog, timeout=120)
+    assert got.stdout == want.stdout, got.stderr.decode()
+    assert status(got) == status(want)
+
+
+def test_pipe_records_of_pipe_buf_bytes_are_never_torn(program):
+    got = unifork("run", program("writers", "glibc"))
+    assert b"records: 200 200 200 200 \ntorn: 0, leftover bytes: 0\n" == got.stdout
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_the_example_job_matches_native(example, libc):
+    prog = example("primes", libc)
+    want = native(prog, 300000, 6)
+    got = unifork("run", prog, 300000, 6)
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout == want.stdout
+    assert b"6 workers, all well: yes" in got.stdout
+
+
+@pytest.mark.parametrize("limit,children", [(1, 0), (3, 2), (5, 4)])
+def test_fork_past_max_procs_fails_with_eagain(program, limit, children):
+    got = unifork("run", "--max-procs", limit, program("limit", "musl"))
+    assert got.stdout == f"fork failed after {children} children: EAGAIN\n".encode()
+    assert b"limit of %d processes" % limit in got.stderr
+
+
+def test_fork_past_the_host_vm_limit_fails_with_eagain(program):
+    got = unifork("run", program("limit", "glibc"), env={"UNIFORK_HOST_MAX_VMS": "3"})
+    assert got.stdout.startswith(b"fork failed after ")
+    assert got.stdout.endswith(b"EAGAIN\n")
+    assert b"host's limit of 3 VMs" in got.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["fork"]], ids=["scribble", "scribble-then-fork"])
+def test_a_guest_scribbling_on_shared_state_does_not_hurt_the_host(program, args):
+    t0 = time.monotonic()
+    got = unifork("run", "--timeout", "20", program("hostile", "musl"), *args)
+    assert time.monotonic() - t0 < 20
+    assert got.returncode in (0, 3)
+    assert len(got.stdout) < 100
+    assert b"overwritten by a guest" in got.stderr
+
+
+def test_the_job_ends_when_pid_1_exits_and_stops_the_rest(tmp_path):
+    src = tmp_path / "leave.c"
+    src.write_text('#include <unistd.h>\n#include <stdio.h>\n'
+                   'int main(void) { if (fork() == 0) for (;;) pause(); '
+                   'puts("parent leaves"); return 4; }\n')
+    import subprocess
+    subprocess.run(["musl-gcc", "-static", "-o", tmp_path / "leave", src], check=True)
+    before = qemu_pids()
+    got = unifork("run", tmp_path / "leave", timeout=60)
+    assert got.returncode == 4 and got.stdout == b"parent leaves\n"
+    assert qemu_pids() - before == set()
