@@ -30,10 +30,11 @@ def compile_program(src: Path, out: Path, libc: str, pie: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
+    inc = f"-I{ROOT / 'guest' / 'include'}"        # the ABI, for programs that poke it
     if libc == "glibc":
-        cmd = ["gcc", "-O2", "-static-pie" if pie else "-static", "-o", out, src, "-lm"]
+        cmd = ["gcc", "-O2", inc, "-static-pie" if pie else "-static", "-o", out, src, "-lm"]
     elif not pie:
-        cmd = ["musl-gcc", "-O2", "-static", "-o", out, src]
+        cmd = ["musl-gcc", "-O2", inc, "-static", "-o", out, src]
     else:
         # Debian's musl-gcc specs always link Scrt1.o; a static PIE needs rcrt1.o.
         obj = out.with_suffix(".o")

@@ -36,9 +36,9 @@ TTY_STDERR = 1 << 2
 
 SHM_MAGIC = 0x4D485346494E55
 SHM_RINGS = 64
-RING_SIZE = 0x10000
+RING_SIZE = 0x100000
 SHM_SLOT = RING_SIZE + 0x1000
-SHM_SIZE = 0x800000
+SHM_SIZE = 0x4200000
 
 
 def shm_ring_off(i: int) -> int:
@@ -122,7 +122,7 @@ BOOT = Record("uf_boot", [
     ("pid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"),
     ("stdio_ring", "3I"), ("tty", "I"), ("tty_rows", "H"), ("tty_cols", "H"),
     ("_pad0", "I"), ("seed", "32s"), ("exe", "256s"), ("hostname", "65s"),
-    ("_pad1", "7s"),
+    ("_pad1", "7s"), ("tsc_adjust", "q"), ("tsc_resume", "q"),
 ])
 
 CTL = Record("uf_ctl", [

@@ -23,6 +23,7 @@ import ctypes
 import errno
 import os
 import socket
+import threading
 import time
 
 from . import abi
@@ -66,6 +67,30 @@ def copy_ram(src: int, dst: int, size: int) -> int:
     return copied
 
 
+class QMPThread:
+    """An asyncio loop in a thread of its own, for every QMP conversation of
+    a job: pool VMs get ready there in the background while the supervisor
+    (a poll loop) goes on; the supervisor waits only for a fork's steps."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="qmp", daemon=True)
+        self._thread.start()
+
+    def call(self, coro, timeout: float = 30.0):
+        """Run (coro) on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro):
+        """Start (coro) on the loop; returns its concurrent.futures.Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
 async def _prepare(vm: VM) -> None:
     """Set the migration capabilities a fork needs, once per QEMU."""
     if vm.migration_ready:
@@ -75,6 +100,25 @@ async def _prepare(vm: VM) -> None:
         {"capability": "x-ignore-shared", "state": True}]})
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
     vm.migration_ready = True
+
+
+async def arm(vm: VM) -> None:
+    """Make a pool VM ready to receive a fork: QMP connected, capabilities
+    set, and listening for the migration on one end of a socketpair whose
+    other end (vm.mig_sock) a fork gives to the parent."""
+    await _prepare(vm)
+    qmp = await vm.qmp()
+    a, b = socket.socketpair()
+    try:
+        qmp.send_fd_scm(b.fileno())
+        await qmp.execute("getfd", {"fdname": "fork"})
+        await qmp.execute("migrate-incoming", {"uri": "fd:fork"})
+    except BaseException:
+        a.close()
+        raise
+    finally:
+        b.close()
+    vm.mig_sock = a
 
 
 async def _wait_status(qmp, command: str, key: str, done: set[str], fail: set[str],
@@ -93,7 +137,8 @@ async def _wait_status(qmp, command: str, key: str, done: set[str], fail: set[st
 
 
 async def _cont(qmp, timeout: float = 2.0) -> None:
-    """`cont`, retried while QEMU says the migration is not finalized yet."""
+    """`cont`, retried while QEMU says the migration is not finalized yet.
+    On a destination still loading, `cont` makes it start when done."""
     from qemu.qmp import ExecuteError
     deadline = time.monotonic() + timeout
     while True:
@@ -106,35 +151,32 @@ async def _cont(qmp, timeout: float = 2.0) -> None:
             await asyncio.sleep(0.0005)
 
 
-async def clone(parent: VM, child: VM, pid: int, ppid: int, timeout: float = 10.0) -> int:
+async def clone(parent: VM, child: VM, pid: int, ppid: int,
+                timeout: float = 10.0) -> int:
     """Make (child), a pooled VM, a copy of the stopped-by-us (parent).
 
-    On return both are paused-then-resumed copies: the child runs with
-    (pid, ppid) and fork's reply 0; the parent runs too, and its caller
-    writes its reply.  Returns the bytes of RAM copied.
+    On return both are stopped: the child is ready to run with (pid, ppid)
+    and fork's reply 0; the caller writes the parent's reply and calls
+    resume().  Returns the bytes of RAM copied.
 
     :raise VMError: the clone failed; the parent is resumed, unchanged.
     """
+    if child.mig_sock is None:
+        await arm(child)
+    await _prepare(parent)
     pq = await parent.qmp()
-    cq = await child.qmp()
-    await asyncio.gather(_prepare(parent), _prepare(child))
-    a, b = socket.socketpair()
     try:
-        cq.send_fd_scm(b.fileno())
-        await cq.execute("getfd", {"fdname": "fork"})
-        await cq.execute("migrate-incoming", {"uri": "fd:fork"})
-        pq.send_fd_scm(a.fileno())
+        pq.send_fd_scm(child.mig_sock.fileno())
         await pq.execute("getfd", {"fdname": "fork"})
         await pq.execute("migrate", {"uri": "fd:fork"})
     finally:
-        a.close()
-        b.close()
+        child.mig_sock.close()
+        child.mig_sock = None
     try:
         await _wait_status(pq, "query-migrate", "status", {"completed"},
                            {"failed", "cancelled"}, timeout)
-        # The child loads the state; with -S it then stays paused.
-        await _wait_status(cq, "query-status", "status", {"paused", "prelaunch"},
-                           {"internal-error", "shutdown", "guest-panicked"}, timeout)
+        # The child may still be loading the device state: the RAM copy does
+        # not touch it (x-ignore-shared), and with -S it stays paused after.
         copied = copy_ram(parent.ram_fd, child.ram_fd, parent.layout.ram_size)
         abi.BOOT.put(child.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
         seq = abi.CTL.get(child.mem, abi.CTL_ADDR, "req_seq")
@@ -146,7 +188,10 @@ async def clone(parent: VM, child: VM, pid: int, ppid: int, timeout: float = 10.
     return copied
 
 
-async def resume(parent: VM, child: VM) -> None:
-    """Let both copies run."""
-    await _cont((await child.qmp()))
-    await _cont((await parent.qmp()))
+async def resume(parent: VM, child: VM, asked: float, parent_tsc: int, tsc_khz: int) -> None:
+    """Let both copies run.  The child's clock resumes at the parent's
+    reading when it asked to fork (at host time (asked)) plus the time
+    since: the child sets its tsc_adjust from tsc_resume."""
+    resume_at = parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000)
+    abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=resume_at)
+    await asyncio.gather(_cont(await child.qmp()), _cont(await parent.qmp()))

@@ -66,11 +66,26 @@ class Job:
         self.say = say
         self.procs: dict[int, Proc] = {}
         self.next_pid = 1
-        self.pool = Pool(mem_mib, shm, pool_size)
-        self.loop = None            # asyncio loop for QMP, made at the first fork
+        self.pool_size = pool_size
+        self._qmp = None            # fork.QMPThread, made at the first fork
+        self._pool: Pool | None = None
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
         self.stats: list[tuple[float, int]] = []   # per fork: seconds, RAM bytes copied
         self._said: set[str] = set()
+
+    @property
+    def qmp(self):
+        """The thread that runs QMP (qemu.qmp is asyncio), made when first needed."""
+        if self._qmp is None:
+            from .fork import QMPThread
+            self._qmp = QMPThread()
+        return self._qmp
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size)
+        return self._pool
 
     def add(self, vm: VM, ppid: int = 0) -> Proc:
         p = Proc(self.next_pid, ppid, vm)
@@ -93,11 +108,13 @@ class Job:
         vm = p.vm
         if vm is None or not p.running:
             return
-        ctl = abi.CTL.read(vm.mem, abi.CTL_ADDR)
-        seq = ctl["req_seq"]
-        if seq == ctl["rep_seq"] or seq == p.parked_seq:
+        mem = vm.mem
+        seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
+        if seq == abi.CTL.get(mem, abi.CTL_ADDR, "rep_seq") or seq == p.parked_seq:
             return
-        req, args = ctl["req"], ctl["arg"]
+        import time
+        self.asked = time.monotonic()
+        req, args = abi.CTL.get(mem, abi.CTL_ADDR, "req"), abi.CTL.get(mem, abi.CTL_ADDR, "arg")
         if req == abi.Req.FORK:
             self._fork(p)
         elif req == abi.Req.WAIT:
@@ -127,7 +144,7 @@ class Job:
 
     # fork --------------------------------------------------------------------
     def vms_in_use(self) -> int:
-        return len(self.live()) + len(self.pool.idle)
+        return len(self.live()) + (len(self._pool.idle) if self._pool else 0)
 
     def _fork(self, parent: Proc) -> None:
         if len(self.live()) >= self.max_procs:
@@ -141,7 +158,7 @@ class Job:
                                "VMs is reached: EAGAIN")
                 return self.reply(parent, -errno.EAGAIN)
             child_vm = VM(self.mem_mib, self.shm)
-            child_vm.start(incoming=True)
+            child_vm.start(incoming=True)         # cold: clone() arms it
         pid = self.next_pid
         import time
         from . import fork
@@ -149,6 +166,7 @@ class Job:
         try:
             copied = self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
         except (VMError, OSError, Exception) as err:   # noqa: BLE001 - any failure: EAGAIN
+            self.qmp.call(child_vm.aclose_qmp())
             child_vm.close()
             self.say(parent.pid, f"fork failed: {err}")
             self.reply(parent, -errno.EAGAIN)
@@ -159,7 +177,9 @@ class Job:
         abi.CTL.put(parent.vm.mem, abi.CTL_ADDR, ret=child.pid, val=(0, 0))
         abi.CTL.put(parent.vm.mem, abi.CTL_ADDR, rep_seq=seq)
         try:
-            self._aio(fork.resume(parent.vm, child_vm))
+            parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
+            self._aio(fork.resume(parent.vm, child_vm, self.asked, parent_tsc,
+                                  abi.BOOT.get(child_vm.mem, abi.BOOT_ADDR, "tsc_khz")))
         except Exception as err:        # noqa: BLE001 - a VM died: its reaping says so
             self.say(child.pid, f"fork: resuming failed: {err}")
         self.stats.append((time.perf_counter() - t0, copied))
@@ -180,11 +200,8 @@ class Job:
                     pass            # a ring the guests corrupted: leave it
 
     def _aio(self, coro):
-        """Run a QMP conversation (qemu.qmp is asyncio) to its end."""
-        if self.loop is None:
-            import asyncio
-            self.loop = asyncio.new_event_loop()
-        return self.loop.run_until_complete(coro)
+        """Run a QMP conversation to its end, on the QMP thread."""
+        return self.qmp.call(coro)
 
     # wait ----------------------------------------------------------------------
     def _wait(self, p: Proc, pid: int, options: int) -> None:
@@ -371,12 +388,19 @@ class Job:
             if ready:
                 p.vm.wake()
 
+    def close_vm(self, p: Proc) -> None:
+        """Free (p)'s VM (its QEMU has exited or is killed)."""
+        if p.vm is not None:
+            if p.vm._qmp is not None:
+                self.qmp.call(p.vm.aclose_qmp())
+            p.vm.close()
+            p.vm = None
+
     def close(self) -> None:
         for p in self.procs.values():
-            if p.vm is not None:
-                p.vm.close()
-                p.vm = None
-        self.pool.close()
-        if self.loop is not None:
-            self.loop.close()
-            self.loop = None
+            self.close_vm(p)
+        if self._pool is not None:
+            self._pool.close()
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None

@@ -8,36 +8,51 @@ the job's VM size.
 """
 from __future__ import annotations
 
+from .fork import QMPThread, arm
 from .rings import SharedRegion
 from .vm import VM
 
 
 class Pool:
-    """Up to (size) idle VMs of (ram_mib) MiB mapping (shm)."""
+    """Up to (size) idle VMs of (ram_mib) MiB mapping (shm); they are armed
+    for a fork (fork.arm) in the background, on (qmp)'s loop."""
 
-    def __init__(self, ram_mib: int, shm: SharedRegion, size: int = 2) -> None:
-        self.ram_mib, self.shm, self.size = ram_mib, shm, size
+    def __init__(self, ram_mib: int, shm: SharedRegion, qmp: QMPThread, size: int = 2) -> None:
+        self.ram_mib, self.shm, self.size, self.qmp = ram_mib, shm, size, qmp
         self.idle: list[VM] = []
 
     def fill(self, room: int) -> None:
         """Start VMs until the pool is full, or (room) more would exceed
-        the host's limit; starting is asynchronous (QEMU boots alone)."""
+        the host's limit; they start and arm asynchronously."""
         while len(self.idle) < self.size and room > 0:
             vm = VM(self.ram_mib, self.shm)
             vm.start(incoming=True)
+            vm.armed = self.qmp.submit(arm(vm))
             self.idle.append(vm)
             room -= 1
 
-    def take(self) -> VM | None:
-        """An idle VM, or None if the pool is empty.  Dead ones are dropped."""
+    def take(self, timeout: float = 30.0) -> VM | None:
+        """An armed idle VM (waiting for the oldest to be ready), or None if
+        the pool is empty.  VMs that died or failed to arm are dropped."""
         while self.idle:
             vm = self.idle.pop(0)
+            try:
+                vm.armed.result(timeout)
+            except Exception:       # noqa: BLE001 - a broken pool VM: drop it
+                self.discard(vm)
+                continue
             if vm.poll() is None:
                 return vm
-            vm.close()
+            self.discard(vm)
         return None
+
+    def discard(self, vm: VM) -> None:
+        self.qmp.call(vm.aclose_qmp())
+        vm.close()
 
     def close(self) -> None:
         for vm in self.idle:
-            vm.close()
+            if vm.armed is not None:
+                vm.armed.cancel()
+            self.discard(vm)
         self.idle.clear()

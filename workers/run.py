@@ -189,6 +189,7 @@ class Supervisor:
             pid1.vm.quit()
         for p in job.live():            # pid 1 has ended: so does the job
             if p.vm is not None and p.vm.poll() is None:
+                p.killed_by = SIGKILL
                 p.vm.kill()
             self._ended(p)
         self._pump()
@@ -222,10 +223,7 @@ class Supervisor:
         if p.pid == 1:
             self.pid1_ctl = vm.ctl
             self.pid1_qemu_err = vm.qemu_stderr()
-        if vm._qmp is not None and self.job.loop is not None:
-            self.job.loop.run_until_complete(vm.aclose_qmp())
-        vm.close()
-        p.vm = None
+        self.job.close_vm(p)
 
     def _on_signal(self, signum: int, frame) -> None:
         self.stop_reason = self.stop_reason or _STOPS[signum]

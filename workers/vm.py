@@ -63,6 +63,8 @@ class VM:
         self.log = HostRing.create(self.mem, abi.LOG_ADDR, abi.LOG_SIZE)
         self._qmp = None               # qemu.qmp QMPClient, connected on first use
         self.migration_ready = False   # capabilities set for fork
+        self.mig_sock = None           # a pool VM's end of its incoming migration
+        self.armed = None              # a pool VM's arm() future
 
     # -- before boot -------------------------------------------------------
     def load(self, prog: Program, argv: list[bytes], envp: list[bytes], exe: bytes,
@@ -224,6 +226,8 @@ class VM:
             if fd >= 0:
                 os.close(fd)
         self.log.release()
+        if self.mig_sock is not None:
+            self.mig_sock.close()
         for s in (self.bell, self._bell_peer, self._qmp_sock, self._qmp_peer):
             try:
                 s.close()

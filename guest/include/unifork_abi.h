@@ -102,6 +102,13 @@ struct uf_boot {
 	char     exe[256];          /* absolute path: /proc/self/exe, AT_EXECFN */
 	char     hostname[65];      /* uname nodename */
 	char     _pad1[7];
+	/* Ticks added to the TSC for the clocks.  A forked child's own TSC is
+	 * unrelated to its parent's (KVM may even re-synchronize the restored
+	 * value), so at its resume it sets tsc_adjust to read tsc_resume: the
+	 * parent's clock when it asked to fork (FORK's arg1) plus the time the
+	 * host saw pass until the child was resumed. */
+	int64_t  tsc_adjust;
+	int64_t  tsc_resume;
 };
 
 /* Why the guest stopped: struct uf_ctl.state */
@@ -121,7 +128,8 @@ enum uf_state {
  * then rep_seq; the reply is what tells a forked child (ret 0) from its
  * parent (ret = the child's pid).
  *
- *   FORK  (arg0) clone flags                    ret: child pid | 0 | -errno
+ *   FORK  (arg0) clone flags, (arg1) the        ret: child pid | 0 | -errno
+ *         parent's clock (TSC + tsc_adjust)
  *   WAIT  (arg0) pid or -1, (arg1) options      ret: pid | 0 (WNOHANG) | -errno
  *         (WNOHANG, WNOWAIT)                     val0: wait status, val1: uid
  *   KILL  (arg0) pid, 0 or -1, (arg1) signal    ret: 0 | -errno; the host kills
@@ -234,10 +242,10 @@ struct uf_ring {
  */
 #define UF_SHM_MAGIC        0x4d485346494e55UL  /* "UNIFSHM" */
 #define UF_SHM_RINGS        64
-#define UF_RING_SIZE        UF_UL(0x10000)      /* 64 KiB, as a Linux pipe */
+#define UF_RING_SIZE        UF_UL(0x100000)     /* 1 MiB: writer and reader overlap */
 #define UF_SHM_SLOT         (UF_RING_SIZE + UF_UL(0x1000))
 #define UF_SHM_RING_OFF(i)  (UF_UL(0x1000) + (i) * UF_SHM_SLOT)
-#define UF_SHM_SIZE         UF_UL(0x800000)     /* >= UF_SHM_RING_OFF(64) */
+#define UF_SHM_SIZE         UF_UL(0x4200000)    /* >= UF_SHM_RING_OFF(64), whole MiB */
 
 struct uf_shm {
 	uint64_t magic;             /* UF_SHM_MAGIC */
@@ -246,7 +254,7 @@ struct uf_shm {
 	volatile uint64_t used;     /* bitmap of ring slots in use */
 };
 
-_Static_assert(sizeof(struct uf_boot) == 496, "uf_boot layout");
+_Static_assert(sizeof(struct uf_boot) == 512, "uf_boot layout");
 _Static_assert(sizeof(struct uf_ctl) == 512, "uf_ctl layout");
 _Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");

@@ -1,7 +1,8 @@
 /*
  * clock.c: time from the TSC, read in ring 3.  The host tells the TSC rate
  * (tsc_khz) and the wall-clock time at TSC 0 in the boot page; the TSC is
- * invariant and survives migration (and so fork).
+ * invariant.  A forked child re-bases its clocks on its parent's (see
+ * tsc_resume in unifork_abi.h).
  */
 #include "defs.h"
 #include "x86.h"
@@ -16,10 +17,17 @@ clock_init(void)
 	ns_per_tick_32 = ((uint64_t)1000000 << 32) / tsc_khz;
 }
 
+/* The TSC as the clocks see it: continuous across fork. */
+uint64_t
+clock_tsc(void)
+{
+	return rdtsc() + (uint64_t)BOOT->tsc_adjust;
+}
+
 uint64_t
 clock_mono_ns(void)
 {
-	return (uint64_t)(((unsigned __int128)rdtsc() * ns_per_tick_32) >> 32);
+	return (uint64_t)(((unsigned __int128)clock_tsc() * ns_per_tick_32) >> 32);
 }
 
 uint64_t

@@ -74,6 +74,7 @@ void wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int wh
 
 // clock.c
 void clock_init(void);
+uint64_t clock_tsc(void);
 uint64_t clock_mono_ns(void);
 uint64_t clock_real_ns(void);
 uint64_t ns_to_tsc(uint64_t ns);

@@ -275,10 +275,11 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 		return -EFAULT;
 	if ((flags & CLONE_PARENT_SETTID) && !user_ok((uint64_t)ptid, 4))
 		return -EFAULT;
-	long pid = host_call(UF_REQ_FORK, flags, 0, 0, 0);
+	long pid = host_call(UF_REQ_FORK, flags, (long)clock_tsc(), 0, 0);
 	if (pid < 0)
 		return pid;
 	if (pid == 0) {                 /* the child, in its own VM */
+		BOOT->tsc_adjust = BOOT->tsc_resume - (int64_t)rdtsc();
 		if (flags & CLONE_CHILD_SETTID)
 			*(int *)ctid = (int)BOOT->pid;
 		if (flags & CLONE_CHILD_CLEARTID)

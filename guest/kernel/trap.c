@@ -137,9 +137,12 @@ trap(struct trapframe *tf)
 		}
 		break;
 	case UF_VEC_DOORBELL:
-		/* Drain the UART so the line drops; the byte carries no data. */
-		while (inb(UF_DOORBELL_PORT + 5) & 1)
-			(void)inb(UF_DOORBELL_PORT);
+		/*
+		 * Take the byte so the line drops; it carries no data.  With the
+		 * FIFO off one read clears it: each port access is a VM exit to
+		 * QEMU (~tens of us on PVM), so no status read first.
+		 */
+		(void)inb(UF_DOORBELL_PORT);
 		lapic_eoi();
 		return;
 	case UF_VEC_TIMER:
