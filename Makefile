@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
 	@# pip's console-script template imports re (7 ms here); `unifork run` is
 	@# measured against a bare QEMU launch, so the launcher is the minimal one.
-	printf '#!%s\nimport sys\nfrom broker.cli import main\nsys.exit(main())\n' \
+	printf '#!%s\nfrom broker.cli import entry\nentry()\n' \
 		"$(CURDIR)/$(VENV)/bin/python" > $(VENV)/bin/unifork
 	chmod +x $(VENV)/bin/unifork
 	touch $@

@@ -14,13 +14,14 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Callable
 
 from . import abi, elf, layout
 from .errors import VMError
-from .pool import Pool
 from .rings import SharedRegion
 from .vm import VM
+
+# The fork engine (asyncio, qemu.qmp, threads) is imported at the first fork:
+# `unifork run` of a program that never forks must start in milliseconds.
 
 SIGKILL, SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH = \
     9, 17, 18, 19, 20, 21, 22, 23, 28
@@ -57,7 +58,7 @@ class Job:
     """
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
-                 max_procs: int, host_max_vms: int, say: Callable[[int, str], None],
+                 max_procs: int, host_max_vms: int, say,
                  pool_size: int = 2) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
@@ -68,7 +69,7 @@ class Job:
         self.next_pid = 1
         self.pool_size = pool_size
         self._qmp = None            # fork.QMPThread, made at the first fork
-        self._pool: Pool | None = None
+        self._pool = None           # pool.Pool, made at the first fork
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
         self.stats: list[tuple[float, int]] = []   # per fork: seconds, RAM bytes copied
         self._said: set[str] = set()
@@ -82,8 +83,10 @@ class Job:
         return self._qmp
 
     @property
-    def pool(self) -> Pool:
+    def pool(self):
+        """The warm pool of VMs for forks (pool.Pool), made at the first fork."""
         if self._pool is None:
+            from .pool import Pool
             self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size)
         return self._pool
 
