@@ -49,6 +49,8 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/boot.py
+	$(VENV)/bin/python bench/fork.py
+	$(VENV)/bin/python bench/pipes.py
 
 clean:
 	$(MAKE) -C guest clean
