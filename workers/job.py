@@ -51,6 +51,23 @@ def exit_status(code: int) -> int:
     return (code & 0xFF) << 8
 
 
+class Slots:
+    """This host's VM slots, counted here (unifork run; a worker counts them
+    in Redis, see workers/tasks.py)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def give(self) -> None:
+        self.used = max(0, self.used - 1)
+
+
 class Job:
     """The processes of one program on this host.
 
@@ -58,13 +75,14 @@ class Job:
     """
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
-                 max_procs: int, host_max_vms: int, say,
-                 pool_size: int = 2) -> None:
+                 max_procs: int, slots: "Slots", say, pool_size: int = 2,
+                 events=None) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
         self.mem_mib, self.shm = mem_mib, shm
-        self.max_procs, self.host_max_vms = max_procs, host_max_vms
+        self.max_procs, self.slots = max_procs, slots
         self.say = say
+        self.events = events        # events(pid, ppid, state, wstatus): process changes
         self.procs: dict[int, Proc] = {}
         self.next_pid = 1
         self.pool_size = pool_size
@@ -91,10 +109,13 @@ class Job:
         return self._pool
 
     def add(self, vm: VM, ppid: int = 0) -> Proc:
+        """A new process (its VM holds one of the host's slots)."""
         p = Proc(self.next_pid, ppid, vm)
         self.next_pid += 1
         self.procs[p.pid] = p
         self.changed = True
+        if self.events:
+            self.events(p.pid, ppid, "running", None)
         return p
 
     def live(self) -> list[Proc]:
@@ -146,20 +167,18 @@ class Job:
             p.vm.wake()
 
     # fork --------------------------------------------------------------------
-    def vms_in_use(self) -> int:
-        return len(self.live()) + (len(self._pool.idle) if self._pool else 0)
 
     def _fork(self, parent: Proc) -> None:
         if len(self.live()) >= self.max_procs:
             self._say_once(parent.pid, f"fork: the job's limit of {self.max_procs} "
                            "processes is reached: EAGAIN")
             return self.reply(parent, -errno.EAGAIN)
+        if not self.slots.take():
+            self._say_once(parent.pid, f"fork: this host's {self.slots.limit} slots "
+                           "(VMs) are all in use: EAGAIN")
+            return self.reply(parent, -errno.EAGAIN)
         child_vm = self.pool.take()
         if child_vm is None:
-            if self.vms_in_use() >= self.host_max_vms:
-                self._say_once(parent.pid, f"fork: this host's limit of {self.host_max_vms} "
-                               "VMs is reached: EAGAIN")
-                return self.reply(parent, -errno.EAGAIN)
             child_vm = VM(self.mem_mib, self.shm)
             child_vm.start(incoming=True)         # cold: clone() arms it
         pid = self.next_pid
@@ -169,6 +188,7 @@ class Job:
         try:
             copied = self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
         except (VMError, OSError, Exception) as err:   # noqa: BLE001 - any failure: EAGAIN
+            self.slots.give()
             self.qmp.call(child_vm.aclose_qmp())
             child_vm.close()
             self.say(parent.pid, f"fork failed: {err}")
@@ -188,7 +208,7 @@ class Job:
         self.stats.append((time.perf_counter() - t0, copied))
         self._wake_if(parent, abi.Sleep.REPLY)
         self._wake_if(child, abi.Sleep.REPLY)
-        self.pool.fill(self.host_max_vms - self.vms_in_use())
+        self.pool.fill(self.pool_size)
 
     def _count_ends(self, vm: VM, sign: int) -> None:
         """Add (or, sign -1, take away) the ring ends (vm)'s process holds."""
@@ -337,6 +357,9 @@ class Job:
                 detail = vm.qemu_stderr()
                 self.say(p.pid, "the VM stopped without an exit status (a triple fault "
                          "or a QEMU crash)" + (f": {detail}" if detail else ""))
+        self.slots.give()
+        if self.events:
+            self.events(p.pid, p.ppid, "killed" if p.wstatus & 0x7F else "exited", p.wstatus)
         self._count_ends(vm, -1)
         for i in range(abi.SHM_RINGS):
             if self.shm.used() >> i & 1:

@@ -21,15 +21,14 @@ class Pool:
         self.ram_mib, self.shm, self.size, self.qmp = ram_mib, shm, size, qmp
         self.idle: list[VM] = []
 
-    def fill(self, room: int) -> None:
-        """Start VMs until the pool is full, or (room) more would exceed
-        the host's limit; they start and arm asynchronously."""
-        while len(self.idle) < self.size and room > 0:
+    def fill(self, size: int) -> None:
+        """Start VMs until (size) are idle; they start and arm asynchronously.
+        Idle VMs hold no slot: a slot is a VM that runs a process."""
+        while len(self.idle) < size:
             vm = VM(self.ram_mib, self.shm)
             vm.start(incoming=True)
             vm.armed = self.qmp.submit(arm(vm))
             self.idle.append(vm)
-            room -= 1
 
     def take(self, timeout: float = 30.0) -> VM | None:
         """An armed idle VM (waiting for the oldest to be ready), or None if

@@ -19,7 +19,8 @@ from . import abi, elf
 from .errors import BadProgram, UniforkError
 from .layout import Layout
 from .rings import HostRing, SharedRegion
-from .job import Job, Proc
+from .errors import VMError
+from .job import Job, Proc, Slots
 from .vm import VM
 
 EXIT_TIMEOUT = 124
@@ -32,11 +33,15 @@ class RunRequest:
 
     def __init__(self, program: str, args: list[str], env: list[str], mem_mib: int = 128,
                  timeout: float | None = None, stdin: int = 0, stdout: int = 1,
-                 stderr: int = 2, max_procs: int = 64) -> None:
+                 stderr: int = 2, max_procs: int = 64, name: str | None = None,
+                 slots=None, events=None) -> None:
         self.program, self.args, self.env = program, args, env
         self.mem_mib, self.timeout = mem_mib, timeout
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.max_procs = max_procs
+        self.name = name or program     # argv[0], and how messages name it
+        self.slots = slots              # the host's VM slots (job.Slots by default)
+        self.events = events            # process changes, for the cluster's state
 
 
 def host_max_vms() -> int:
@@ -88,12 +93,16 @@ def run(req: RunRequest) -> int:
             cols, rows = os.get_terminal_size(req.stdout)
         except OSError:
             cols, rows = 0, 0
-        vm.load(prog, [req.program.encode(), *map(os.fsencode, req.args)],
+        vm.load(prog, [os.fsencode(req.name), *map(os.fsencode, req.args)],
                 [os.fsencode(e) for e in req.env], os.fsencode(os.path.abspath(req.program)),
                 pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         sup = Supervisor(req, rings[0][1], rings[1][1], rings[2][1])
-        job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, host_max_vms(), sup.say)
+        slots = req.slots or Slots(host_max_vms())
+        if not slots.take():
+            raise VMError("this host has no free slot for the job's first VM")
+        job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
+                  events=req.events)
         sup.job = job
         job.add(vm)
         vm.start()
@@ -337,7 +346,7 @@ class Supervisor:
 
     def say(self, pid: int, msg: str) -> None:
         """One line on our stderr about process (pid) of the job."""
-        who = self.req.program if pid == 1 else f"{self.req.program} (pid {pid})"
+        who = self.req.name if pid == 1 else f"{self.req.name} (pid {pid})"
         try:
             os.write(self.req.stderr, f"unifork: {who}: {msg}\n".encode())
         except OSError:

@@ -1,0 +1,145 @@
+"""The cluster's state in Redis: hosts, jobs, their processes and output,
+and program images by content hash.  Writes take an optional pipeline."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import redis
+
+from . import keys
+from .keys import JobStatus
+
+HEARTBEAT_TTL = 5.0          # seconds without a heartbeat before a host is dead
+OUTPUT_TTL = 7 * 24 * 3600   # job records and output expire a week after they end
+
+
+class Unreachable(Exception):
+    """Redis cannot be reached."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for (url), checked with a PING.
+
+    :raise Unreachable: with a one-line reason.
+    """
+    try:
+        r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        r.ping()
+        return r
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            ValueError) as err:
+        raise Unreachable(f"cannot reach Redis at {url}: {err}") from err
+
+
+# -- images -------------------------------------------------------------------
+def put_image(r: redis.Redis, data: bytes) -> str:
+    """Store a program once by its sha256; returns the hash."""
+    sha = hashlib.sha256(data).hexdigest()
+    r.set(keys.image(sha), data, nx=True)
+    return sha
+
+
+def get_image(r: redis.Redis, sha: str) -> bytes | None:
+    return r.get(keys.image(sha))
+
+
+# -- hosts --------------------------------------------------------------------
+def host_alive_age(r: redis.Redis, name: str) -> float | None:
+    """Seconds since host (name)'s last heartbeat, None if it is not alive."""
+    beat = r.get(keys.host_alive(name))
+    return None if beat is None else max(0.0, time.time() - float(beat))
+
+
+def register_host(r: redis.Redis, name: str, slots: int, address: str) -> bool:
+    """Claim (name) for this worker; False if a live worker holds it."""
+    if not r.set(keys.host_alive(name), time.time(), nx=True, px=int(HEARTBEAT_TTL * 1000)):
+        return False
+    p = r.pipeline()
+    p.hset(keys.host(name), mapping={"slots": slots, "used": 0, "address": address,
+                                     "draining": 0, "started": time.time()})
+    p.sadd(keys.HOSTS, name)
+    p.execute()
+    return True
+
+
+def heartbeat(r: redis.Redis, name: str) -> None:
+    r.set(keys.host_alive(name), time.time(), px=int(HEARTBEAT_TTL * 1000))
+
+
+def unregister_host(r: redis.Redis, name: str) -> None:
+    p = r.pipeline()
+    p.delete(keys.host_alive(name))
+    p.hset(keys.host(name), "used", 0)
+    p.execute()
+
+
+def hosts(r: redis.Redis) -> list[dict]:
+    out = []
+    for name in sorted(n.decode() for n in r.smembers(keys.HOSTS)):
+        h = {k.decode(): v.decode() for k, v in r.hgetall(keys.host(name)).items()}
+        out.append({"name": name, "slots": int(h.get("slots", 0)), "used": int(h.get("used", 0)),
+                    "address": h.get("address", ""), "draining": h.get("draining") == "1",
+                    "heartbeat_age": host_alive_age(r, name)})
+    return out
+
+
+def take_slot(r: redis.Redis, name: str) -> bool:
+    """Count one more VM on host (name) if it has a free slot."""
+    key = keys.host(name)
+    used = r.hincrby(key, "used", 1)
+    if used > int(r.hget(key, "slots") or 0):
+        r.hincrby(key, "used", -1)
+        return False
+    return True
+
+
+def give_slot(r: redis.Redis, name: str) -> None:
+    r.hincrby(keys.host(name), "used", -1)
+
+
+# -- jobs ---------------------------------------------------------------------
+def new_job(r: redis.Redis, job_id: str, program: str, args: list[str], pipeline=None) -> None:
+    p = pipeline or r.pipeline()
+    p.hset(keys.job(job_id), mapping={"status": JobStatus.QUEUED.value, "program": program,
+                                      "args": json.dumps(args), "submitted": time.time()})
+    p.zadd(keys.JOBS, {job_id: time.time()})
+    if pipeline is None:
+        p.execute()
+
+
+def set_job(r: redis.Redis, job_id: str, **fields) -> None:
+    r.hset(keys.job(job_id), mapping={k: v if isinstance(v, (str, int, float)) else json.dumps(v)
+                                      for k, v in fields.items()})
+
+
+def job_info(r: redis.Redis, job_id: str) -> dict | None:
+    h = r.hgetall(keys.job(job_id))
+    if not h:
+        return None
+    return {k.decode(): v.decode() for k, v in h.items()}
+
+
+def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes) -> None:
+    r.rpush(keys.job_output(job_id, stream), data)
+
+
+def output(r: redis.Redis, job_id: str, stream: str, start: int = 0) -> list[bytes]:
+    return r.lrange(keys.job_output(job_id, stream), start, -1)
+
+
+def set_proc(r: redis.Redis, job_id: str, pid: int, **info) -> None:
+    r.hset(keys.job_procs(job_id), str(pid), json.dumps(info))
+
+
+def procs(r: redis.Redis, job_id: str) -> dict[int, dict]:
+    return {int(k): json.loads(v) for k, v in r.hgetall(keys.job_procs(job_id)).items()}
+
+
+def expire_job(r: redis.Redis, job_id: str) -> None:
+    p = r.pipeline()
+    for k in (keys.job(job_id), keys.job_output(job_id, "out"), keys.job_output(job_id, "err"),
+              keys.job_procs(job_id)):
+        p.expire(k, OUTPUT_TTL)
+    p.execute()
