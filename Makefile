@@ -7,7 +7,7 @@
 
 PYTHON   ?= python3
 VENV     := .venv
-APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux
+APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server
 
 setup: .setup/apt $(VENV)/.installed guest
 	@$(VENV)/bin/python -m compileall -q broker workers bench tests >/dev/null
@@ -21,7 +21,7 @@ setup: .setup/apt $(VENV)/.installed guest
 	fi
 	@mkdir -p .setup && touch $@
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat

@@ -36,6 +36,37 @@ def parser():
                    "the program gets only these")
     r.add_argument("program", metavar="PROGRAM")
     r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+    def cluster(name: str, **kw):
+        c = sub.add_parser(name, **kw)
+        c.add_argument("--redis", metavar="URL", help="the cluster's Redis (default "
+                       "$UNIFORK_REDIS_URL or redis://127.0.0.1:6379/0)")
+        return c
+
+    w = cluster("worker", help="run this KVM host's worker (Celery) and host agent")
+    w.add_argument("--host-name", required=True, metavar="NAME")
+    w.add_argument("--slots", type=int, required=True, metavar="N", help="VMs this host runs")
+    w.add_argument("--advertise", required=True, metavar="ADDR",
+                   help="the address other hosts reach this one at")
+    s = cluster("submit", help="submit a job to the cluster; prints its id")
+    s.add_argument("--wait", action="store_true", help="print its output, exit with its status")
+    s.add_argument("--follow", action="store_true",
+                   help="stream its output and its processes as they fork and exit")
+    s.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V")
+    s.add_argument("--mem", type=int, default=128, metavar="MIB")
+    s.add_argument("--max-procs", type=int, default=64, metavar="N")
+    s.add_argument("--timeout", type=float, default=None, metavar="S")
+    s.add_argument("program", metavar="PROGRAM")
+    s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    ps = cluster("ps", help="a job's process tree (or the recent jobs)")
+    ps.add_argument("job", nargs="?", metavar="JOB")
+    lg = cluster("logs", help="a job's output so far")
+    lg.add_argument("job", metavar="JOB")
+    cluster("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
+    cn = cluster("cancel", help="stop a job")
+    cn.add_argument("job", metavar="JOB")
+    dr = cluster("drain", help="make a host take no new jobs; its running ones finish")
+    dr.add_argument("name", metavar="NAME")
     return p
 
 
@@ -81,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         from workers.run import RunRequest, main_run
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
                                    fast["timeout"], max_procs=fast["max_procs"]))
-    return 2
+    from . import commands
+    return commands.main(argparse_ns(fast))
+
+
+def argparse_ns(d: dict):
+    import argparse
+    return argparse.Namespace(**d)
 
 
 def entry() -> None:

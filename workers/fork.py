@@ -31,6 +31,10 @@ from .errors import VMError
 from .vm import VM
 
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+# qemu.qmp logs a cancelled connection (a pool VM discarded at job end) as an
+# error; every failure that matters reaches the job as an exception.
+import logging
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

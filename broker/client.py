@@ -1,0 +1,113 @@
+"""The client API: submit a job to the cluster and follow it.
+
+    job = submit("guest/build/examples/primes.musl", ["100000", "4"])
+    status = job.wait(timeout=60)
+    print(job.stdout.decode(), job.processes())
+
+The job is a Celery task (broker.app.RUN_JOB) on the shared queue; plain
+Celery client code can send the same task (see README).
+"""
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+from workers import abi, elf
+from workers.layout import Layout
+
+from . import state
+from .app import JOBS_QUEUE, RUN_JOB, app
+from .keys import JobStatus
+
+DONE = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
+
+
+class UnknownJob(Exception):
+    """No job has that id."""
+
+
+class Job:
+    """A submitted job, read back from Redis."""
+
+    def __init__(self, r, job_id: str) -> None:
+        self.r, self.id = r, job_id
+
+    def info(self) -> dict:
+        info = state.job_info(self.r, self.id)
+        if info is None:
+            raise UnknownJob(f"no job {self.id}")
+        return info
+
+    @property
+    def status(self) -> str:
+        return self.info()["status"]
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until the job ends; its exit status.
+
+        :raise TimeoutError: when (timeout) seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.info()["status"] not in DONE:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
+            time.sleep(0.05)
+        return self.exit_status
+
+    @property
+    def exit_status(self) -> int | None:
+        v = self.info().get("exit_status")
+        return None if v is None else int(v)
+
+    @property
+    def stdout(self) -> bytes:
+        return b"".join(state.output(self.r, self.id, "out"))
+
+    @property
+    def stderr(self) -> bytes:
+        return b"".join(state.output(self.r, self.id, "err"))
+
+    def processes(self) -> dict[int, dict]:
+        """pid -> {ppid, host, state, wstatus}."""
+        return state.procs(self.r, self.id)
+
+    def cancel(self) -> None:
+        state.set_job(self.r, self.id, cancel=1)
+        app.control.revoke(self.id, terminate=True, signal="SIGTERM")
+
+
+def connect():
+    return state.connect(app.conf.broker_url)
+
+
+def submit(program: str, args: list[str] | tuple = (), env: list[str] | tuple = (),
+           stdin: bytes = b"", mem_mib: int = 128, max_procs: int = 64,
+           timeout: float | None = None) -> Job:
+    """Validate (program), store it by content hash, queue the job.
+
+    :raise workers.errors.BadProgram: the program cannot run (nothing is queued).
+    :raise state.Unreachable: Redis cannot be reached.
+    """
+    try:
+        with open(program, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        from workers.errors import BadProgram
+        raise BadProgram(f"{program}: {err.strerror}") from err
+    elf.parse(program, data, abi.PIE_BASE, Layout(mem_mib << 20).mmap_top)
+    r = connect()
+    sha = state.put_image(r, data)
+    job_id = str(uuid.uuid4())
+    state.new_job(r, job_id, program, list(args))
+    app.send_task(RUN_JOB, task_id=job_id, queue=JOBS_QUEUE, kwargs={
+        "image": sha, "name": program,
+        "args": list(args), "env": list(env), "stdin": base64.b64encode(stdin).decode(),
+        "mem_mib": mem_mib, "max_procs": max_procs, "timeout": timeout})
+    return Job(r, job_id)
+
+
+def job(job_id: str) -> Job:
+    j = Job(connect(), job_id)
+    j.info()
+    return j

@@ -1,0 +1,136 @@
+"""The cluster commands of `unifork`: worker, submit, ps, logs, hosts,
+cancel, drain.  Each prints a one-line error and exits non-zero on
+trouble: an unreachable Redis, an unknown job, a bad program."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def _err(msg: str, code: int = 1) -> int:
+    print(f"unifork: {msg}", file=sys.stderr)
+    return code
+
+
+def main(args) -> int:
+    if getattr(args, "redis", None):
+        os.environ["UNIFORK_REDIS_URL"] = args.redis
+    from workers.errors import BadProgram
+
+    from . import client, state
+    try:
+        return COMMANDS[args.command](args, client, state)
+    except state.Unreachable as err:
+        return _err(str(err))
+    except client.UnknownJob as err:
+        return _err(str(err))
+    except BadProgram as err:
+        return _err(str(err), 2)
+
+
+def worker(args, client, state) -> int:
+    from workers.agent import AgentError, serve
+    try:
+        serve(args.host_name, args.slots, args.advertise)
+    except AgentError as err:
+        return _err(str(err))
+    return 0
+
+
+def submit(args, client, state) -> int:
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    job = client.submit(args.program, args.args, args.env, stdin, args.mem, args.max_procs,
+                        args.timeout)
+    if not (args.wait or args.follow):
+        print(job.id)
+        return 0
+    if args.follow:
+        return follow(job)
+    status = job.wait()
+    sys.stdout.buffer.write(job.stdout)
+    sys.stderr.buffer.write(job.stderr)
+    return status
+
+
+def follow(job) -> int:
+    """Stream output and process events until the job ends."""
+    from .client import DONE
+    sent = {"out": 0, "err": 0}
+    seen: dict[int, str] = {}
+    out = {"out": sys.stdout.buffer, "err": sys.stderr.buffer}
+    while True:
+        done = job.status in DONE
+        from . import state
+        for stream in ("out", "err"):
+            chunks = state.output(job.r, job.id, stream, sent[stream])
+            sent[stream] += len(chunks)
+            for c in chunks:
+                out[stream].write(c)
+            out[stream].flush()
+        for pid, p in sorted(job.processes().items()):
+            if seen.get(pid) != p["state"]:
+                seen[pid] = p["state"]
+                print(f"unifork: pid {pid} (parent {p['ppid']}) {p['state']} on {p['host']}",
+                      file=sys.stderr)
+        if done:
+            return job.exit_status if job.exit_status is not None else 1
+        time.sleep(0.1)
+
+
+def ps(args, client, state) -> int:
+    if args.job is None:
+        r = client.connect()
+        from . import keys
+        for jid in r.zrevrange(keys.JOBS, 0, 19):
+            info = state.job_info(r, jid.decode()) or {}
+            print(f"{jid.decode()}  {info.get('status', '?'):9}  {info.get('host', '-'):10}  "
+                  f"{info.get('program', '')}")
+        return 0
+    job = client.job(args.job)
+    info = job.info()
+    print(f"job {job.id}: {info['status']}"
+          + (f", exit status {info['exit_status']}" if "exit_status" in info else ""))
+    print(f"{'PID':>5} {'PPID':>5} {'HOST':12} {'STATE':8} STATUS")
+    for pid, p in sorted(job.processes().items()):
+        ws = p.get("wstatus")
+        how = "" if ws is None else (f"signal {ws & 0x7f}" if ws & 0x7f else f"exit {ws >> 8}")
+        print(f"{pid:>5} {p['ppid']:>5} {p['host']:12} {p['state']:8} {how}")
+    return 0
+
+
+def logs(args, client, state) -> int:
+    job = client.job(args.job)
+    sys.stdout.buffer.write(job.stdout)
+    sys.stderr.buffer.write(job.stderr)
+    return 0
+
+
+def hosts(args, client, state) -> int:
+    r = client.connect()
+    print(f"{'HOST':12} {'ADDRESS':16} {'USED':>4} {'FREE':>4} {'HEARTBEAT':>10}")
+    for h in state.hosts(r):
+        age = h["heartbeat_age"]
+        beat = "dead" if age is None else f"{age:.1f} s ago"
+        note = "  draining" if h["draining"] else ""
+        print(f"{h['name']:12} {h['address']:16} {h['used']:>4} "
+              f"{max(0, h['slots'] - h['used']):>4} {beat:>10}{note}")
+    return 0
+
+
+def cancel(args, client, state) -> int:
+    client.job(args.job).cancel()
+    return 0
+
+
+def drain(args, client, state) -> int:
+    from workers.agent import AgentError, drain as do_drain
+    try:
+        do_drain(args.name)
+    except AgentError as err:
+        return _err(str(err))
+    return 0
+
+
+COMMANDS = {"worker": worker, "submit": submit, "ps": ps, "logs": logs, "hosts": hosts,
+            "cancel": cancel, "drain": drain}

@@ -1,0 +1,69 @@
+"""`unifork worker`: the host agent of one KVM host.
+
+Registers the host in Redis (refusing a name a live worker holds),
+heartbeats, and runs a Celery worker that consumes the shared job queue and
+this host's own queue, one job per slot at most.  `unifork drain NAME` makes
+it stop taking jobs from the shared queue; its running jobs finish.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from broker import state
+from broker.app import JOBS_QUEUE, app, host_queue
+
+HEARTBEAT_EVERY = 1.0
+
+
+class AgentError(Exception):
+    pass
+
+
+def _heartbeat(r, name: str, stop: threading.Event) -> None:
+    draining = False
+    while not stop.wait(HEARTBEAT_EVERY):
+        try:
+            state.heartbeat(r, name)
+            if not draining and r.hget(f"unifork:host:{name}", "draining") == b"1":
+                draining = True
+                app.control.cancel_consumer(JOBS_QUEUE, destination=[f"unifork@{name}"])
+        except Exception:           # noqa: BLE001 - Redis hiccup: try again next beat
+            pass
+
+
+def serve(name: str, slots: int, advertise: str) -> None:
+    """Register (name) and run its Celery worker until it is stopped.
+
+    :raise AgentError: Redis unreachable, or (name) held by a live worker.
+    """
+    if slots < 1:
+        raise AgentError("--slots must be at least 1")
+    try:
+        r = state.connect(app.conf.broker_url)
+    except state.Unreachable as err:
+        raise AgentError(str(err)) from err
+    if not state.register_host(r, name, slots, advertise):
+        age = state.host_alive_age(r, name)
+        raise AgentError(f"a worker named {name} is already alive "
+                         f"(heartbeat {age or 0:.1f} s ago)")
+    os.environ["UNIFORK_HOST_NAME"] = name
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(r, name, stop), daemon=True)
+    beat.start()
+    try:
+        app.worker_main(["worker", "-n", f"unifork@{name}", "-Q",
+                         f"{JOBS_QUEUE},{host_queue(name)}", "-c", str(slots),
+                         "--pool", "prefork", "-l", "warning", "--without-gossip",
+                         "--without-mingle"])
+    finally:
+        stop.set()
+        state.unregister_host(r, name)
+
+
+def drain(name: str) -> None:
+    r = state.connect(app.conf.broker_url)
+    if not r.exists(f"unifork:host:{name}"):
+        raise AgentError(f"no host named {name}")
+    r.hset(f"unifork:host:{name}", "draining", 1)
+    app.control.cancel_consumer(JOBS_QUEUE, destination=[f"unifork@{name}"])
