@@ -56,23 +56,21 @@ def submit(args, client, state) -> int:
 def follow(job) -> int:
     """Stream output and process events until the job ends."""
     from .client import DONE
-    sent = {"out": 0, "err": 0}
-    seen: dict[int, str] = {}
+    from . import state
+    sent = {"out": 0, "err": 0, "events": 0}
     out = {"out": sys.stdout.buffer, "err": sys.stderr.buffer}
     while True:
         done = job.status in DONE
-        from . import state
         for stream in ("out", "err"):
             chunks = state.output(job.r, job.id, stream, sent[stream])
             sent[stream] += len(chunks)
             for c in chunks:
                 out[stream].write(c)
             out[stream].flush()
-        for pid, p in sorted(job.processes().items()):
-            if seen.get(pid) != p["state"]:
-                seen[pid] = p["state"]
-                print(f"unifork: pid {pid} (parent {p['ppid']}) {p['state']} on {p['host']}",
-                      file=sys.stderr)
+        for e in state.events(job.r, job.id, sent["events"]):
+            sent["events"] += 1
+            print(f"unifork: pid {e['pid']} (parent {e['ppid']}) {e['state']} on {e['host']}",
+                  file=sys.stderr, flush=True)
         if done:
             return job.exit_status if job.exit_status is not None else 1
         time.sleep(0.1)

@@ -40,5 +40,9 @@ def job_procs(job_id: str) -> str:      # hash: pid -> JSON of ppid, host, state
     return f"{PREFIX}job:{job_id}:procs"
 
 
+def job_events(job_id: str) -> str:     # list of JSON process events, in order
+    return f"{PREFIX}job:{job_id}:events"
+
+
 def image(sha256: str) -> str:          # the program's bytes, by content
     return f"{PREFIX}image:{sha256}"

@@ -130,7 +130,15 @@ def output(r: redis.Redis, job_id: str, stream: str, start: int = 0) -> list[byt
 
 
 def set_proc(r: redis.Redis, job_id: str, pid: int, **info) -> None:
-    r.hset(keys.job_procs(job_id), str(pid), json.dumps(info))
+    """Record process (pid)'s state, and the change as an event."""
+    p = r.pipeline()
+    p.hset(keys.job_procs(job_id), str(pid), json.dumps(info))
+    p.rpush(keys.job_events(job_id), json.dumps({"pid": pid, **info}))
+    p.execute()
+
+
+def events(r: redis.Redis, job_id: str, start: int = 0) -> list[dict]:
+    return [json.loads(e) for e in r.lrange(keys.job_events(job_id), start, -1)]
 
 
 def procs(r: redis.Redis, job_id: str) -> dict[int, dict]:
@@ -140,6 +148,6 @@ def procs(r: redis.Redis, job_id: str) -> dict[int, dict]:
 def expire_job(r: redis.Redis, job_id: str) -> None:
     p = r.pipeline()
     for k in (keys.job(job_id), keys.job_output(job_id, "out"), keys.job_output(job_id, "err"),
-              keys.job_procs(job_id)):
+              keys.job_procs(job_id), keys.job_events(job_id)):
         p.expire(k, OUTPUT_TTL)
     p.execute()
