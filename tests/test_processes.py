@@ -9,7 +9,7 @@ import pytest
 
 from conftest import LIBCS, native, qemu_pids, status, unifork
 
-PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks"]
+PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths"]
 
 
 @pytest.mark.parametrize("libc", LIBCS)
