@@ -125,3 +125,37 @@ def test_an_ignored_sigpipe_gives_epipe(program):
     _, err = p.communicate(timeout=20)
     assert p.returncode == 3
     assert b"write: EPIPE" in err
+
+
+TRIPLE = r"""
+/* A PVH kernel that triple-faults: an empty IDT, then a breakpoint. */
+	.section .note.pvh, "a"
+	.p2align 2
+	.long 4, 4, 18
+	.asciz "Xen"
+	.long pvh_start
+	.section .text.boot, "ax"
+	.code32
+	.globl pvh_start
+pvh_start:
+	lidt idt0
+	int3
+idt0:
+	.word 0
+	.long 0
+"""
+
+
+def test_a_triple_fault_is_reported_as_killed_never_success(example, tmp_path):
+    from conftest import ROOT
+    src = tmp_path / "triple.S"
+    src.write_text(TRIPLE)
+    kernel = tmp_path / "triple.elf"
+    subprocess.run(["gcc", "-c", "-o", tmp_path / "triple.o", src], check=True)
+    subprocess.run(["gcc", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none",
+                    "-T", ROOT / "guest" / "kernel" / "kernel.ld", "-o", kernel,
+                    tmp_path / "triple.o"], check=True)
+    got = unifork("run", example("hello", "musl"), env={"UNIFORK_KERNEL": str(kernel)})
+    assert got.returncode == 137
+    assert got.stdout == b""
+    assert b"without an exit status" in got.stderr

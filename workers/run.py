@@ -158,6 +158,8 @@ class Supervisor:
                 if job.changed:
                     by_fd = self._repoll(poller, by_fd, sig_r)
                 for p in job.live():
+                    if p.vm.poll() is None and p.vm.check_stderr():
+                        p.vm.kill()     # QEMU paused a guest it cannot run
                     if p.vm.poll() is not None:
                         self._ended(p)
                     else:
@@ -213,6 +215,7 @@ class Supervisor:
         for p in self.job.live():
             by_fd[p.vm.bell.fileno()] = ("bell", p)
             by_fd[p.vm.pidfd] = ("exit", p)
+            by_fd[p.vm.stderr_fd] = ("stderr", p)
         by_fd[sig_r] = ("signal", None)
         for fd in by_fd:
             poller.register(fd, select.POLLIN)

@@ -60,6 +60,7 @@ class VM:
         self.pidfd = -1
         self.returncode: int | None = None
         self._stderr_r = -1
+        self._stderr_buf = b""
         self.log = HostRing.create(self.mem, abi.LOG_ADDR, abi.LOG_SIZE)
         self._qmp = None               # qemu.qmp QMPClient, connected on first use
         self.migration_ready = False   # capabilities set for fork
@@ -101,6 +102,7 @@ class VM:
         if os.access(SETPRIV, os.X_OK):
             argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         self._stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._stderr_r, False)
         for fd in passed:
             os.set_inheritable(fd, True)
         try:
@@ -200,17 +202,30 @@ class VM:
             os.kill(self.pid, 9)        # SIGKILL
             self.wait()
 
-    def qemu_stderr(self) -> str:
-        """What QEMU printed (read once it has exited)."""
+    # QEMU's words for a guest it cannot run on: it then pauses the VM
+    # instead of exiting (a triple fault in emulated ring 0 on nested KVM).
+    FATAL = (b"KVM internal error", b"emulation failure")
+
+    @property
+    def stderr_fd(self) -> int:
+        return self._stderr_r
+
+    def check_stderr(self) -> bool:
+        """Collect what QEMU printed; True if it says the guest cannot go on."""
         if self._stderr_r < 0:
-            return ""
-        out = b""
+            return False
         try:
             while chunk := os.read(self._stderr_r, 65536):
-                out += chunk
-        except OSError:
+                self._stderr_buf += chunk
+        except (BlockingIOError, OSError):
             pass
-        return out.decode(errors="replace").strip()
+        return any(f in self._stderr_buf for f in self.FATAL)
+
+    def qemu_stderr(self) -> str:
+        """What QEMU printed (all of it once it has exited)."""
+        self.check_stderr()
+        lines = self._stderr_buf.decode(errors="replace").strip().splitlines()
+        return "; ".join(lines[:3])
 
     @property
     def ctl(self) -> dict:
