@@ -89,7 +89,7 @@ class Job:
         self._qmp = None            # fork.QMPThread, made at the first fork
         self._pool = None           # pool.Pool, made at the first fork
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
-        self.stats: list[tuple[float, int]] = []   # per fork: seconds, RAM bytes copied
+        self.asked = 0.0            # when the request being served arrived (monotonic)
         self._said: set[str] = set()
 
     @property
@@ -182,11 +182,9 @@ class Job:
             child_vm = VM(self.mem_mib, self.shm)
             child_vm.start(incoming=True)         # cold: clone() arms it
         pid = self.next_pid
-        import time
         from . import fork
-        t0 = time.perf_counter()
         try:
-            copied = self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
+            self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
         except (VMError, OSError, Exception) as err:   # noqa: BLE001 - any failure: EAGAIN
             self.slots.give()
             self.qmp.call(child_vm.aclose_qmp())
@@ -205,7 +203,6 @@ class Job:
                                   abi.BOOT.get(child_vm.mem, abi.BOOT_ADDR, "tsc_khz")))
         except Exception as err:        # noqa: BLE001 - a VM died: its reaping says so
             self.say(child.pid, f"fork: resuming failed: {err}")
-        self.stats.append((time.perf_counter() - t0, copied))
         self._wake_if(parent, abi.Sleep.REPLY)
         self._wake_if(child, abi.Sleep.REPLY)
         self.pool.fill(self.pool_size)

@@ -231,8 +231,8 @@ class Supervisor:
         if p.pid != 1 and p.killed_by is not None and abi.CTL.get(
                 vm.mem, abi.CTL_ADDR, "state") == abi.State.KILLED:
             self.say(p.pid, f"killed by {_signame(p.killed_by)}")
-        self.pid1_qemu_rc = vm.returncode if p.pid == 1 else getattr(self, "pid1_qemu_rc", 0)
         if p.pid == 1:
+            self.pid1_qemu_rc = vm.returncode
             self.pid1_ctl = vm.ctl
             self.pid1_qemu_err = vm.qemu_stderr()
         self.job.close_vm(p)
