@@ -71,3 +71,32 @@ def test_the_job_ends_when_pid_1_exits_and_stops_the_rest(tmp_path):
     got = unifork("run", tmp_path / "leave", timeout=60)
     assert got.returncode == 4 and got.stdout == b"parent leaves\n"
     assert qemu_pids() - before == set()
+
+
+def test_a_fork_that_fails_half_way_leaves_nothing_and_returns_an_error(program, tmp_path):
+    """QEMU cannot start the child's VM: fork fails with EAGAIN in the parent,
+    the job goes on, and no process is left."""
+    import shutil
+    wrapper = tmp_path / "qemu"
+    wrapper.write_text('#!/bin/sh\ncase " $* " in *" -S "*) echo "no VM for a child" >&2; '
+                       f'exit 1;; esac\nexec {shutil.which("qemu-system-x86_64")} "$@"\n')
+    wrapper.chmod(0o755)
+    before = qemu_pids()
+    got = unifork("run", program("limit", "musl"), env={"UNIFORK_QEMU": str(wrapper)})
+    assert got.returncode == 0
+    assert got.stdout == b"fork failed after 0 children: EAGAIN\n"
+    assert b"fork failed" in got.stderr
+    assert qemu_pids() - before == set()
+
+
+def test_a_hostile_job_does_not_affect_another_job(program, example):
+    import subprocess
+    from conftest import UNIFORK
+    hostile = subprocess.Popen([str(UNIFORK), "run", "--timeout", "20",
+                                str(program("hostile", "glibc")), "fork"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    prog = example("primes", "musl")
+    got = unifork("run", prog, 100000, 4)
+    hostile.communicate(timeout=60)
+    assert got.returncode == 0
+    assert got.stdout == native(prog, 100000, 4).stdout
