@@ -159,3 +159,18 @@ def test_a_triple_fault_is_reported_as_killed_never_success(example, tmp_path):
     assert got.returncode == 137
     assert got.stdout == b""
     assert b"without an exit status" in got.stderr
+
+
+def test_ctrl_c_stops_every_vm_of_a_job(example):
+    before = qemu_pids()
+    p = subprocess.Popen([str(UNIFORK), "run", str(example("primes", "musl")), "50000000", "4"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while len(qemu_pids() - before) < 5:        # pid 1 and its four workers
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130
+    assert b"interrupted" in err
+    assert qemu_pids() - before == set()
