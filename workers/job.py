@@ -404,10 +404,7 @@ class Job:
                 except ValueError:
                     ready = True        # nonsense: wake it, it re-checks
                 else:
-                    if what == abi.Sleep.READ:
-                        ready = ring.readable() > 0 or ring.writers == 0
-                    else:
-                        ready = ring.space() > 0 or ring.readers == 0
+                    ready = ring.may_read() if what == abi.Sleep.READ else ring.may_write()
             if ready:
                 p.vm.wake()
 

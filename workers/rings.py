@@ -67,7 +67,11 @@ class HostRing:
     # -- consumer side -------------------------------------------------
     def _used(self) -> int:
         """Bytes in the ring; marks the ring corrupt (and says 0) when the
-        counters are impossible, as only a misbehaving guest makes them."""
+        counters are impossible, as only a misbehaving guest makes them.
+
+        Only for rings the host is an end of: its own counter does not move
+        under it, so the sample is exact.  Between two guests, both counters
+        move while they are read: see may_read/may_write."""
         n = (self._get(_HEAD) - self._get(_TAIL)) % 2**64
         if n > self.size:
             self.corrupt = True
@@ -150,6 +154,16 @@ class HostRing:
             self._set(_FLAG["rd_wait"], 0, _I)
             self._set(_FLAG["wr_wait"], 0, _I)
         return bool(up)
+
+    # -- readiness of a ring between guests (for waking its sleepers) -----
+    # Sampled while guests move both counters: never judged corrupt here; a
+    # wrong guess only wakes a sleeper that checks again.
+    def may_read(self) -> bool:
+        return self._get(_HEAD) != self._get(_TAIL) or self.writers == 0
+
+    def may_write(self) -> bool:
+        tail = self._get(_TAIL)
+        return (self._get(_HEAD) - tail) % 2**64 < self.size or self.readers == 0
 
     # -- waiting ---------------------------------------------------------
     def arm(self, flag: str) -> None:

@@ -3,14 +3,17 @@
  * stdout and stderr, whose other end is the host.  Descriptors share files
  * (dup); a ring end is closed when its last descriptor is.  A forked child
  * has its own copy of every file, so the host counts the child's ends in.
+ * The one file that can be opened by name is /dev/null: there is no file
+ * system.
  */
 #include "defs.h"
 #include "linux.h"
+#include "x86.h"
 
 #define NFILE 64
 #define NFD   256
 
-enum { FT_NONE, FT_READ, FT_WRITE };
+enum { FT_NONE, FT_READ, FT_WRITE, FT_NULL };
 
 struct file {
 	int type;               /* FT_*; FT_NONE: slot free */
@@ -53,7 +56,7 @@ file_put(struct file *f, int wake)
 		return;
 	if (f->type == FT_READ)
 		ring_ends(f->ring, -1, 0, !wake);
-	else
+	else if (f->type == FT_WRITE)
 		ring_ends(f->ring, 0, -1, !wake);
 	f->type = FT_NONE;
 }
@@ -72,6 +75,8 @@ sys_read(int fd, long buf, long n)
 	struct file *f = getfile(fd);
 	if (!f)
 		return -EBADF;
+	if (f->type == FT_NULL)
+		return 0;
 	if (f->type != FT_READ)
 		return -EBADF;
 	if (n < 0)
@@ -85,6 +90,8 @@ long
 sys_write(int fd, long buf, long n)
 {
 	struct file *f = getfile(fd);
+	if (f && f->type == FT_NULL)
+		return n < 0 ? -EINVAL : n;
 	if (!f || f->type != FT_WRITE)
 		return -EBADF;
 	if (n < 0)
@@ -114,6 +121,13 @@ sys_writev(int fd, long iovp, long cnt)
 	struct file *f = getfile(fd);
 	long e, total = 0;
 
+	if (f && f->type == FT_NULL) {
+		if ((e = check_iov(iov, cnt)))
+			return e;
+		for (long i = 0; i < cnt; i++)
+			total += (long)iov[i].len;
+		return total;
+	}
 	if (!f || f->type != FT_WRITE)
 		return -EBADF;
 	if ((e = check_iov(iov, cnt)))
@@ -138,6 +152,8 @@ sys_readv(int fd, long iovp, long cnt)
 	struct file *f = getfile(fd);
 	long e, total = 0;
 
+	if (f && f->type == FT_NULL)
+		return 0;
 	if (!f || f->type != FT_READ)
 		return -EBADF;
 	if ((e = check_iov(iov, cnt)))
@@ -266,6 +282,10 @@ fill_stat(struct file *f, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->mode = f->tty ? (S_IFCHR | 0620) : (S_IFIFO | 0600);
+	if (f->type == FT_NULL) {
+		st->mode = S_IFCHR | 0666;
+		st->rdev = (1 << 8) | 3;        /* 1:3, as Linux's /dev/null */
+	}
 	st->nlink = 1;
 	st->uid = BOOT->uid;
 	st->gid = BOOT->gid;
@@ -392,4 +412,130 @@ sys_lseek(int fd, long off, long whence)
 {
 	(void)off; (void)whence;
 	return getfile(fd) ? -ESPIPE : -EBADF;
+}
+
+long
+sys_openat(int dirfd, long path, int flags, int mode)
+{
+	static int said;
+	const char *p = (const char *)path;
+	(void)dirfd; (void)mode;
+
+	if (!user_str_ok(p, 4096))
+		return -EFAULT;
+	if (strcmp(p, "/dev/null") == 0) {
+		struct file *f = file_alloc(FT_NULL, -1, flags & (O_ACCMODE | O_NONBLOCK));
+		if (!f)
+			return -ENFILE;
+		long fd = fd_install(f, 0, (flags & O_CLOEXEC) != 0);
+		if (fd < 0)
+			f->type = FT_NONE;
+		return fd;
+	}
+	if (!said++)
+		kprintf("open(%s): there is no file system here; ENOENT\n", p);
+	return -ENOENT;
+}
+
+long
+sys_open(long path, int flags, int mode)
+{
+	return sys_openat(AT_FDCWD, path, flags, mode);
+}
+
+/* The events (POLLIN...) that are true of descriptor (fd) now. */
+#define POLLIN   0x001
+#define POLLOUT  0x004
+#define POLLERR  0x008
+#define POLLHUP  0x010
+#define POLLNVAL 0x020
+
+static short
+poll_events(int fd, short want)
+{
+	struct file *f = getfile(fd);
+	volatile struct uf_ring *r;
+	short ev = 0;
+
+	if (!f)
+		return POLLNVAL;
+	switch (f->type) {
+	case FT_NULL:
+		return want & (POLLIN | POLLOUT);
+	case FT_READ:
+		r = shm_ring(f->ring);
+		if (r->head != r->tail)
+			ev |= POLLIN;
+		if (r->writers == 0)
+			ev |= POLLHUP;
+		return ev & (want | POLLHUP);
+	case FT_WRITE:
+		r = shm_ring(f->ring);
+		if (r->readers == 0)
+			return POLLERR;
+		if (r->size - (r->head - r->tail) >= UF_PIPE_BUF)
+			ev |= POLLOUT;
+		return ev & want;
+	}
+	return POLLNVAL;
+}
+
+struct pollfd { int fd; short events, revents; };
+
+/*
+ * poll and ppoll: wait until one of the descriptors is ready, or the
+ * timeout (ns; -1: none) passes.  The wait spins briefly, then halts in
+ * short slices: a wake-up for one of several rings is not tracked.
+ */
+static long
+do_poll(long fdsp, unsigned long nfds, int64_t timeout_ns)
+{
+	struct pollfd *pfd = (struct pollfd *)fdsp;
+	uint64_t start = clock_mono_ns();
+
+	if (nfds > NFD)
+		return -EINVAL;
+	if (nfds && !user_ok((uint64_t)fdsp, nfds * sizeof(*pfd)))
+		return -EFAULT;
+	for (;;) {
+		long n = 0;
+		for (unsigned long i = 0; i < nfds; i++) {
+			pfd[i].revents = pfd[i].fd < 0 ? 0 : poll_events(pfd[i].fd, pfd[i].events);
+			n += pfd[i].revents != 0;
+		}
+		uint64_t now = clock_mono_ns();
+		if (n || (timeout_ns >= 0 && now - start >= (uint64_t)timeout_ns))
+			return n;
+		uint64_t slice = now - start < 200000 ? 0 : 2000000;   /* spin, then 2 ms */
+		if (timeout_ns >= 0 && start + (uint64_t)timeout_ns - now < slice)
+			slice = start + (uint64_t)timeout_ns - now;
+		if (slice) {
+			CTL->asleep = UF_SLEEP_TIMER;
+			sleep_until(rdtsc() + ns_to_tsc(slice));
+			CTL->asleep = UF_SLEEP_NONE;
+		} else {
+			__asm__ volatile("pause");
+		}
+	}
+}
+
+long
+sys_poll(long fdsp, unsigned long nfds, int timeout_ms)
+{
+	return do_poll(fdsp, nfds, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000);
+}
+
+long
+sys_ppoll(long fdsp, unsigned long nfds, long tsp)
+{
+	int64_t t = -1;
+	if (tsp) {
+		if (!user_ok((uint64_t)tsp, sizeof(struct timespec)))
+			return -EFAULT;
+		const struct timespec *ts = (const struct timespec *)tsp;
+		if (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000)
+			return -EINVAL;
+		t = ts->tv_sec * 1000000000 + ts->tv_nsec;
+	}
+	return do_poll(fdsp, nfds, t);
 }

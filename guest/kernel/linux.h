@@ -69,6 +69,7 @@ struct termios { uint32_t iflag, oflag, cflag, lflag; uint8_t line, cc[19]; };
 #define O_RDONLY    0
 #define O_WRONLY    1
 #define O_RDWR      2
+#define O_ACCMODE   3
 #define O_NONBLOCK  04000
 #define O_CLOEXEC   02000000
 #define F_DUPFD     0

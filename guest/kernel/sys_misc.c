@@ -329,3 +329,67 @@ sys_pause(void)
 	for (;;)
 		sleep_until(0);
 }
+
+/*
+ * prctl: the process's name (PR_SET_NAME/PR_GET_NAME), and options that
+ * are recorded and have no effect here (parent-death signal, dumpable).
+ * Any other option fails with EINVAL, said once.
+ */
+#define PR_SET_PDEATHSIG 1
+#define PR_GET_PDEATHSIG 2
+#define PR_GET_DUMPABLE  3
+#define PR_SET_DUMPABLE  4
+#define PR_SET_NAME      15
+#define PR_GET_NAME      16
+
+long
+sys_prctl(int option, unsigned long arg)
+{
+	static char comm[16];
+	static int pdeathsig, dumpable = 1;
+	static uint64_t said;
+
+	if (!comm[0]) {         /* the basename of the program, as Linux does */
+		const char *exe = (const char *)BOOT->exe, *base = exe;
+		for (const char *c = exe; *c; c++)
+			if (*c == '/')
+				base = c + 1;
+		memcpy(comm, base, MIN(strnlen(base, 15), (size_t)15));
+	}
+	switch (option) {
+	case PR_SET_NAME:
+		if (!user_ok(arg, 1))
+			return -EFAULT;
+		memset(comm, 0, sizeof(comm));
+		memcpy(comm, (const char *)arg, strnlen((const char *)arg,
+		    MIN((size_t)15, BOOT->ram_size - arg)));
+		return 0;
+	case PR_GET_NAME:
+		if (!user_ok(arg, 16))
+			return -EFAULT;
+		memcpy((void *)arg, comm, 16);
+		return 0;
+	case PR_SET_PDEATHSIG:
+		if (arg > NSIG)
+			return -EINVAL;
+		pdeathsig = (int)arg;
+		return 0;
+	case PR_GET_PDEATHSIG:
+		if (!user_ok(arg, 4))
+			return -EFAULT;
+		*(int *)arg = pdeathsig;
+		return 0;
+	case PR_GET_DUMPABLE:
+		return dumpable;
+	case PR_SET_DUMPABLE:
+		if (arg > 1)
+			return -EINVAL;
+		dumpable = (int)arg;
+		return 0;
+	}
+	if (option >= 0 && option < 64 && !(said & (1UL << option))) {
+		said |= 1UL << option;
+		kprintf("prctl option %d is not supported: EINVAL\n", option);
+	}
+	return -EINVAL;
+}
