@@ -9,7 +9,8 @@ import pytest
 
 from conftest import LIBCS, native, qemu_pids, status, unifork
 
-PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths"]
+PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths",
+            "execfast"]
 
 
 @pytest.mark.parametrize("libc", LIBCS)

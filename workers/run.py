@@ -169,6 +169,8 @@ class Supervisor:
                 job.wake_sleepers()
                 if not pid1.running or self.stop_reason:
                     break
+                if job.changed:         # a VM came or went: poll the new set
+                    continue
                 self.stdout.arm("rd_wait")
                 self.stderr.arm("rd_wait")
                 if self.stdout.readable() or self.stderr.readable():

@@ -381,5 +381,12 @@ sys_execve(long path, long argv, long envp)
 	clear_tid = 0;
 	file_exec();
 	vm_init();
+	/*
+	 * The host rewrote the code this CPU is about to run (cross-modifying
+	 * code): the CPU must serialize before executing it, or it may run
+	 * what it prefetched of the old image.  cpuid serializes at any CPL.
+	 */
+	uint32_t id[4];
+	cpuid(0, 0, id);
 	start_program(BOOT->entry, BOOT->sp);
 }
