@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
-from broker import state
+from broker import keys, state
 from broker.app import JOBS_QUEUE, app, host_queue
 
 HEARTBEAT_EVERY = 1.0
@@ -25,7 +25,7 @@ def _heartbeat(r, name: str, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_EVERY):
         try:
             state.heartbeat(r, name)
-            if not draining and r.hget(f"unifork:host:{name}", "draining") == b"1":
+            if not draining and r.hget(keys.host(name), "draining") == b"1":
                 draining = True
                 app.control.cancel_consumer(JOBS_QUEUE, destination=[f"unifork@{name}"])
         except Exception:           # noqa: BLE001 - Redis hiccup: try again next beat
@@ -63,7 +63,7 @@ def serve(name: str, slots: int, advertise: str) -> None:
 
 def drain(name: str) -> None:
     r = state.connect(app.conf.broker_url)
-    if not r.exists(f"unifork:host:{name}"):
+    if not r.exists(keys.host(name)):
         raise AgentError(f"no host named {name}")
-    r.hset(f"unifork:host:{name}", "draining", 1)
+    r.hset(keys.host(name), "draining", 1)
     app.control.cancel_consumer(JOBS_QUEUE, destination=[f"unifork@{name}"])

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 
-from broker import state
+from broker import keys, state
 from broker.app import RUN_JOB, app
 from broker.keys import JobStatus
 
@@ -34,7 +34,7 @@ class RedisSlots:
 
     def __init__(self, r, host: str) -> None:
         self.r, self.host = r, host
-        self.limit = int(r.hget(f"unifork:host:{host}", "slots") or 0)
+        self.limit = int(r.hget(keys.host(host), "slots") or 0)
 
     def take(self) -> bool:
         return state.take_slot(self.r, self.host)
