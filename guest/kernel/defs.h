@@ -48,6 +48,7 @@ void proc_exit(int status) __attribute__((noreturn));
 void proc_kill(int sig) __attribute__((noreturn));
 void proc_sigpipe(void);
 long sys_arch_prctl(long code, long addr);
+void random_fork(void);
 
 // vm.c
 void vm_init(void);

@@ -280,6 +280,7 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 		return pid;
 	if (pid == 0) {                 /* the child, in its own VM */
 		BOOT->tsc_adjust = BOOT->tsc_resume - (int64_t)rdtsc();
+		random_fork();
 		if (flags & CLONE_CHILD_SETTID)
 			*(int *)ctid = (int)BOOT->pid;
 		if (flags & CLONE_CHILD_CLEARTID)

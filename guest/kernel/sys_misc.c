@@ -188,10 +188,18 @@ sys_clock_nanosleep(long clk, long flags, long req, long rem)
  * forked VM); otherwise a xorshift stream from the host's seed (not
  * cryptographic; said in the limitations).
  */
+static uint64_t rng;            /* the fallback stream's state; 0: seed it */
+
+/* In a forked child: the fallback stream restarts from the child's seed. */
+void
+random_fork(void)
+{
+	rng = 0;
+}
+
 static uint64_t
 random64(void)
 {
-	static uint64_t s;
 	uint64_t v;
 	unsigned char ok;
 
@@ -202,12 +210,12 @@ random64(void)
 				return v;
 		}
 	}
-	if (!s)
-		memcpy(&s, (const void *)BOOT->seed, 8), s |= 1;
-	s ^= s << 13;
-	s ^= s >> 7;
-	s ^= s << 17;
-	return s * 0x2545f4914f6cdd1dULL;
+	if (!rng)
+		memcpy(&rng, (const void *)BOOT->seed, 8), rng |= 1;
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng * 0x2545f4914f6cdd1dULL;
 }
 
 long
