@@ -5,9 +5,9 @@ the Supervisor pumps them to and from our own file descriptors as bytes
 arrive, prints the guest kernel's log on stderr, and turns the way the VM
 stopped into an exit status the way a shell would (128 + signal if killed).
 
-The waiting is a poll() over four descriptors (doorbell, QEMU's pidfd,
-stdin, a signal pipe): `unifork run` is measured against a bare QEMU launch,
-and asyncio alone takes longer to import than the guest takes to boot.
+The waiting is a poll() over each VM's doorbell, pidfd and QEMU's stderr,
+our stdin and a signal pipe: `unifork run` is measured against a bare QEMU
+launch, and asyncio alone takes longer to import than the guest takes to boot.
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import stat
 import sys
 
 from . import abi, elf
-from .errors import BadProgram, UniforkError
+from .errors import BadProgram, UniforkError, VMError
 from .layout import Layout
 from .rings import HostRing, SharedRegion
-from .errors import VMError
 from .job import Job, Proc, Slots
 from .vm import VM
 
@@ -82,7 +81,11 @@ def run(req: RunRequest) -> int:
     prog = prepare(req)
     if req.max_procs < 1:
         raise BadProgram(f"--max-procs {req.max_procs}: must be at least 1")
+    slots = req.slots or Slots(host_max_vms())
+    if not slots.take():
+        raise VMError("this host has no free slot for the job's first VM")
     shm = SharedRegion()
+    vm: VM | None = None
     job = None
     try:
         rings = [shm.new_ring() for _ in range(3)]
@@ -98,9 +101,6 @@ def run(req: RunRequest) -> int:
                 pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         sup = Supervisor(req, rings[0][1], rings[1][1], rings[2][1])
-        slots = req.slots or Slots(host_max_vms())
-        if not slots.take():
-            raise VMError("this host has no free slot for the job's first VM")
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
                   events=req.events)
         sup.job = job
@@ -109,7 +109,11 @@ def run(req: RunRequest) -> int:
         return sup.run()
     finally:
         if job is not None:
-            job.close()
+            job.close()             # closes the VMs, gives back their slots
+        else:
+            if vm is not None:
+                vm.close()
+            slots.give()
         shm.close()
 
 
@@ -141,26 +145,28 @@ class Supervisor:
         global select, signal
         import select
         import signal
+        import time
         job = self.job
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(sig_w)
         old = {s: signal.signal(s, self._on_signal) for s in _STOPS}
         poller = select.poll()
         self._start_stdin(poller)
-        by_fd: dict[int, tuple[str, Proc]] = {}
+        polled: set[int] = set()
         deadline = None
         if self.req.timeout:
-            import time
             deadline = time.monotonic() + self.req.timeout
         pid1 = job.procs[1]
         try:
             while True:
                 if job.changed:
-                    by_fd = self._repoll(poller, by_fd, sig_r)
+                    polled = self._repoll(poller, polled, sig_r)
                 for p in job.live():
-                    if p.vm.poll() is None and p.vm.check_stderr():
+                    exited = p.vm.poll() is not None
+                    if not exited and p.vm.check_stderr():
                         p.vm.kill()     # QEMU paused a guest it cannot run
-                    if p.vm.poll() is not None:
+                        exited = True
+                    if exited:
                         self._ended(p)
                     else:
                         p.vm.take_doorbells()
@@ -178,7 +184,6 @@ class Supervisor:
                 self._sync_stdin(poller)
                 wait_ms = None
                 if deadline is not None:
-                    import time
                     left = deadline - time.monotonic()
                     if left <= 0:
                         self.stop_reason = "timeout"
@@ -210,19 +215,17 @@ class Supervisor:
             self._flush_log(pid)
         return self._status(pid1)
 
-    def _repoll(self, poller, by_fd, sig_r) -> dict:
-        for fd in by_fd:
+    def _repoll(self, poller, polled: set[int], sig_r: int) -> set[int]:
+        """Poll the descriptors of the VMs alive now (and the signal pipe)."""
+        for fd in polled:
             poller.unregister(fd)
-        by_fd = {}
+        polled = {sig_r}
         for p in self.job.live():
-            by_fd[p.vm.bell.fileno()] = ("bell", p)
-            by_fd[p.vm.pidfd] = ("exit", p)
-            by_fd[p.vm.stderr_fd] = ("stderr", p)
-        by_fd[sig_r] = ("signal", None)
-        for fd in by_fd:
+            polled |= {p.vm.bell.fileno(), p.vm.pidfd, p.vm.stderr_fd}
+        for fd in polled:
             poller.register(fd, select.POLLIN)
         self.job.changed = False
-        return by_fd
+        return polled
 
     def _ended(self, p: Proc) -> None:
         """(p)'s QEMU has exited: reap it, keep its last log lines, free it."""
@@ -230,9 +233,6 @@ class Supervisor:
         vm.wait()
         self._drain_log(p)
         self.job.reap(p)
-        if p.pid != 1 and p.killed_by is not None and abi.CTL.get(
-                vm.mem, abi.CTL_ADDR, "state") == abi.State.KILLED:
-            self.say(p.pid, f"killed by {_signame(p.killed_by)}")
         if p.pid == 1:
             self.pid1_qemu_rc = vm.returncode
             self.pid1_ctl = vm.ctl
