@@ -10,7 +10,7 @@ import pytest
 from conftest import LIBCS, native, qemu_pids, status, unifork
 
 PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths",
-            "execfast", "forkrandom"]
+            "execfast", "forkrandom", "adopt"]
 
 
 @pytest.mark.parametrize("libc", LIBCS)

@@ -16,7 +16,7 @@ import os
 import struct
 
 from . import abi, elf, layout
-from .errors import VMError
+from .errors import BadProgram
 from .rings import SharedRegion
 from .vm import VM
 
@@ -89,7 +89,6 @@ class Job:
         self._qmp = None            # fork.QMPThread, made at the first fork
         self._pool = None           # pool.Pool, made at the first fork
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
-        self.asked = 0.0            # when the request being served arrived (monotonic)
         self._said: set[str] = set()
 
     @property
@@ -136,11 +135,10 @@ class Job:
         seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
         if seq == abi.CTL.get(mem, abi.CTL_ADDR, "rep_seq") or seq == p.parked_seq:
             return
-        import time
-        self.asked = time.monotonic()
         req, args = abi.CTL.get(mem, abi.CTL_ADDR, "req"), abi.CTL.get(mem, abi.CTL_ADDR, "arg")
         if req == abi.Req.FORK:
-            self._fork(p)
+            import time
+            self._fork(p, asked=time.monotonic())
         elif req == abi.Req.WAIT:
             self._wait(p, args[0], args[1])
         elif req == abi.Req.KILL:
@@ -151,14 +149,17 @@ class Job:
             self._say_once(p.pid, f"unknown request {req} from the guest: ENOSYS")
             self.reply(p, -errno.ENOSYS)
 
-    def reply(self, p: Proc, ret: int, val0: int = 0, val1: int = 0) -> None:
-        """Answer (p)'s current request and wake it if it sleeps on that."""
+    def reply(self, p: Proc, ret: int, val0: int = 0, val1: int = 0,
+              wake: bool = True) -> None:
+        """Answer (p)'s current request and, unless not (wake), wake it if
+        it sleeps on that."""
         mem = p.vm.mem
         seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
         abi.CTL.put(mem, abi.CTL_ADDR, ret=ret, val=(val0, val1))
         abi.CTL.put(mem, abi.CTL_ADDR, rep_seq=seq)
         p.parked_seq = -1
-        self._wake_if(p, abi.Sleep.REPLY)
+        if wake:
+            self._wake_if(p, abi.Sleep.REPLY)
 
     def _wake_if(self, p: Proc, what: int) -> None:
         from .cpu import mfence
@@ -168,7 +169,8 @@ class Job:
 
     # fork --------------------------------------------------------------------
 
-    def _fork(self, parent: Proc) -> None:
+    def _fork(self, parent: Proc, asked: float) -> None:
+        """Clone (parent), whose request arrived at (asked) (monotonic)."""
         if len(self.live()) >= self.max_procs:
             self._say_once(parent.pid, f"fork: the job's limit of {self.max_procs} "
                            "processes is reached: EAGAIN")
@@ -177,29 +179,27 @@ class Job:
             self._say_once(parent.pid, f"fork: this host's {self.slots.limit} slots "
                            "(VMs) are all in use: EAGAIN")
             return self.reply(parent, -errno.EAGAIN)
-        child_vm = self.pool.take()
-        if child_vm is None:
-            child_vm = VM(self.mem_mib, self.shm)
-            child_vm.start(incoming=True)         # cold: clone() arms it
-        pid = self.next_pid
         from . import fork
+        child_vm = self.pool.take()
         try:
-            self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
-        except (VMError, OSError, Exception) as err:   # noqa: BLE001 - any failure: EAGAIN
+            if child_vm is None:
+                child_vm = VM(self.mem_mib, self.shm)
+                child_vm.start(incoming=True)     # cold: clone() arms it
+            self._aio(fork.clone(parent.vm, child_vm, self.next_pid, parent.pid))
+        except Exception as err:        # noqa: BLE001 - any failure: EAGAIN, nothing left
             self.slots.give()
-            self.qmp.call(child_vm.aclose_qmp())
-            child_vm.close()
+            if child_vm is not None:
+                self.qmp.call(child_vm.aclose_qmp())
+                child_vm.close()
             self.say(parent.pid, f"fork failed: {err}")
             self.reply(parent, -errno.EAGAIN)
             return
         child = self.add(child_vm, parent.pid)
         self._count_ends(child_vm, +1)
-        seq = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "req_seq")
-        abi.CTL.put(parent.vm.mem, abi.CTL_ADDR, ret=child.pid, val=(0, 0))
-        abi.CTL.put(parent.vm.mem, abi.CTL_ADDR, rep_seq=seq)
+        parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
+        self.reply(parent, child.pid, wake=False)       # woken once it runs again
         try:
-            parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
-            self._aio(fork.resume(parent.vm, child_vm, self.asked, parent_tsc,
+            self._aio(fork.resume(parent.vm, child_vm, asked, parent_tsc,
                                   abi.BOOT.get(child_vm.mem, abi.BOOT_ADDR, "tsc_khz")))
         except Exception as err:        # noqa: BLE001 - a VM died: its reaping says so
             self.say(child.pid, f"fork: resuming failed: {err}")
@@ -329,7 +329,7 @@ class Job:
         try:
             sp = layout.initial_stack(vm.mem, lay, self.prog, argv, envp, os.fsencode(self.exe),
                                       os.getuid(), os.getgid())
-        except Exception:       # noqa: BLE001 - too big for the stack
+        except BadProgram:      # arguments and environment too big for the stack
             return self.reply(p, -errno.E2BIG)
         abi.BOOT.put(vm.mem, abi.BOOT_ADDR, entry=self.prog.entry, sp=sp,
                      brk=(self.prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
@@ -358,8 +358,9 @@ class Job:
         if self.events:
             self.events(p.pid, p.ppid, "killed" if p.wstatus & 0x7F else "exited", p.wstatus)
         self._count_ends(vm, -1)
+        used = self.shm.used()
         for i in range(abi.SHM_RINGS):
-            if self.shm.used() >> i & 1:
+            if used >> i & 1:
                 try:
                     ring = self.shm.ring(i)
                 except ValueError:
@@ -371,14 +372,13 @@ class Job:
                 c.ppid = 1
                 if c.running and c.vm is not None:
                     abi.BOOT.put(c.vm.mem, abi.BOOT_ADDR, ppid=1)
-        parent = self.procs.get(p.ppid)
-        if parent is not None:
-            self._retry_parked_wait(parent)
         if p.ppid == 0 or p.ppid not in self.procs:
             p.reaped = True
-        pid1 = self.procs.get(1)
-        if pid1 is not None and p.ppid == 1:
-            self._retry_parked_wait(pid1)
+        # Its parent may wait for it; pid 1 may wait for the zombies it just
+        # adopted.  A retry answers only a wait that is still parked.
+        for q in (self.procs.get(p.ppid), self.procs.get(1)):
+            if q is not None:
+                self._retry_parked_wait(q)
 
     def wake_sleepers(self) -> None:
         """Wake every halted guest whose wait is over."""
@@ -417,7 +417,11 @@ class Job:
             p.vm = None
 
     def close(self) -> None:
+        """Stop and free everything; processes never reaped (the job broke
+        off) give their slots back."""
         for p in self.procs.values():
+            if p.running and p.vm is not None:
+                self.slots.give()
             self.close_vm(p)
         if self._pool is not None:
             self._pool.close()

@@ -349,6 +349,7 @@ sys_pause(void)
 #define PR_SET_DUMPABLE  4
 #define PR_SET_NAME      15
 #define PR_GET_NAME      16
+#define PR_SET_CHILD_SUBREAPER 36
 
 long
 sys_prctl(int option, unsigned long arg)
@@ -394,6 +395,10 @@ sys_prctl(int option, unsigned long arg)
 			return -EINVAL;
 		dumpable = (int)arg;
 		return 0;
+	case PR_SET_CHILD_SUBREAPER:
+		if (arg && BOOT->pid == 1)
+			return 0;       /* pid 1 adopts the job's orphans already */
+		break;
 	}
 	if (option >= 0 && option < 64 && !(said & (1UL << option))) {
 		said |= 1UL << option;
