@@ -97,10 +97,6 @@ class HostRing:
         self._set(_TAIL, tail + n)
         return out, self._take_flag("wr_wait")
 
-    def eof(self) -> bool:
-        """No writer is left and everything written has been read."""
-        return self.writers == 0 and self.readable() == 0
-
     # -- producer side -------------------------------------------------
     def space(self) -> int:
         used = self._used()
@@ -145,15 +141,6 @@ class HostRing:
         for at in _LOCKS:
             if self._get(at, _I) == pid:
                 self._set(at, 0, _I)
-
-    def clear_wait_flags(self) -> bool:
-        """Take both wait flags (after a change); whether either was up."""
-        _fence()
-        up = self._get(_FLAG["rd_wait"], _I) or self._get(_FLAG["wr_wait"], _I)
-        if up:
-            self._set(_FLAG["rd_wait"], 0, _I)
-            self._set(_FLAG["wr_wait"], 0, _I)
-        return bool(up)
 
     # -- readiness of a ring between guests (for waking its sleepers) -----
     # Sampled while guests move both counters: never judged corrupt here; a
