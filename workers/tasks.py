@@ -130,6 +130,12 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         msg = f"unifork: {err}\n".encode()
         err_sink.append(msg)
         state.append_output(r, job_id, "err", msg)
+    except Exception as err:
+        # Not ours to explain: the job must not stay "running" for ever.
+        state.append_output(r, job_id, "err", f"unifork: the job failed on {host}: {err}\n".encode())
+        state.set_job(r, job_id, status=JobStatus.FAILED.value, exit_status=1)
+        state.expire_job(r, job_id)
+        raise
     if status == 143 and state.job_info(r, job_id).get("cancel") == "1":
         final = JobStatus.CANCELLED
     state.set_job(r, job_id, status=final.value, exit_status=status)
