@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 PAGE_SIZE = 0x1000
 KERNEL_BASE = 0x100000
@@ -131,7 +131,8 @@ CTL = Record("uf_ctl", [
     ("req", "I"), ("req_seq", "I"), ("arg", "4q"), ("asleep", "I"), ("sleep_ring", "i"),
     ("_pad1", "16s"),
     ("rep_seq", "I"), ("_pad2", "I"), ("ret", "q"), ("val", "2q"), ("_pad3", "32s"),
-    ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("_pad4", "40s"),
+    ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("sig_posted", "Q"),
+    ("_pad4", "32s"),
     ("ends", "128H"),
 ])
 

@@ -36,7 +36,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      2
+#define UF_ABI_VERSION      3
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -188,7 +188,10 @@ struct uf_ctl {
 	uint64_t sig_ignored;       /* SIG_IGN, or default-ignore */
 	uint64_t sig_caught;        /* a handler (not run: default action) */
 	uint64_t sig_blocked;
-	uint64_t _pad4[5];
+	/* Host-written (atomic OR): signals sent by others while blocked here;
+	 * the guest takes them (atomic exchange) when it unblocks them. */
+	uint64_t sig_posted;
+	uint64_t _pad4[4];
 	/* Guest-written: ring ends this process holds: [ring][0 read, 1 write].
 	 * The host closes them for a VM that dies without closing them. */
 	uint16_t ends[64][2];

@@ -249,6 +249,9 @@ sys_rt_sigprocmask(long how_, long set, long oset, long size)
 		}
 		sigmask &= ~((1UL << (SIGKILL - 1)) | (1UL << (SIGSTOP - 1)));
 		CTL->sig_blocked = sigmask;
+		/* Signals others sent while they were blocked (musl's fork blocks
+		 * all of them around the call: a kill right after fork lands here). */
+		sigpending |= __atomic_exchange_n(&CTL->sig_posted, 0, __ATOMIC_SEQ_CST);
 		uint64_t ready = sigpending & ~sigmask;
 		for (int sig = 1; ready; sig++, ready >>= 1) {
 			if (ready & 1) {
