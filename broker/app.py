@@ -3,7 +3,8 @@
 Configured from UNIFORK_REDIS_URL (default redis://127.0.0.1:6379/0); the
 `unifork` command's --redis sets it.  One shared queue, unifork.jobs, is
 consumed by every worker with prefetch 1 and late acks, so a job lands on
-a host that has a free slot; each host also has its own queue.
+a host that has a free slot; each host also has its own queue.  Forks that
+their parent's host has no slot for go to unifork.forks (broker/placement.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from celery import Celery
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 JOBS_QUEUE = "unifork.jobs"
 RUN_JOB = "unifork.run_job"
+FORKS_QUEUE = "unifork.forks"       # forks that their parent's host had no slot for
+FORK_CHILD = "unifork.fork_child"
+PING = "unifork.ping"               # a trivial task: the baseline of bench/cluster.py
 
 
 def redis_url() -> str:

@@ -56,6 +56,9 @@ def parser():
     s.add_argument("--mem", type=int, default=128, metavar="MIB")
     s.add_argument("--max-procs", type=int, default=64, metavar="N")
     s.add_argument("--timeout", type=float, default=None, metavar="S")
+    s.add_argument("--fork-wait", type=float, default=None, metavar="S",
+                   help="how long a fork waits for a free slot in the cluster before it "
+                   "fails with EAGAIN (default: the worker's UNIFORK_FORK_WAIT, 5 s)")
     s.add_argument("program", metavar="PROGRAM")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     ps = cluster("ps", help="a job's process tree (or the recent jobs)")
@@ -65,7 +68,7 @@ def parser():
     cluster("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
     cn = cluster("cancel", help="stop a job")
     cn.add_argument("job", metavar="JOB")
-    dr = cluster("drain", help="make a host take no new jobs; its running ones finish")
+    dr = cluster("drain", help="make a host take no new jobs or forks; its running ones finish")
     dr.add_argument("name", metavar="NAME")
     return p
 

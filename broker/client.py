@@ -83,7 +83,7 @@ def connect():
 
 def submit(program: str, args: list[str] | tuple = (), env: list[str] | tuple = (),
            stdin: bytes = b"", mem_mib: int = 128, max_procs: int = 64,
-           timeout: float | None = None) -> Job:
+           timeout: float | None = None, fork_wait: float | None = None) -> Job:
     """Validate (program), store it by content hash, queue the job.
 
     :raise workers.errors.BadProgram: the program cannot run (nothing is queued).
@@ -103,7 +103,8 @@ def submit(program: str, args: list[str] | tuple = (), env: list[str] | tuple = 
     app.send_task(RUN_JOB, task_id=job_id, queue=JOBS_QUEUE, kwargs={
         "image": sha, "name": program,
         "args": list(args), "env": list(env), "stdin": base64.b64encode(stdin).decode(),
-        "mem_mib": mem_mib, "max_procs": max_procs, "timeout": timeout})
+        "mem_mib": mem_mib, "max_procs": max_procs, "timeout": timeout,
+        "fork_wait": fork_wait})
     return Job(r, job_id)
 
 

@@ -41,7 +41,7 @@ def worker(args, client, state) -> int:
 def submit(args, client, state) -> int:
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     job = client.submit(args.program, args.args, args.env, stdin, args.mem, args.max_procs,
-                        args.timeout)
+                        args.timeout, args.fork_wait)
     if not (args.wait or args.follow):
         print(job.id)
         return 0
@@ -69,7 +69,8 @@ def follow(job) -> int:
             out[stream].flush()
         for e in state.events(job.r, job.id, sent["events"]):
             sent["events"] += 1
-            print(f"unifork: pid {e['pid']} (parent {e['ppid']}) {e['state']} on {e['host']}",
+            print(f"unifork: pid {e['pid']} (parent {e['ppid']}) {e['state']} on "
+                  f"{e.get('host', '?')}",
                   file=sys.stderr, flush=True)
         if done:
             return job.exit_status if job.exit_status is not None else 1

@@ -46,3 +46,27 @@ def job_events(job_id: str) -> str:     # list of JSON process events, in order
 
 def image(sha256: str) -> str:          # the program's bytes, by content
     return f"{PREFIX}image:{sha256}"
+
+
+def job_pids(job_id: str) -> str:       # counter: the last pid handed out in the job
+    return f"{PREFIX}job:{job_id}:pids"
+
+
+def job_inbox(job_id: str, tree: int) -> str:   # list of JSON messages to a subtree
+    return f"{PREFIX}job:{job_id}:inbox:{tree}"
+
+
+def job_trees(job_id: str) -> str:      # set of subtree roots (pids) that run somewhere
+    return f"{PREFIX}job:{job_id}:trees"
+
+
+def ticket(ticket_id: str) -> str:      # hash: a fork being placed (state, host, ...)
+    return f"{PREFIX}fork:{ticket_id}"
+
+
+def ticket_placed(ticket_id: str) -> str:   # list: where the fork was placed (one JSON)
+    return f"{PREFIX}fork:{ticket_id}:placed"
+
+
+FORK_STATS = f"{PREFIX}stats:forks"    # hash: fork tasks that made no child, by reason
+SECRET = f"{PREFIX}secret"              # the cluster secret, when no host was given one

@@ -85,20 +85,6 @@ def hosts(r: redis.Redis) -> list[dict]:
     return out
 
 
-def take_slot(r: redis.Redis, name: str) -> bool:
-    """Count one more VM on host (name) if it has a free slot."""
-    key = keys.host(name)
-    used = r.hincrby(key, "used", 1)
-    if used > int(r.hget(key, "slots") or 0):
-        r.hincrby(key, "used", -1)
-        return False
-    return True
-
-
-def give_slot(r: redis.Redis, name: str) -> None:
-    r.hincrby(keys.host(name), "used", -1)
-
-
 # -- jobs ---------------------------------------------------------------------
 def new_job(r: redis.Redis, job_id: str, program: str, args: list[str], pipeline=None) -> None:
     p = pipeline or r.pipeline()
@@ -137,6 +123,10 @@ def set_proc(r: redis.Redis, job_id: str, pid: int, **info) -> None:
     p.execute()
 
 
+def add_event(r: redis.Redis, job_id: str, event: dict) -> None:
+    r.rpush(keys.job_events(job_id), json.dumps(event))
+
+
 def events(r: redis.Redis, job_id: str, start: int = 0) -> list[dict]:
     return [json.loads(e) for e in r.lrange(keys.job_events(job_id), start, -1)]
 
@@ -147,7 +137,9 @@ def procs(r: redis.Redis, job_id: str) -> dict[int, dict]:
 
 def expire_job(r: redis.Redis, job_id: str) -> None:
     p = r.pipeline()
+    trees = [int(t) for t in r.smembers(keys.job_trees(job_id))]
     for k in (keys.job(job_id), keys.job_output(job_id, "out"), keys.job_output(job_id, "err"),
-              keys.job_procs(job_id), keys.job_events(job_id)):
+              keys.job_procs(job_id), keys.job_events(job_id), keys.job_pids(job_id),
+              keys.job_trees(job_id), *(keys.job_inbox(job_id, t) for t in trees)):
         p.expire(k, OUTPUT_TTL)
     p.execute()

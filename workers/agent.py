@@ -2,8 +2,10 @@
 
 Registers the host in Redis (refusing a name a live worker holds),
 heartbeats, and runs a Celery worker that consumes the shared job queue and
-this host's own queue, one job per slot at most.  `unifork drain NAME` makes
-it stop taking jobs from the shared queue; its running jobs finish.
+this host's own queue, one job per slot at most, and the shared fork
+queue.  `unifork drain NAME` makes it stop taking jobs and forks (its slots
+are refused to new processes, its own jobs' forks go elsewhere); its
+running processes finish.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import threading
 
 from broker import keys, state
-from broker.app import JOBS_QUEUE, app, host_queue
+from broker.app import FORKS_QUEUE, JOBS_QUEUE, app, host_queue
 
 HEARTBEAT_EVERY = 1.0
 
@@ -27,7 +29,7 @@ def _heartbeat(r, name: str, stop: threading.Event) -> None:
             state.heartbeat(r, name)
             if not draining and r.hget(keys.host(name), "draining") == b"1":
                 draining = True
-                app.control.cancel_consumer(JOBS_QUEUE, destination=[f"unifork@{name}"])
+                _stop_taking(name)
         except Exception:           # noqa: BLE001 - Redis hiccup: try again next beat
             pass
 
@@ -53,8 +55,8 @@ def serve(name: str, slots: int, advertise: str) -> None:
     beat.start()
     try:
         app.worker_main(["worker", "-n", f"unifork@{name}", "-Q",
-                         f"{JOBS_QUEUE},{host_queue(name)}", "-c", str(slots),
-                         "--pool", "prefork", "-l", "warning", "--without-gossip",
+                         f"{JOBS_QUEUE},{FORKS_QUEUE},{host_queue(name)}", "-c", str(slots),
+                         "--pool", "prefork", "-l", os.environ.get("UNIFORK_LOG_LEVEL", "warning"), "--without-gossip",
                          "--without-mingle"])
     finally:
         stop.set()
@@ -66,4 +68,10 @@ def drain(name: str) -> None:
     if not r.exists(keys.host(name)):
         raise AgentError(f"no host named {name}")
     r.hset(keys.host(name), "draining", 1)
-    app.control.cancel_consumer(JOBS_QUEUE, destination=[f"unifork@{name}"])
+    _stop_taking(name)
+
+
+def _stop_taking(name: str) -> None:
+    """Stop consuming the shared queues (placement.take_slot refuses too)."""
+    for queue in (JOBS_QUEUE, FORKS_QUEUE):
+        app.control.cancel_consumer(queue, destination=[f"unifork@{name}"])

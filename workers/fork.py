@@ -199,3 +199,64 @@ async def resume(parent: VM, child: VM, asked: float, parent_tsc: int, tsc_khz: 
     resume_at = parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000)
     abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=resume_at)
     await asyncio.gather(_cont(await child.qmp()), _cont(await parent.qmp()))
+
+
+# -- across hosts: the same steps, with the stream and the RAM on the wire ----
+
+async def prepare(vm: VM) -> None:
+    """Connect QMP and set the capabilities a fork needs, ahead of time."""
+    await _prepare(vm)
+
+
+async def _migrate_to(vm: VM, fd: int) -> None:
+    await _prepare(vm)
+    qmp = await vm.qmp()
+    qmp.send_fd_scm(fd)
+    await qmp.execute("getfd", {"fdname": "fork"})
+    await qmp.execute("migrate", {"uri": "fd:fork"})
+
+
+async def _completed(vm: VM, timeout: float) -> None:
+    await _wait_status(await vm.qmp(), "query-migrate", "status", {"completed"},
+                       {"failed", "cancelled"}, timeout)
+
+
+async def cont(vm: VM) -> None:
+    await _cont(await vm.qmp())
+
+
+def capture(qmp: QMPThread, vm: VM, timeout: float = 10.0) -> bytes:
+    """Stop (vm) and return its device state as a migration stream (with
+    x-ignore-shared it holds no RAM: tens of KiB).  On failure the VM runs on."""
+    a, b = socket.socketpair()
+    try:
+        try:
+            qmp.call(_migrate_to(vm, b.fileno()))
+        finally:
+            b.close()
+        a.settimeout(timeout)
+        chunks = []
+        while chunk := a.recv(1 << 20):        # QEMU closes its end when done
+            chunks.append(chunk)
+        qmp.call(_completed(vm, timeout))
+        return b"".join(chunks)
+    except BaseException:
+        qmp.call(cont(vm))
+        raise
+    finally:
+        a.close()
+
+
+def load_state(vm: VM, device_state: bytes) -> None:
+    """Feed a captured device state to an armed pool VM (fork.arm)."""
+    sock, vm.mig_sock = vm.mig_sock, None
+    try:
+        sock.sendall(device_state)
+    finally:
+        sock.close()
+
+
+async def start_child(child: VM, tsc_resume: int) -> None:
+    """Let a child made on this host from a remote parent run."""
+    abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=tsc_resume)
+    await _cont(await child.qmp(), timeout=10.0)

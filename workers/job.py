@@ -32,15 +32,27 @@ MAX_ARGS, MAX_ARG_BYTES = 4096, 1 << 20
 
 
 class Proc:
-    """One process: a VM while it runs, a wait status once it has ended."""
+    """One process: a VM while it runs, a wait status once it has ended.
 
-    def __init__(self, pid: int, ppid: int, vm: VM) -> None:
+    A child forked onto another host is a Proc here too, with no VM: (host)
+    runs it in subtree (tree), which reports its end (cluster.py)."""
+
+    def __init__(self, pid: int, ppid: int, vm: VM | None, host: str | None = None,
+                 tree: int | None = None) -> None:
         self.pid, self.ppid = pid, ppid
         self.vm: VM | None = vm
+        self.host, self.tree = host, tree    # set for a process on another host
+        self.parent_tree: int | None = None  # set when the parent is on another host
         self.wstatus: int | None = None      # set when it has ended: a zombie
         self.killed_by: int | None = None    # a signal the host delivered
         self.parked_seq = -1                  # a WAIT request waiting for a child
         self.reaped = False                   # waited for by its parent
+        self.forking = False                  # its VM is being sent to another host
+        self.close_pending = False            # ...and it ended meanwhile
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
 
     @property
     def running(self) -> bool:
@@ -76,7 +88,7 @@ class Job:
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
                  max_procs: int, slots: "Slots", say, pool_size: int = 2,
-                 events=None) -> None:
+                 events=None, link=None, tree: int = 1) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
         self.mem_mib, self.shm = mem_mib, shm
@@ -90,6 +102,10 @@ class Job:
         self._pool = None           # pool.Pool, made at the first fork
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
         self._said: set[str] = set()
+        self.link = link            # cluster.Link when the job spans hosts, else None
+        self.tree = tree            # the root pid of this subtree (1: the whole job here)
+        self.ended = False          # told that pid 1 has ended (a subtree)
+        self._forking: dict[int, int] = {}   # child pid -> parent pid, forks onto other hosts
 
     @property
     def qmp(self):
@@ -107,18 +123,41 @@ class Job:
             self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size)
         return self._pool
 
-    def add(self, vm: VM, ppid: int = 0) -> Proc:
+    def new_pid(self) -> int:
+        if self.link is not None:
+            return self.link.alloc_pid()
+        pid, self.next_pid = self.next_pid, self.next_pid + 1
+        return pid
+
+    def add(self, vm: VM, ppid: int = 0, pid: int | None = None,
+            parent_tree: int | None = None) -> Proc:
         """A new process (its VM holds one of the host's slots)."""
-        p = Proc(self.next_pid, ppid, vm)
-        self.next_pid += 1
+        p = Proc(self.new_pid() if pid is None else pid, ppid, vm)
+        self.next_pid = max(self.next_pid, p.pid + 1)
+        p.parent_tree = parent_tree
         self.procs[p.pid] = p
         self.changed = True
         if self.events:
-            self.events(p.pid, ppid, "running", None)
+            self.events(p.pid, ppid, "running", None, self.tree)
+        return p
+
+    def add_remote(self, pid: int, ppid: int, host: str, tree: int,
+                   wstatus: int | None = None) -> Proc:
+        """A process that runs on (host), in subtree (tree)."""
+        p = Proc(pid, ppid, None, host, tree)
+        p.wstatus = wstatus
+        self.procs[pid] = p
+        if p.running and self.link is not None:
+            self.link.watch[pid] = host
         return p
 
     def live(self) -> list[Proc]:
-        return [p for p in self.procs.values() if p.running]
+        """The processes running here (each a VM)."""
+        return [p for p in self.procs.values() if p.running and not p.remote]
+
+    def count(self) -> int:
+        """The processes running, here and on other hosts."""
+        return sum(p.running for p in self.procs.values())
 
     def _say_once(self, pid: int, msg: str) -> None:
         if msg not in self._said:
@@ -171,21 +210,24 @@ class Job:
 
     def _fork(self, parent: Proc, asked: float) -> None:
         """Clone (parent), whose request arrived at (asked) (monotonic)."""
-        if len(self.live()) >= self.max_procs:
+        if self.count() >= self.max_procs:
             self._say_once(parent.pid, f"fork: the job's limit of {self.max_procs} "
                            "processes is reached: EAGAIN")
             return self.reply(parent, -errno.EAGAIN)
         if not self.slots.take():
+            if self.link is not None:
+                return self._fork_remote(parent, asked)
             self._say_once(parent.pid, f"fork: this host's {self.slots.limit} slots "
                            "(VMs) are all in use: EAGAIN")
             return self.reply(parent, -errno.EAGAIN)
         from . import fork
         child_vm = self.pool.take()
+        pid = self.new_pid()
         try:
             if child_vm is None:
                 child_vm = VM(self.mem_mib, self.shm)
                 child_vm.start(incoming=True)     # cold: clone() arms it
-            self._aio(fork.clone(parent.vm, child_vm, self.next_pid, parent.pid))
+            self._aio(fork.clone(parent.vm, child_vm, pid, parent.pid))
         except Exception as err:        # noqa: BLE001 - any failure: EAGAIN, nothing left
             self.slots.give()
             if child_vm is not None:
@@ -194,7 +236,7 @@ class Job:
             self.say(parent.pid, f"fork failed: {err}")
             self.reply(parent, -errno.EAGAIN)
             return
-        child = self.add(child_vm, parent.pid)
+        child = self.add(child_vm, parent.pid, pid)
         self._count_ends(child_vm, +1)
         parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
         self.reply(parent, child.pid, wake=False)       # woken once it runs again
@@ -206,6 +248,42 @@ class Job:
         self._wake_if(parent, abi.Sleep.REPLY)
         self._wake_if(child, abi.Sleep.REPLY)
         self.pool.fill(self.pool_size)
+
+    def _fork_remote(self, parent: Proc, asked: float) -> None:
+        """No slot here: the fork goes to whichever host has one (cluster.py).
+        The parent's request stays unanswered until the "forked" message."""
+        mem = parent.vm.mem
+        parent.parked_seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
+        parent.forking = True
+        pid = self.new_pid()
+        self._forking[pid] = parent.pid
+        self.link.fork(self.qmp, parent.vm, pid, parent.pid, asked,
+                       abi.CTL.get(mem, abi.CTL_ADDR, "arg")[1],
+                       abi.BOOT.get(mem, abi.BOOT_ADDR, "tsc_khz"), self.program, self.mem_mib)
+
+    def _forked(self, msg: dict) -> None:
+        """A fork onto another host has finished, or failed."""
+        pid = msg.get("pid")
+        parent = self.procs.get(self._forking.pop(pid, -1))
+        if parent is None:
+            return
+        parent.forking = False
+        if "error" in msg:
+            if parent.running:
+                self._say_once(parent.pid, f"fork onto another host failed: {msg['error']}: EAGAIN")
+                self.reply(parent, -errno.EAGAIN)
+        else:
+            child = self.add_remote(pid, parent.pid, msg["host"], msg["tree"])
+            if self.events:
+                self.events(pid, parent.pid, "placed", None, msg["tree"], host=msg["host"],
+                            dispatch_ms=round(msg["dispatch_ms"], 2),
+                            fork_ms=round(msg["fork_ms"], 2))
+            if parent.running:
+                self.reply(parent, child.pid)
+            else:               # the parent died meanwhile: pid 1 adopts the child
+                self._to_init(child)
+        if parent.close_pending:
+            self.close_vm(parent)
 
     def _count_ends(self, vm: VM, sign: int) -> None:
         """Add (or, sign -1, take away) the ring ends (vm)'s process holds."""
@@ -239,7 +317,8 @@ class Job:
         p.parked_seq = abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "req_seq")
 
     def _retry_parked_wait(self, parent: Proc) -> None:
-        if parent.running and parent.parked_seq >= 0 and parent.vm is not None:
+        if (parent.running and parent.parked_seq >= 0 and parent.vm is not None
+                and not parent.forking):
             args = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")
             parent.parked_seq = -1
             self._wait(parent, args[0], args[1])
@@ -250,14 +329,28 @@ class Job:
             return self.reply(p, -errno.EINVAL)
         if pid > 0:
             target = self.procs.get(pid)
+            if target is None and self.link is not None:     # elsewhere in the job?
+                rec = self.link.lookup(pid)
+                if rec is None or rec.get("tree") is None:
+                    return self.reply(p, -errno.ESRCH)
+                if sig and rec.get("state") == "running":
+                    self.link.post(rec["tree"], {"type": "kill", "pid": pid, "sig": sig})
+                return self.reply(p, 0)
             if target is None or target.reaped:
                 return self.reply(p, -errno.ESRCH)
             targets = [target]
         else:       # 0 or < -1: the job is one process group; -1: all but init
-            targets = [t for t in self.live() if t.pid != p.pid and (pid != -1 or t.pid != 1)]
+            targets = [t for t in self.procs.values() if t.running and t.pid != p.pid
+                       and (pid != -1 or t.pid != 1) and not t.remote]
+            if self.link is not None and sig:
+                self.link.post_all({"type": "killall", "sig": sig, "sender": p.pid,
+                                    "init": pid != -1})
         for t in targets:
             if sig and t.running:
-                self.signal(t, sig)
+                if t.remote:
+                    self.link.post(t.tree, {"type": "kill", "pid": t.pid, "sig": sig})
+                else:
+                    self.signal(t, sig)
         self.reply(p, 0)
 
     def signal(self, t: Proc, sig: int) -> None:
@@ -268,9 +361,12 @@ class Job:
             if sig in STOPPING:
                 return self._say_once(t.pid, f"signal {sig}: stopping a process is not "
                                       "supported; ignored")
-            if ctl["sig_blocked"] & bit:
-                return self._say_once(t.pid, f"signal {sig} is blocked there; dropped "
-                                      "(pending signals are not supported)")
+            if ctl["sig_blocked"] & bit:        # pending until it unblocks it
+                if not ctl["sig_posted"] & bit:
+                    from .cpu import address, atomic_add
+                    atomic_add(address(t.vm.mem) + abi.CTL_ADDR
+                               + abi.CTL.offsets["sig_posted"], bit)
+                return
             if ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not ctl["sig_caught"] & bit):
                 return
             if ctl["sig_caught"] & bit:
@@ -356,7 +452,8 @@ class Job:
                          "or a QEMU crash)" + (f": {detail}" if detail else ""))
         self.slots.give()
         if self.events:
-            self.events(p.pid, p.ppid, "killed" if p.wstatus & 0x7F else "exited", p.wstatus)
+            self.events(p.pid, p.ppid, "killed" if p.wstatus & 0x7F else "exited", p.wstatus,
+                        self.tree)
         self._count_ends(vm, -1)
         used = self.shm.used()
         for i in range(abi.SHM_RINGS):
@@ -367,15 +464,85 @@ class Job:
                     continue
                 ring.release_locks(p.pid)
         self.changed = True
-        for c in self.procs.values():
+        for c in list(self.procs.values()):
             if c.ppid == p.pid:
-                c.ppid = 1
-                if c.running and c.vm is not None:
-                    abi.BOOT.put(c.vm.mem, abi.BOOT_ADDR, ppid=1)
+                self._to_init(c)
         if p.ppid == 0 or p.ppid not in self.procs:
             p.reaped = True
+            if p.parent_tree is not None and self.link is not None:
+                self.link.post(p.parent_tree, {"type": "exit", "pid": p.pid,
+                                               "wstatus": p.wstatus})
         # Its parent may wait for it; pid 1 may wait for the zombies it just
         # adopted.  A retry answers only a wait that is still parked.
+        for q in (self.procs.get(p.ppid), self.procs.get(1)):
+            if q is not None:
+                self._retry_parked_wait(q)
+
+    def _to_init(self, c: Proc) -> None:
+        """(c)'s parent has ended: pid 1 adopts it, wherever each of them is."""
+        c.ppid = 1
+        if c.running and c.vm is not None:
+            abi.BOOT.put(c.vm.mem, abi.BOOT_ADDR, ppid=1)
+        if c.remote and c.running:       # its end must now be told to pid 1's subtree
+            self.link.post(c.tree, {"type": "reparent", "pid": c.pid})
+        if 1 in self.procs or self.link is None:
+            return
+        # pid 1 is on another host: it takes (c) over; we forget it
+        self.link.post(1, {"type": "adopt", "pid": c.pid, "host": c.host or self.link.host,
+                           "tree": c.tree or self.tree,
+                           "wstatus": None if c.running else c.wstatus})
+        if c.remote or not c.running:
+            self.procs.pop(c.pid, None)
+            self.link.watch.pop(c.pid, None)
+        else:
+            c.parent_tree = 1
+
+    # -- messages from the rest of the job (cluster.py) -------------------------
+    def on_message(self, msg: dict) -> None:
+        """Act on one message from another subtree; malformed ones are ignored."""
+        try:
+            kind = msg["type"]
+            if kind == "forked":
+                return self._forked(msg)
+            if kind == "end":
+                self.ended = True
+                return
+            if kind == "killall":
+                for t in self.live():
+                    if t.pid != msg["sender"] and (msg["init"] or t.pid != 1):
+                        self.signal(t, int(msg["sig"]))
+                return
+            p = self.procs.get(int(msg["pid"]))
+            if kind == "adopt":
+                if p is None:
+                    w = msg.get("wstatus")
+                    self.add_remote(int(msg["pid"]), 1, str(msg["host"]), int(msg["tree"]),
+                                    None if w is None else int(w))
+                    self._retry_parked_wait(self.procs[1])
+                return
+            if p is None:
+                return
+            if kind == "kill" and p.running and not p.remote:
+                self.signal(p, int(msg["sig"]))
+            elif kind == "reparent" and not p.remote:
+                p.ppid, p.parent_tree = 1, 1
+                if p.running:
+                    abi.BOOT.put(p.vm.mem, abi.BOOT_ADDR, ppid=1)
+            elif kind in ("exit", "lost") and p.remote and p.running:
+                if kind == "lost":
+                    self.say(p.pid, f"{msg.get('why', 'its host was lost')}: "
+                             "reported as killed")
+                self.remote_ended(p, 9 if kind == "lost" else int(msg["wstatus"]))
+        except (KeyError, ValueError, TypeError):
+            pass
+
+    def remote_ended(self, p: Proc, wstatus: int) -> None:
+        """Remote process (p) has ended with (wstatus)."""
+        p.wstatus = wstatus
+        if self.link is not None:
+            self.link.watch.pop(p.pid, None)
+        if p.ppid not in self.procs:
+            p.reaped = True
         for q in (self.procs.get(p.ppid), self.procs.get(1)):
             if q is not None:
                 self._retry_parked_wait(q)
@@ -409,7 +576,11 @@ class Job:
                 p.vm.wake()
 
     def close_vm(self, p: Proc) -> None:
-        """Free (p)'s VM (its QEMU has exited or is killed)."""
+        """Free (p)'s VM (its QEMU has exited or is killed), unless a fork
+        onto another host still reads it (then when that is over)."""
+        if p.forking:
+            p.close_pending = True
+            return
         if p.vm is not None:
             if p.vm._qmp is not None:
                 self.qmp.call(p.vm.aclose_qmp())
@@ -419,9 +590,20 @@ class Job:
     def close(self) -> None:
         """Stop and free everything; processes never reaped (the job broke
         off) give their slots back."""
+        if self.link is not None:
+            self.link.close()           # waits for forks in flight
+            for msg in self.link.messages():
+                if msg.get("type") == "forked":
+                    self._forked(msg)
         for p in self.procs.values():
             if p.running and p.vm is not None:
                 self.slots.give()
+                if self.link is not None:       # its parent elsewhere must hear of it
+                    self.events(p.pid, p.ppid, "killed", SIGKILL, self.tree)
+                    if p.parent_tree is not None:
+                        self.link.post(p.parent_tree, {"type": "exit", "pid": p.pid,
+                                                       "wstatus": SIGKILL})
+            p.forking = False
             self.close_vm(p)
         if self._pool is not None:
             self._pool.close()

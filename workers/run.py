@@ -33,7 +33,7 @@ class RunRequest:
     def __init__(self, program: str, args: list[str], env: list[str], mem_mib: int = 128,
                  timeout: float | None = None, stdin: int = 0, stdout: int = 1,
                  stderr: int = 2, max_procs: int = 64, name: str | None = None,
-                 slots=None, events=None) -> None:
+                 slots=None, events=None, link=None) -> None:
         self.program, self.args, self.env = program, args, env
         self.mem_mib, self.timeout = mem_mib, timeout
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -41,6 +41,7 @@ class RunRequest:
         self.name = name or program     # argv[0], and how messages name it
         self.slots = slots              # the host's VM slots (job.Slots by default)
         self.events = events            # process changes, for the cluster's state
+        self.link = link                # cluster.Link: forks may go to other hosts
 
 
 def host_max_vms() -> int:
@@ -102,9 +103,9 @@ def run(req: RunRequest) -> int:
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         sup = Supervisor(req, rings[0][1], rings[1][1], rings[2][1])
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
-                  events=req.events)
+                  events=req.events, link=req.link)
         sup.job = job
-        job.add(vm)
+        job.add(vm, pid=1)
         vm.start()
         return sup.run()
     finally:
@@ -129,8 +130,9 @@ class Supervisor:
     job: Job
 
     def __init__(self, req: RunRequest, stdin: HostRing, stdout: HostRing,
-                 stderr: HostRing) -> None:
+                 stderr: HostRing, out=None) -> None:
         self.req = req
+        self.out = out          # out(stream, bytes) instead of writing req.stdout/stderr
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.out_fds = {id(stdout): req.stdout, id(stderr): req.stderr}
         self.pending_in = b""
@@ -156,11 +158,14 @@ class Supervisor:
         deadline = None
         if self.req.timeout:
             deadline = time.monotonic() + self.req.timeout
-        pid1 = job.procs[1]
+        pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
         try:
             while True:
                 if job.changed:
                     polled = self._repoll(poller, polled, sig_r)
+                if job.link is not None:
+                    for msg in job.link.messages():
+                        job.on_message(msg)
                 for p in job.live():
                     exited = p.vm.poll() is not None
                     if not exited and p.vm.check_stderr():
@@ -173,7 +178,7 @@ class Supervisor:
                         job.service(p)
                 self._pump()
                 job.wake_sleepers()
-                if not pid1.running or self.stop_reason:
+                if self._over(pid1) or self.stop_reason:
                     break
                 if job.changed:         # a VM came or went: poll the new set
                     continue
@@ -203,8 +208,10 @@ class Supervisor:
                 signal.signal(s, h)
             os.close(sig_r)
             os.close(sig_w)
-        if self.stop_reason and pid1.running:
+        if self.stop_reason and pid1 is not None and pid1.running:
             pid1.vm.quit()
+        if job.link is not None and pid1 is not None:
+            job.link.post_all({"type": "end"})
         for p in job.live():            # pid 1 has ended: so does the job
             if p.vm is not None and p.vm.poll() is None:
                 p.killed_by = SIGKILL
@@ -213,13 +220,21 @@ class Supervisor:
         self._pump()
         for pid in list(self.log_partial):
             self._flush_log(pid)
-        return self._status(pid1)
+        return self._status(pid1) if pid1 is not None else 0
+
+    def _over(self, pid1: Proc | None) -> bool:
+        """pid 1 has ended; in a subtree: pid 1 has, or all our processes have."""
+        if pid1 is not None:
+            return not pid1.running
+        return self.job.ended or not self.job.live()
 
     def _repoll(self, poller, polled: set[int], sig_r: int) -> set[int]:
         """Poll the descriptors of the VMs alive now (and the signal pipe)."""
         for fd in polled:
             poller.unregister(fd)
         polled = {sig_r}
+        if self.job.link is not None:
+            polled.add(self.job.link.fileno())
         for p in self.job.live():
             polled |= {p.vm.bell.fileno(), p.vm.pidfd, p.vm.stderr_fd}
         for fd in polled:
@@ -333,6 +348,9 @@ class Supervisor:
                 self.say(p.pid, line.decode(errors="replace"))
 
     def _write_out(self, ring: HostRing, data: bytes) -> None:
+        if self.out is not None:
+            self.out("out" if ring is self.stdout else "err", data)
+            return
         fd = self.out_fds[id(ring)]
         if fd < 0:
             return               # the reader is gone: output is discarded
@@ -352,6 +370,9 @@ class Supervisor:
     def say(self, pid: int, msg: str) -> None:
         """One line on our stderr about process (pid) of the job."""
         who = self.req.name if pid == 1 else f"{self.req.name} (pid {pid})"
+        if self.out is not None:
+            self.out("err", f"unifork: {who}: {msg}\n".encode())
+            return
         try:
             os.write(self.req.stderr, f"unifork: {who}: {msg}\n".encode())
         except OSError:

@@ -2,26 +2,34 @@
 
 unifork.run_job runs one job on this host: pid 1 from the program's image
 (fetched from Redis by content hash, cached on disk), its forks as VMs on
-this host (each takes one of the host's slots, counted in Redis), its
-output streamed into Redis as it comes, its processes recorded there.
-The task is acked late and idempotent: a job that already finished is not
-run again when its task is delivered twice.
+this host while it has free slots (counted in Redis), its output streamed
+into Redis as it comes, its processes recorded there.  A fork that finds
+no slot here becomes unifork.fork_child on the shared fork queue
+(broker/placement.py): the host that takes it runs the child and its
+descendants (workers/subtree.py) until they end.  Both tasks are acked
+late and idempotent: a finished job is not run again, a claimed fork ticket
+makes no second child.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import tempfile
 import threading
+import time
 
-from broker import keys, state
-from broker.app import RUN_JOB, app
+from celery.signals import worker_process_init
+
+from broker import keys, placement, state
+from broker.app import FORK_CHILD, PING, RUN_JOB, app
 from broker.keys import JobStatus
 
 from .errors import BadProgram, UniforkError
 from .run import RunRequest, run
 
+log = logging.getLogger("unifork.worker")
 IMAGE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "unifork", "images")
 
 
@@ -37,10 +45,10 @@ class RedisSlots:
         self.limit = int(r.hget(keys.host(host), "slots") or 0)
 
     def take(self) -> bool:
-        return state.take_slot(self.r, self.host)
+        return placement.take_slot(self.r, self.host)
 
     def give(self) -> None:
-        state.give_slot(self.r, self.host)
+        placement.give_slot(self.r, self.host)
 
 
 def cached_image(r, sha: str) -> str:
@@ -60,6 +68,27 @@ def cached_image(r, sha: str) -> str:
     return path
 
 
+def fork_wait_default() -> float:
+    """Seconds a fork waits for a free slot in the cluster (UNIFORK_FORK_WAIT, 5)."""
+    try:
+        return max(0.0, float(os.environ.get("UNIFORK_FORK_WAIT", "5")))
+    except ValueError:
+        return 5.0
+
+
+def _address(r, host: str) -> str:
+    return (r.hget(keys.host(host), "address") or b"127.0.0.1").decode()
+
+
+@worker_process_init.connect
+def _preload(**_) -> None:
+    """Import the fork engine in each pool process before the first task needs it."""
+    import qemu.qmp  # noqa: F401
+
+    from . import fork, subtree  # noqa: F401
+    subtree.spare()
+
+
 def _pump(fd: int, r, job_id: str, stream: str, sink: list[bytes]) -> None:
     """Copy a pipe into the job's output list in Redis, as it comes."""
     while chunk := os.read(fd, 65536):
@@ -71,11 +100,14 @@ def _pump(fd: int, r, job_id: str, stream: str, sink: list[bytes]) -> None:
 @app.task(name=RUN_JOB, bind=True)
 def run_job(self, image: str | None = None, program: str | None = None, name: str = "program",
             args: list[str] | tuple = (), env: list[str] | tuple = (), stdin: str = "",
-            mem_mib: int = 128, max_procs: int = 64, timeout: float | None = None) -> dict:
+            mem_mib: int = 128, max_procs: int = 64, timeout: float | None = None,
+            fork_wait: float | None = None) -> dict:
     """Run a job; returns {job, exit_status, stdout, stderr} (output in base64).
 
     (image) is the sha256 of a program stored in Redis, or (program) the
     program itself in base64; (name) is its argv[0], (args) the rest.
+    A fork that finds no free slot in the cluster for (fork_wait) seconds
+    returns EAGAIN.
     """
     r = state.connect(app.conf.broker_url)
     job_id = self.request.id
@@ -89,6 +121,7 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
     state.set_job(r, job_id, status=JobStatus.RUNNING.value, host=host)
     out_sink: list[bytes] = []
     err_sink: list[bytes] = []
+    link = None
     try:
         if program is not None:
             image = state.put_image(r, base64.b64decode(program))
@@ -105,15 +138,24 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         for t in pumps:
             t.start()
 
-        def events(pid, ppid, pstate, wstatus):
-            state.set_proc(r, job_id, pid, ppid=ppid, host=host, state=pstate, wstatus=wstatus)
+        def events(pid, ppid, pstate, wstatus, tree, **extra):
+            if pstate == "placed":      # forked onto another host, which records it
+                state.add_event(r, job_id, {"pid": pid, "ppid": ppid, "state": pstate,
+                                            **extra})
+            else:
+                state.set_proc(r, job_id, pid, ppid=ppid, host=host, state=pstate,
+                               wstatus=wstatus, tree=tree)
 
+        from .cluster import Link
+        link = Link(app.conf.broker_url, job_id, host, 1, image,
+                    fork_wait_default() if fork_wait is None else fork_wait, _address(r, host))
         try:
             status = run(RunRequest(path, list(args), list(env), mem_mib, timeout,
                                     stdin=stdin_f.fileno(), stdout=out_w, stderr=err_w,
                                     max_procs=max_procs, name=name,
-                                    slots=RedisSlots(r, host), events=events))
+                                    slots=RedisSlots(r, host), events=events, link=link))
         finally:
+            link.close()
             os.close(out_w)
             os.close(err_w)
             for t in pumps:
@@ -131,6 +173,8 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         err_sink.append(msg)
         state.append_output(r, job_id, "err", msg)
     except Exception as err:
+        if link is not None:
+            link.close()
         # Not ours to explain: the job must not stay "running" for ever.
         state.append_output(r, job_id, "err", f"unifork: the job failed on {host}: {err}\n".encode())
         state.set_job(r, job_id, status=JobStatus.FAILED.value, exit_status=1)
@@ -140,12 +184,62 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         final = JobStatus.CANCELLED
     state.set_job(r, job_id, status=final.value, exit_status=status)
     state.expire_job(r, job_id)
-    return {"job": job_id, "exit_status": status,
-            "stdout": base64.b64encode(b"".join(out_sink)).decode(),
-            "stderr": base64.b64encode(b"".join(err_sink)).decode()}
+    return _result(r, job_id, {"exit_status": status})   # with other hosts' output
 
 
 def _result(r, job_id: str, info: dict) -> dict:
     return {"job": job_id, "exit_status": int(info.get("exit_status", 1)),
             "stdout": base64.b64encode(b"".join(state.output(r, job_id, "out"))).decode(),
             "stderr": base64.b64encode(b"".join(state.output(r, job_id, "err"))).decode()}
+
+
+@app.task(name=FORK_CHILD, bind=True, max_retries=None)   # bounded by (deadline)
+def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppid: int,
+               parent_tree: int, mem_mib: int, deadline: float, fork_wait: float = 5.0) -> str:
+    """Run the child of a fork whose parent's host had no free slot, and its
+    descendants here, until they end.  A host with no free slot puts the
+    task back for another; the first to take a slot claims the ticket."""
+    from . import subtree
+    r = state.connect(app.conf.broker_url)
+    host = host_name()
+    ticket_state = placement.state_of(r, ticket)
+    if ticket_state != "waiting" or time.time() > deadline:
+        return placement.refused(r, "duplicate" if ticket_state == "claimed" else "late")
+    if not placement.take_slot(r, host):
+        time.sleep(0.01)            # two full hosts must not bounce it at full speed
+        raise self.retry(countdown=0)
+    if not placement.claim(r, ticket, host):
+        placement.give_slot(r, host)
+        ticket_state = placement.state_of(r, ticket)
+        return placement.refused(r, "duplicate" if ticket_state == "claimed" else "late")
+    address = _address(r, host)
+    arrival = None
+    try:
+        arrival = subtree.arrival(mem_mib, address)
+        placement.place(r, ticket, arrival.where(host, address))
+        from .cluster import cluster_secret
+        subtree.run_child(r, app.conf.broker_url, arrival, host, job, cached_image(r, image), name,
+                  pid, ppid, parent_tree, mem_mib, cluster_secret(r), fork_wait, image,
+                  address, RedisSlots(r, host))
+        return "done"
+    except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
+        if arrival is not None and arrival.adopted:
+            what = f"the processes of pid {pid} on {host} were lost: {err}"
+        else:
+            placement.place(r, ticket, {"host": host, "error": str(err)})
+            what = f"fork of pid {ppid} onto {host} failed: {err}"
+        state.append_output(r, job, "err", f"unifork: {what}\n".encode())
+        log.warning("%s", what, exc_info=True)
+        return "failed"
+    finally:
+        if arrival is not None:
+            arrival.close()
+        if arrival is None or not arrival.adopted:
+            placement.give_slot(r, host)
+        subtree.spare(mem_mib)          # ready for the next fork onto this host
+
+
+@app.task(name=PING)
+def ping() -> str:
+    """Does nothing: the baseline Celery round trip of bench/cluster.py."""
+    return "pong"

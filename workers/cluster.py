@@ -1,0 +1,239 @@
+"""A subtree's link to the rest of its job, when the job spans hosts.
+
+A job's processes on one host that descend from one root form a
+*subtree*, supervised there by one Job: pid 1's subtree on the job's home
+host, and one more for each child forked onto another host (its root).
+Subtrees talk through Redis: each has an inbox (a list, keys.job_inbox),
+which a thread here watches, handing messages to the supervisor's poll()
+through a pipe.  Messages are JSON objects with a "type":
+
+    exit      {pid, wstatus}        a child of one of ours has ended
+    kill      {pid, sig}            signal one of our processes
+    killall   {sig, sender, init}   signal all ours but (sender), pid 1 if (init)
+    adopt     {pid, host, tree, wstatus}   pid 1 takes over an orphan
+    reparent  {pid}                 our root's parent is now pid 1
+    end       {}                    pid 1 has ended: stop everything
+
+and two made here: forked {pid, host, tree | error} when a fork onto
+another host has finished, and lost {pid, why} when a remote child's host
+stops heartbeating or its exit was missed (a periodic check against the
+processes' records in Redis).
+
+Pids are unique in the job: a Redis counter hands them out.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+from broker import keys, placement, state
+
+from . import transfer
+
+CHECK_EVERY = 1.0        # seconds between checks on remote children's hosts
+INBOX_TTL = 7 * 24 * 3600
+
+
+def cluster_secret(r) -> bytes:
+    """The key that authenticates hosts to each other: UNIFORK_SECRET, or
+    one made on first use and kept in Redis."""
+    env = os.environ.get("UNIFORK_SECRET")
+    if env:
+        return env.encode()
+    r.set(keys.SECRET, os.urandom(32).hex(), nx=True)
+    return r.get(keys.SECRET)
+
+
+class Link:
+    """Subtree (tree) of job (job_id) on (host), and its way to the others."""
+
+    def __init__(self, url: str, job_id: str, host: str, tree: int, image: str,
+                 fork_wait: float, address: str = "") -> None:
+        self.url, self.job_id, self.host, self.tree = url, job_id, host, tree
+        self.image, self.fork_wait, self.address = image, fork_wait, address
+        self.r = state.connect(url)
+        self.secret = cluster_secret(self.r)
+        self._inbox: collections.deque[dict] = collections.deque()
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watch: dict[int, str] = {}       # remote children: pid -> host
+        self._stop = threading.Event()
+        self._forks: list[threading.Thread] = []
+        self.r.sadd(keys.job_trees(job_id), tree)
+        if tree == 1:
+            self.r.set(keys.job_pids(job_id), 1, nx=True)
+        self.closed = False
+        self._listener = threading.Thread(target=self._listen, name="inbox", daemon=True)
+        self._listener.start()
+
+    # -- messages ------------------------------------------------------------
+    def fileno(self) -> int:
+        """Readable when messages have arrived."""
+        return self._rfd
+
+    def _deliver(self, msg: dict) -> None:
+        self._inbox.append(msg)
+        try:
+            os.write(self._wfd, b"m")
+        except BlockingIOError:
+            pass
+
+    def messages(self) -> list[dict]:
+        try:
+            while not self.closed and os.read(self._rfd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        out = []
+        while self._inbox:
+            out.append(self._inbox.popleft())
+        return out
+
+    def post(self, tree: int, msg: dict) -> None:
+        key = keys.job_inbox(self.job_id, tree)
+        p = self.r.pipeline()
+        p.rpush(key, json.dumps(msg))
+        p.expire(key, INBOX_TTL)
+        p.execute()
+
+    def post_all(self, msg: dict) -> None:
+        """(msg) to every other subtree of the job."""
+        for t in self.r.smembers(keys.job_trees(self.job_id)):
+            if int(t) != self.tree:
+                self.post(int(t), msg)
+
+    def _listen(self) -> None:
+        r = state.connect(self.url)
+        key = keys.job_inbox(self.job_id, self.tree)
+        next_check = time.monotonic() + CHECK_EVERY
+        while not self._stop.is_set():
+            try:
+                got = r.blpop([key], timeout=0.5)
+                if got is not None:
+                    try:
+                        msg = json.loads(got[1])
+                    except ValueError:
+                        continue
+                    if isinstance(msg, dict):
+                        self._deliver(msg)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + CHECK_EVERY
+                    self._check_remote(r)
+            except Exception:       # noqa: BLE001 - Redis hiccup: try again
+                self._stop.wait(0.2)
+
+    def _check_remote(self, r) -> None:
+        """A remote child whose host is gone, or whose end we missed, is reported."""
+        watch = dict(self.watch)
+        if not watch:
+            return
+        records = state.procs(r, self.job_id)
+        for pid, host in watch.items():
+            rec = records.get(pid, {})
+            if rec.get("state") in ("exited", "killed"):
+                self._deliver({"type": "exit", "pid": pid, "wstatus": rec.get("wstatus") or 9})
+            elif state.host_alive_age(r, host) is None:
+                self._deliver({"type": "lost", "pid": pid, "why": f"host {host} was lost"})
+            else:
+                continue
+            self.watch.pop(pid, None)
+
+    def lookup(self, pid: int) -> dict | None:
+        """Process (pid)'s record in the job (its tree, host, state)."""
+        return state.procs(self.r, self.job_id).get(pid)
+
+    def alloc_pid(self) -> int:
+        return int(self.r.incr(keys.job_pids(self.job_id)))
+
+    # -- forks onto other hosts ------------------------------------------------
+    def fork(self, qmp, parent_vm, pid: int, ppid: int, asked: float, parent_tsc: int,
+             tsc_khz: int, name: str, mem_mib: int) -> None:
+        """Start forking (parent_vm) onto another host as (pid); a "forked"
+        message says how it went.  The parent guest waits for its reply."""
+        t = threading.Thread(target=self._fork, name=f"fork{pid}", daemon=True,
+                             args=(qmp, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz,
+                                   name, mem_mib))
+        self._forks = [f for f in self._forks if f.is_alive()] + [t]
+        t.start()
+
+    def _fork(self, qmp, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz, name, mem_mib):
+        from .fork import prepare
+        try:
+            ready = qmp.submit(prepare(parent_vm))      # QMP set up while it is placed
+            where, timing = self._place(pid, ppid, name, mem_mib)
+            if where is None:
+                return self._deliver({"type": "forked", "pid": pid, "eagain": True,
+                                      "error": f"no host had a free slot for "
+                                               f"{self.fork_wait:g} s"})
+            ready.result(10)
+            self._send(qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz)
+            timing["done"] = time.monotonic()
+            self._deliver({"type": "forked", "pid": pid, "host": where["host"],
+                           "tree": pid, "dispatch_ms": 1000 * (timing["placed"] - timing["sent"]),
+                           "fork_ms": 1000 * (timing["done"] - asked)})
+        except Exception as err:        # noqa: BLE001 - the parent gets EAGAIN and the reason
+            self._deliver({"type": "forked", "pid": pid, "error": str(err) or repr(err)})
+
+    def _place(self, pid, ppid, name, mem_mib) -> tuple[dict | None, dict]:
+        from broker.app import FORK_CHILD, FORKS_QUEUE, app
+        ticket = uuid.uuid4().hex
+        placement.new_ticket(self.r, ticket, self.job_id, pid)
+        kwargs = dict(ticket=ticket, job=self.job_id, image=self.image, name=name, pid=pid,
+                      ppid=ppid, parent_tree=self.tree, mem_mib=mem_mib,
+                      deadline=time.time() + self.fork_wait, fork_wait=self.fork_wait)
+        timing = {"sent": time.monotonic()}
+        for _ in range(2 if os.environ.get("UNIFORK_TEST_DUPLICATE_FORKS") else 1):
+            app.send_task(FORK_CHILD, kwargs=kwargs, queue=FORKS_QUEUE)
+        deadline = time.monotonic() + self.fork_wait
+        where = None
+        while where is None and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if placement.abandon(self.r, ticket):
+                    return None, timing
+                left = 10.0         # claimed just now: its placement follows
+                deadline = time.monotonic() + left
+            where = placement.wait_placed(self.r, ticket, min(left, 0.5))
+        if where is None:
+            raise RuntimeError("the job ended while the fork was being placed")
+        timing["placed"] = time.monotonic()
+        if "error" in where:
+            raise RuntimeError(f"host {where.get('host')}: {where['error']}")
+        return where, timing
+
+    def _send(self, qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz) -> None:
+        from .fork import capture, cont
+        nonce = bytes.fromhex(where["nonce"])
+        with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            device_state = capture(qmp, parent_vm)          # the parent is stopped now
+            try:
+                header = {"pid": pid, "ppid": ppid, "ram_size": parent_vm.layout.ram_size,
+                          "tsc": parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000)}
+                with memoryview(parent_vm.mem) as ram:
+                    transfer.send_fork(sock, self.secret, nonce, header, parent_vm.ram_fd,
+                                       ram, parent_vm.layout.ram_size, device_state)
+            finally:
+                qmp.call(cont(parent_vm))
+            reply = transfer.receive_reply(sock, self.secret, nonce)
+        if not reply.get("ok"):
+            raise RuntimeError(f"host {where['host']}: {reply.get('error', 'refused the fork')}")
+
+    # -- the end ---------------------------------------------------------------
+    def forking(self) -> bool:
+        return any(t.is_alive() for t in self._forks)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop.set()
+        for t in self._forks:
+            t.join(15)
+        self._listener.join(5)
+        os.close(self._rfd)
+        os.close(self._wfd)

@@ -1,0 +1,215 @@
+"""The receiving end of a fork across hosts, and the subtree it starts.
+
+A worker that claimed a fork ticket (broker/placement.py) makes the child
+here: a QEMU waiting with -incoming defer in a shared region of its own,
+a listening socket whose address and nonce go to the parent's host, the
+parent's RAM and device state read from that socket (transfer.py), and
+then the child runs as the root of a subtree that this worker supervises
+until its last process here ends (cluster.py says how subtrees talk).
+
+The child keeps what it inherited where it can: its stdout and stderr
+(and its children's) go to the job's output; its stdin reads end of file;
+a pipe whose other ends are on the parent's host is not carried across
+(that is the UDP bridge's work): reading it gives end of file, writing it
+EPIPE, and the job's stderr says so once.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from broker import placement, state
+
+from . import abi, elf, fork, transfer
+from .cluster import Link
+from .job import Job
+from .layout import Layout
+from .rings import HostRing, SharedRegion
+from .run import RunRequest, Supervisor
+from .vm import VM
+
+ACCEPT_TIMEOUT = 15.0
+
+
+class Arrival:
+    """A child VM being made here for a fork ticket: a QEMU of (mem_mib)
+    waiting with -incoming defer in a shared region of its own, armed in
+    the background.  Each worker process keeps one ready (spare())."""
+
+    def __init__(self, mem_mib: int) -> None:
+        self.mem_mib = mem_mib
+        self.shm = SharedRegion()
+        self.qmp: fork.QMPThread | None = fork.QMPThread()
+        self.vm: VM | None = VM(mem_mib, self.shm)
+        self.listener: socket.socket | None = None
+        self.adopted = False        # a subtree's Job owns the VM (and its slot) now
+        self.armed = None
+        try:
+            self.vm.start(incoming=True)
+        except BaseException:
+            self.close()
+            raise
+        self.armed = self.qmp.submit(fork.arm(self.vm))
+
+    def usable(self, mem_mib: int) -> bool:
+        return (self.mem_mib == mem_mib and self.vm.poll() is None
+                and not (self.armed.done() and self.armed.exception()))
+
+    def listen(self, address: str) -> None:
+        self.listener = socket.create_server((address, _port()), backlog=1)
+        self.listener.settimeout(ACCEPT_TIMEOUT)
+        self.nonce = os.urandom(16)
+
+    def where(self, host: str, address: str) -> dict:
+        return {"host": host, "address": address, "port": self.listener.getsockname()[1],
+                "nonce": self.nonce.hex()}
+
+    def receive(self, secret: bytes, pid: int) -> tuple[dict, socket.socket, float]:
+        """Take the parent's stream and load it: the child is ready to run
+        (paused).  Returns the header, the connection, and when the stream
+        arrived (monotonic)."""
+        conn, _ = self.listener.accept()
+        self.listener.close()
+        try:
+            conn.settimeout(30)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # QEMU writes its ROMs (the kernel) into RAM as it starts: only
+            # once it is armed may the parent's RAM go in.
+            self.armed.result(30)
+            fork.punch(self.vm.ram_fd, 0, self.vm.layout.ram_size)
+            with memoryview(self.vm.mem) as ram:
+                header, device_state = transfer.receive_fork(conn, secret, self.nonce, ram)
+            arrived = time.monotonic()
+            if header.get("pid") != pid or header.get("ram_size") != self.vm.layout.ram_size:
+                raise transfer.TransferError("the fork stream is for another child")
+            fork.load_state(self.vm, device_state)
+            return header, conn, arrived
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self.vm is not None:
+            if self.qmp is not None:
+                if self.armed is not None:
+                    self.armed.cancel()
+                self.qmp.call(self.vm.aclose_qmp())
+            self.vm.close()
+        if self.qmp is not None:
+            self.qmp.close()
+        self.shm.close()
+
+
+_spare: Arrival | None = None
+
+
+def arrival(mem_mib: int, address: str) -> Arrival:
+    """A child VM for a fork: this process's spare if it fits, else a new one."""
+    global _spare
+    a, _spare = _spare, None
+    if a is not None and not a.usable(mem_mib):
+        a.close()
+        a = None
+    a = a or Arrival(mem_mib)
+    try:
+        a.listen(address)
+    except BaseException:
+        a.close()
+        raise
+    return a
+
+
+def spare(mem_mib: int = 128) -> None:
+    """Have a VM of (mem_mib) ready for the next fork onto this host; it
+    holds no slot (a slot is a VM that runs a process)."""
+    global _spare
+    if _spare is None:
+        try:
+            _spare = Arrival(mem_mib)
+        except Exception:       # noqa: BLE001 - no spare: the next fork starts one
+            _spare = None
+
+
+def _port() -> int:
+    """A port for an incoming fork: UNIFORK_FORK_PORTS=LO-HI picks from a
+    range (for a firewall), else any free port."""
+    spec = os.environ.get("UNIFORK_FORK_PORTS", "")
+    if not spec:
+        return 0
+    lo, hi = (int(x) for x in spec.split("-"))
+    return lo + int.from_bytes(os.urandom(2), "little") % (hi - lo + 1)
+
+
+def stdio_rings(shm: SharedRegion, mem) -> tuple[HostRing, HostRing, HostRing, list[int]]:
+    """Rings in this host's region for what the child holds: the job's stdio
+    (0, 1, 2) with this host's ends, and the pipes it inherited, whose other
+    ends are elsewhere.  Returns the stdio rings and the cut pipes."""
+    ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
+    used, cut = 0, []
+    for i in range(abi.SHM_RINGS):
+        r, w = ends[2 * i], ends[2 * i + 1]
+        if i > 2 and not (r or w):
+            continue
+        host_r, host_w = (0, 1) if i == 0 else (1, 0) if i < 3 else (0, 0)
+        abi.RING.put(shm.map, abi.shm_ring_off(i), size=abi.RING_SIZE,
+                     readers=r + host_r, writers=w + host_w)
+        used |= 1 << i
+        if i > 2:
+            cut.append(i)
+    abi.SHM.put(shm.map, 0, used=used)
+    return shm.ring(0), shm.ring(1), shm.ring(2), cut
+
+
+def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
+              name: str, pid: int, ppid: int, parent_tree: int, mem_mib: int,
+              secret: bytes, fork_wait: float, image: str, address: str, slots) -> None:
+    """Make the child from the parent's stream and supervise its subtree
+    until its last process here ends.  The slot taken for it is (slots)'s."""
+    header, conn, arrived = a.receive(secret, pid)
+    with conn:
+        try:
+            prog = elf.parse(image_path, open(image_path, "rb").read(), abi.PIE_BASE,
+                             Layout(mem_mib << 20).mmap_top)
+            abi.BOOT.put(a.vm.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
+            seq = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "req_seq")
+            abi.CTL.put(a.vm.mem, abi.CTL_ADDR, ret=0, val=(0, 0))
+            abi.CTL.put(a.vm.mem, abi.CTL_ADDR, rep_seq=seq)
+            stdin, stdout, stderr, cut = stdio_rings(a.shm, a.vm.mem)
+            tsc_khz = abi.BOOT.get(a.vm.mem, abi.BOOT_ADDR, "tsc_khz")
+            resume = int(header["tsc"]) + int((time.monotonic() - arrived) * tsc_khz * 1000)
+            a.qmp.call(fork.start_child(a.vm, resume))
+        except Exception as err:
+            transfer.send_reply(conn, secret, a.nonce, {"error": str(err)})
+            raise
+        transfer.send_reply(conn, secret, a.nonce, {"ok": True})
+
+    def out(stream: str, data: bytes) -> None:
+        state.append_output(r, job_id, stream, data)
+
+    def events(p, pp, pstate, wstatus, tree, **extra):
+        state.set_proc(r, job_id, p, ppid=pp, host=host, state=pstate, wstatus=wstatus,
+                       tree=tree, **extra)
+
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    link = Link(url, job_id, host, pid, image, fork_wait, address)
+    req = RunRequest(image_path, [], [], mem_mib, stdin=null, name=name, slots=slots,
+                     events=events, link=link)
+    sup = Supervisor(req, stdin, stdout, stderr, out=out)
+    job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
+              link=link, tree=pid)
+    job._qmp = a.qmp            # the arrival's QMP thread serves the subtree
+    a.qmp = None
+    sup.job = job
+    try:
+        job.add(a.vm, ppid, pid=pid, parent_tree=parent_tree)
+        a.vm, a.adopted = None, True
+        for i in cut:
+            sup.say(pid, f"pipe {i} has ends on another host: pipes across hosts are "
+                    "not carried yet; it reads end of file and writes fail (EPIPE)")
+        sup.run()
+    finally:
+        job.close()
+        os.close(null)
