@@ -1,7 +1,7 @@
 """The cluster's control plane on this machine: a real Redis, real Celery
 workers started with `unifork worker`, jobs submitted with `unifork submit`,
-the client API and plain Celery client code.  (Forks stay on the job's host
-for now; placement across hosts is the next step.)"""
+the client API and plain Celery client code.  Both workers are on this
+host's loopback: test_hosts.py has them in network namespaces."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import UNIFORK, native
+from conftest import UNIFORK, assert_no_qemu_after, native, qemu_pids
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (make setup installs it)")
@@ -41,6 +41,7 @@ def cluster(tmp_path_factory):
         assert time.monotonic() < deadline, "redis did not start"
         time.sleep(0.05)
     workers = {}
+    qemu_before = qemu_pids()
     for name, slots in (("hostA", 4), ("hostB", 5)):
         workers[name] = subprocess.Popen(
             [str(UNIFORK), "worker", "--host-name", name, "--slots", str(slots),
@@ -64,6 +65,7 @@ def cluster(tmp_path_factory):
             w.kill()
     redis.terminate()
     redis.wait(timeout=10)
+    assert_no_qemu_after(qemu_before)
 
 
 def cli(c, *args, input: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
@@ -141,12 +143,17 @@ def test_cancel_stops_a_running_job(cluster, program):
         time.sleep(0.2)
 
 
-def test_forks_past_the_hosts_slots_fail_with_eagain_until_placement_spans_hosts(cluster,
-                                                                                program):
-    got = cli(cluster, "submit", "--wait", program("limit", "glibc"))
-    assert got.stdout in (b"fork failed after 3 children: EAGAIN\n",
-                          b"fork failed after 4 children: EAGAIN\n")
-    assert b"slots (VMs) are all in use" in got.stderr
+def test_forks_go_to_the_other_host_and_fail_with_eagain_when_the_cluster_is_full(cluster,
+                                                                                 program):
+    """4 + 5 slots: pid 1 and 8 children; the 9th fork waits 0.5 s, then EAGAIN."""
+    got = cli(cluster, "submit", "--wait", "--fork-wait", "0.5", program("spread", "musl"),
+              12, 3000)
+    out = got.stdout.decode()
+    assert "fork 8: Resource temporarily unavailable" in out
+    assert "8 forked" in out
+    assert all(f"child {i} exited {10 + i}" in out for i in range(8)), out
+    assert b"no host had a free slot for 0.5 s" in got.stderr
+    assert got.returncode == 0
 
 
 def test_a_second_worker_with_a_live_name_is_refused(cluster):

@@ -1,14 +1,21 @@
 """Three worker hosts, each in its own network namespace with its own
 address, and Redis on the bridge between them: workers register with the
-address they advertise, and jobs land on whichever host has a free slot."""
+address they advertise, jobs land on whichever host has a free slot, and
+forks that their parent's host has no slot for run on the others.
+
+Every worker here sends each fork task twice (UNIFORK_TEST_DUPLICATE_FORKS),
+as a broker that redelivers would: every test below also checks that one
+fork makes one child."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
 
 import pytest
 
-from conftest import UNIFORK
+from conftest import UNIFORK, assert_no_qemu_after, qemu_pids
 from netns import Hosts
 
 SLOTS = {"hostA": 2, "hostB": 2, "hostC": 3}
@@ -29,10 +36,12 @@ def net(tmp_path_factory):
         while net.run("hub", "redis-cli", "-h", net.addr["hub"], "ping").stdout != b"PONG\n":
             assert time.monotonic() < deadline, "redis did not start"
             time.sleep(0.05)
+        qemu_before, workers = qemu_pids(), []
         for host, slots in SLOTS.items():
-            net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
+            workers.append(net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
                       "--advertise", net.addr[host], "--redis", url,
-                      stdout=open(d / f"{host}.out", "wb"), stderr=open(d / f"{host}.log", "wb"))
+                      env={**os.environ, "UNIFORK_TEST_DUPLICATE_FORKS": "1"},
+                      stdout=open(d / f"{host}.out", "wb"), stderr=open(d / f"{host}.log", "wb")))
         net.url = url
         deadline = time.monotonic() + 30
         while hosts(net).count(" ago") < len(SLOTS):
@@ -40,6 +49,11 @@ def net(tmp_path_factory):
             time.sleep(0.2)
         time.sleep(2)                   # Celery consumers attach to the queues
         yield net
+        for p in workers:
+            p.terminate()
+        for p in workers:
+            p.wait(timeout=30)
+        assert_no_qemu_after(qemu_before)
 
 
 def cli(net, *args, timeout: float = 120):
@@ -74,3 +88,90 @@ def test_jobs_land_on_whichever_host_has_a_free_slot(net, program):
         assert cli(net, "logs", job_id).stdout == b"ready\nslept\n"
     assert set(placed) == set(SLOTS), placed
     assert all(placed[h] <= SLOTS[h] for h in SLOTS), placed
+
+
+def redis(net, *args) -> str:
+    return net.run("hub", "redis-cli", "-h", net.addr["hub"], *args).stdout.decode()
+
+
+def procs(net, job_id: str) -> dict[int, dict]:
+    rows = cli(net, "ps", job_id).stdout.decode().splitlines()[2:]
+    return {int(r.split()[0]): dict(zip(("ppid", "host", "state"), r.split()[1:4]),
+                                    status=" ".join(r.split()[4:])) for r in rows}
+
+
+def free_slots(net) -> dict[str, int]:
+    return {line.split()[0]: int(line.split()[3]) for line in hosts(net).splitlines()[1:]}
+
+
+def duplicates(net) -> int:
+    return int(redis(net, "hget", "unifork:stats:forks", "duplicate").strip() or 0)
+
+
+def test_children_run_on_every_host_and_their_statuses_and_output_come_back(net, program):
+    """6 children that hold their VM for 2 s: more than any host has slots,
+    so with pid 1 they fill 7 slots on all three hosts."""
+    dup_before = duplicates(net)
+    got = cli(net, "submit", "--wait", program("spread", "musl"), 6, 2000)
+    out = got.stdout.decode()
+    assert got.returncode == 0, got.stderr.decode()
+    for i in range(6):
+        assert f"child {i} exited {10 + i}" in out, out       # through the parent's wait()
+        assert f"child {i}: pid " in out, out                 # each child's own output
+    assert "6 forked" in out
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    ps = procs(net, job_id)
+    assert len(ps) == 7 and sorted(ps) == list(range(1, 8)), ps
+    assert {p["host"] for p in ps.values()} == set(SLOTS), ps
+    for pid, p in ps.items():
+        assert p["state"] == "exited" and (pid == 1 or p["ppid"] == "1"), ps
+    remote = sum(p["host"] != ps[1]["host"] for p in ps.values())
+    assert duplicates(net) - dup_before >= remote          # each sent twice, one child
+    deadline = time.monotonic() + 10
+    while free_slots(net) != SLOTS:                          # every slot came back
+        assert time.monotonic() < deadline, free_slots(net)
+        time.sleep(0.2)
+
+
+def test_a_full_cluster_makes_fork_fail_with_eagain_after_the_fork_wait(net, program):
+    got = cli(net, "submit", "--wait", "--fork-wait", "1", program("spread", "musl"),
+              9, 4000)
+    out = got.stdout.decode()
+    assert "fork 6: Resource temporarily unavailable" in out, out + got.stderr.decode()
+    assert "6 forked" in out and got.returncode == 0
+    assert all(f"child {i} exited {10 + i}" in out for i in range(6)), out
+    assert b"no host had a free slot for 1 s" in got.stderr
+
+
+def test_kill_wait_getppid_and_orphans_work_across_hosts(net, program):
+    """remote.c: after two children fill its host (at most 3 slots), each
+    of its forks goes to another host."""
+    got = cli(net, "submit", "--wait", program("remote", "musl"))
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout.decode() == (
+        "victim alive: 1\n"
+        "victim killed by 15\n"
+        "after reaping: ESRCH\n"
+        "child sees parent right\n"
+        "child exited 3\n"
+        "middle exited 5\n"
+        "orphan's parent is now 1\n"          # pid 1 adopted it...
+        "adopted orphan exited 7\n"            # ...and its wait() reaps it
+        "then: ECHILD\n")
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    ps = procs(net, job_id)
+    home = ps[1]["host"]
+    assert ps[4]["status"] == "signal 15" and ps[4]["host"] != home, ps
+    assert ps[7]["ppid"] == "1" and ps[7]["status"] == "exit 7", ps
+
+
+def test_drain_stops_placement_of_forks_on_that_host(net, program):
+    """Runs last: hostC takes no new process after the drain."""
+    assert cli(net, "drain", "hostC").returncode == 0
+    time.sleep(1.5)
+    got = cli(net, "submit", "--wait", "--fork-wait", "1", program("spread", "musl"), 5, 1500)
+    out = got.stdout.decode()
+    assert "3 forked" in out, out           # hostA and hostB: 4 slots, pid 1 and 3 children
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    ps = procs(net, job_id)
+    assert len(ps) == 4 and all(p["host"] in ("hostA", "hostB") for p in ps.values()), ps
