@@ -29,6 +29,12 @@ def test_pipe_records_of_pipe_buf_bytes_are_never_torn(program):
 
 
 @pytest.mark.parametrize("libc", LIBCS)
+def test_lines_printed_by_two_processes_at_once_are_never_torn(program, libc):
+    got = unifork("run", program("lines", libc)).stdout.decode().splitlines()
+    want = {f"{who} line {i} of 3000" for who in ("parent", "child") for i in range(3000)}
+    assert len(got) == 6000 and set(got) == want
+
+
 def test_the_example_job_matches_native(example, libc):
     prog = example("primes", libc)
     want = native(prog, 300000, 6)

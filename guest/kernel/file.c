@@ -132,6 +132,19 @@ sys_writev(int fd, long iovp, long cnt)
 		return -EBADF;
 	if ((e = check_iov(iov, cnt)))
 		return e;
+	/* A writev of up to PIPE_BUF bytes is one write, never interleaved
+	 * with another writer's (musl's line-buffered stdio writes a line as
+	 * the buffered part and the rest: two iovecs). */
+	static char gather[UF_PIPE_BUF];
+	uint64_t sum = 0;
+	for (long i = 0; i < cnt && sum <= UF_PIPE_BUF; i++)
+		sum += iov[i].len;
+	if (cnt > 1 && sum <= UF_PIPE_BUF) {
+		for (long i = 0, at = 0; i < cnt; at += (long)iov[i].len, i++)
+			memcpy(gather + at, iov[i].base, iov[i].len);
+		long r = ring_write(f->ring, gather, sum, f->flags & O_NONBLOCK);
+		return r < 0 ? io_result(r) : r;
+	}
 	for (long i = 0; i < cnt; i++) {
 		if (!iov[i].len)
 			continue;
