@@ -35,6 +35,7 @@ def test_lines_printed_by_two_processes_at_once_are_never_torn(program, libc):
     assert len(got) == 6000 and set(got) == want
 
 
+@pytest.mark.parametrize("libc", LIBCS)
 def test_the_example_job_matches_native(example, libc):
     prog = example("primes", libc)
     want = native(prog, 300000, 6)
