@@ -1,11 +1,13 @@
 """Placement of forks: which host runs a child the parent's host has no slot for.
 
 A fork that finds no free slot on its own host becomes a fork *ticket* and
-a Celery task on the shared fork queue (unifork.forks).  Every worker
-consumes that queue with prefetch 1 and late acks; a worker without a free
-slot (or draining) puts the task back and another host takes it.  The first
-worker that takes a slot *claims* the ticket: a task delivered twice finds
-it claimed and does nothing, so one fork makes one child.  If nobody claims
+a Celery task, unifork.fork_child.  The parent's host sends it straight to
+the queue of the host with the most free slots (pick()), or, when none has
+one, to the shared fork queue (unifork.forks), which every worker consumes
+with prefetch 1 and late acks.  A worker without a free slot (or draining)
+puts the task back on the shared queue and another host takes it.  The
+first worker that takes a slot *claims* the ticket: a task delivered twice
+finds it claimed and does nothing, so one fork makes one child.  If nobody claims
 it within the job's fork wait, the parent abandons the ticket and its
 fork() returns EAGAIN; a late worker then finds it abandoned.
 
@@ -30,12 +32,44 @@ if h[3] == '1' or tonumber(h[2] or 0) >= tonumber(h[1] or 0) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'used', 1)
 return 1
 """
+# The live, undrained host with the most free slots but ARGV[1], or false.
+# (It reads host keys it is not passed: fine on one Redis, not on a cluster.)
+_PICK = """
+local best, most = false, 0
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if name ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. name .. ':alive') == 1 then
+    local h = redis.call('HMGET', ARGV[2] .. name, 'slots', 'used', 'draining')
+    local free = tonumber(h[1] or 0) - tonumber(h[2] or 0)
+    if h[3] ~= '1' and free > most then best, most = name, free end
+  end
+end
+return best
+"""
+# Claim ticket KEYS[1] for host ARGV[1] whose hash is KEYS[2], taking one of
+# its slots, in one step.  Returns the ticket's state if it is not waiting,
+# 'full' if the host has no free slot (or drains), else 'won'.
+_CLAIM_WITH_SLOT = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'waiting' then return st or 'gone' end
+local h = redis.call('HMGET', KEYS[2], 'slots', 'used', 'draining')
+if h[3] == '1' or tonumber(h[2] or 0) >= tonumber(h[1] or 0) then return 'full' end
+redis.call('HINCRBY', KEYS[2], 'used', 1)
+redis.call('HSET', KEYS[1], 'state', 'claimed', 'host', ARGV[1])
+return 'won'
+"""
 # Move a ticket from state ARGV[1] to ARGV[2], setting field 'host' to ARGV[3].
 _MOVE = """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'host', ARGV[3])
 return 1
 """
+
+
+def pick(r: redis.Redis, but: str) -> str | None:
+    """The host to send a fork to: alive, not draining, with the most free
+    slots, other than (but); None when no host has a free slot."""
+    got = r.eval(_PICK, 1, keys.HOSTS, but, keys.host(""))
+    return got.decode() if got else None
 
 
 def take_slot(r: redis.Redis, host: str) -> bool:
@@ -48,15 +82,20 @@ def give_slot(r: redis.Redis, host: str) -> None:
 
 
 def new_ticket(r: redis.Redis, ticket: str, job: str, pid: int) -> None:
-    r.hset(keys.ticket(ticket), mapping={"state": "waiting", "job": job, "pid": pid,
+    p = r.pipeline()
+    p.hset(keys.ticket(ticket), mapping={"state": "waiting", "job": job, "pid": pid,
                                          "created": time.time()})
-    r.expire(keys.ticket(ticket), TICKET_TTL)
+    p.expire(keys.ticket(ticket), TICKET_TTL)
+    p.execute()
 
 
-def claim(r: redis.Redis, ticket: str, host: str) -> bool:
-    """Make (host) the one that runs this fork's child; False if the ticket
-    was claimed already (a duplicate delivery) or abandoned."""
-    return bool(r.eval(_MOVE, 1, keys.ticket(ticket), "waiting", "claimed", host))
+def claim_with_slot(r: redis.Redis, ticket: str, host: str) -> str:
+    """Take a slot on (host) and claim (ticket) for it, atomically:
+    'won'; 'full' (no free slot, or draining: try another host); or the
+    ticket's state when it is not waiting any more ('claimed': a
+    duplicate delivery; 'abandoned'; 'gone': expired)."""
+    got = r.eval(_CLAIM_WITH_SLOT, 2, keys.ticket(ticket), keys.host(host), host)
+    return got.decode() if isinstance(got, bytes) else str(got)
 
 
 def abandon(r: redis.Redis, ticket: str) -> bool:
@@ -69,11 +108,6 @@ def refused(r: redis.Redis, why: str) -> str:
     claimed ticket, or a "late" one (abandoned, or past its deadline)."""
     r.hincrby(keys.FORK_STATS, why, 1)
     return why
-
-
-def state_of(r: redis.Redis, ticket: str) -> str | None:
-    s = r.hget(keys.ticket(ticket), "state")
-    return s.decode() if s else None
 
 
 def place(r: redis.Redis, ticket: str, where: dict) -> None:

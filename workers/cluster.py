@@ -118,7 +118,7 @@ class Link:
                         msg = json.loads(got[1])
                     except ValueError:
                         continue
-                    if isinstance(msg, dict):
+                    if isinstance(msg, dict) and msg.get("type") != "stop":
                         self._deliver(msg)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + CHECK_EVERY
@@ -179,15 +179,17 @@ class Link:
             self._deliver({"type": "forked", "pid": pid, "error": str(err) or repr(err)})
 
     def _place(self, pid, ppid, name, mem_mib) -> tuple[dict | None, dict]:
-        from broker.app import FORK_CHILD, FORKS_QUEUE, app
+        from broker.app import FORK_CHILD, FORKS_QUEUE, app, host_queue
         ticket = uuid.uuid4().hex
         placement.new_ticket(self.r, ticket, self.job_id, pid)
+        target = placement.pick(self.r, self.host)
+        queue = host_queue(target) if target else FORKS_QUEUE
         kwargs = dict(ticket=ticket, job=self.job_id, image=self.image, name=name, pid=pid,
                       ppid=ppid, parent_tree=self.tree, mem_mib=mem_mib,
                       deadline=time.time() + self.fork_wait, fork_wait=self.fork_wait)
         timing = {"sent": time.monotonic()}
         for _ in range(2 if os.environ.get("UNIFORK_TEST_DUPLICATE_FORKS") else 1):
-            app.send_task(FORK_CHILD, kwargs=kwargs, queue=FORKS_QUEUE)
+            app.send_task(FORK_CHILD, kwargs=kwargs, queue=queue)
         deadline = time.monotonic() + self.fork_wait
         where = None
         while where is None and not self._stop.is_set():
@@ -232,6 +234,7 @@ class Link:
             return
         self.closed = True
         self._stop.set()
+        self.post(self.tree, {"type": "stop"})     # ends the listener's BLPOP now
         for t in self._forks:
             t.join(15)
         self._listener.join(5)

@@ -23,7 +23,7 @@ import time
 from celery.signals import worker_process_init
 
 from broker import keys, placement, state
-from broker.app import FORK_CHILD, PING, RUN_JOB, app
+from broker.app import FORK_CHILD, FORKS_QUEUE, PING, RUN_JOB, app
 from broker.keys import JobStatus
 
 from .errors import BadProgram, UniforkError
@@ -78,6 +78,19 @@ def fork_wait_default() -> float:
 
 def _address(r, host: str) -> str:
     return (r.hget(keys.host(host), "address") or b"127.0.0.1").decode()
+
+
+_conn: tuple | None = None
+
+
+def _here() -> tuple:
+    """This worker process's Redis client, host name and address (kept:
+    a fork task's claim is on the fork's critical path)."""
+    global _conn
+    if _conn is None:
+        r = state.connect(app.conf.broker_url)
+        _conn = (r, host_name(), _address(r, host_name()))
+    return _conn
 
 
 @worker_process_init.connect
@@ -200,19 +213,16 @@ def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppi
     descendants here, until they end.  A host with no free slot puts the
     task back for another; the first to take a slot claims the ticket."""
     from . import subtree
-    r = state.connect(app.conf.broker_url)
-    host = host_name()
-    ticket_state = placement.state_of(r, ticket)
-    if ticket_state != "waiting" or time.time() > deadline:
-        return placement.refused(r, "duplicate" if ticket_state == "claimed" else "late")
-    if not placement.take_slot(r, host):
-        time.sleep(0.01)            # two full hosts must not bounce it at full speed
-        raise self.retry(countdown=0)
-    if not placement.claim(r, ticket, host):
-        placement.give_slot(r, host)
-        ticket_state = placement.state_of(r, ticket)
-        return placement.refused(r, "duplicate" if ticket_state == "claimed" else "late")
-    address = _address(r, host)
+    r, host, address = _here()
+    if time.time() > deadline:
+        return placement.refused(r, "late")
+    got = placement.claim_with_slot(r, ticket, host)
+    if got == "full":               # put back at once; past a few bounces, gently
+        if self.request.retries >= len(state.hosts(r)):
+            time.sleep(0.01)
+        raise self.retry(countdown=0, queue=FORKS_QUEUE)
+    if got != "won":
+        return placement.refused(r, "duplicate" if got == "claimed" else "late")
     arrival = None
     try:
         arrival = subtree.arrival(mem_mib, address)
