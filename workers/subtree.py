@@ -143,6 +143,16 @@ def _port() -> int:
     return lo + int.from_bytes(os.urandom(2), "little") % (hi - lo + 1)
 
 
+def _ran_and_ended(vm: VM) -> bool:
+    """Whether a child whose `cont` failed had in fact run, and ended so
+    fast that QEMU exited before it answered."""
+    deadline = time.monotonic() + 1.0
+    while vm.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return vm.poll() is not None and abi.CTL.get(vm.mem, abi.CTL_ADDR, "state") in (
+        abi.State.EXITED, abi.State.KILLED)
+
+
 def stdio_rings(shm: SharedRegion, mem) -> tuple[HostRing, HostRing, HostRing, list[int]]:
     """Rings in this host's region for what the child holds: the job's stdio
     (0, 1, 2) with this host's ends, and the pipes it inherited, whose other
@@ -180,10 +190,17 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
             stdin, stdout, stderr, cut = stdio_rings(a.shm, a.vm.mem)
             tsc_khz = abi.BOOT.get(a.vm.mem, abi.BOOT_ADDR, "tsc_khz")
             resume = int(header["tsc"]) + int((time.monotonic() - arrived) * tsc_khz * 1000)
-            a.qmp.call(fork.start_child(a.vm, resume))
+            try:
+                a.qmp.call(fork.start_child(a.vm, resume))
+            except Exception:
+                if not _ran_and_ended(a.vm):
+                    raise
         except Exception as err:
-            transfer.send_reply(conn, secret, a.nonce, {"error": str(err)})
-            raise
+            why = str(err) or repr(err)
+            if a.vm.poll() is not None:         # QEMU refused the state: its words
+                why = f"QEMU exited ({a.vm.returncode}): {a.vm.qemu_stderr() or why}"
+            transfer.send_reply(conn, secret, a.nonce, {"error": why})
+            raise RuntimeError(why) from err
         transfer.send_reply(conn, secret, a.nonce, {"ok": True})
 
     def out(stream: str, data: bytes) -> None:

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Cluster benchmark: forks across hosts, with their baselines, in one run.
+
+Three workers, each in its own network namespace (hostA 2 slots, hostB 3,
+hostC 3), Redis on a bridge, as in tests/test_hosts.py.  Measured:
+
+  fork latency as the guest sees it (bench/clusterbench.c "lat": from the
+  parent's fork() call until the child runs), forks 100 ms apart:
+    cross-host  a job on hostA whose one other slot is held, so every
+                fork goes to hostB or hostC
+    same-host   a job on hostB, whose forks stay there
+    native      the same program as a Linux process
+  dispatch overhead: a fork task's round trip (sent by the parent's host
+    until the child's host has claimed it and said where to send the
+    parent), against a trivial Celery task's round trip (unifork.ping,
+    sent and its result read) from the same namespace;
+  sustained forks per second: 60 children that exit at once, 7 alive at a
+    time, from a job on hostA: they land where there is room (hostA
+    first, then the host with the most free slots).
+
+Targets (issue 4): cross-host p50 <= 25 ms and <= 3x same-host; dispatch
+<= 2x the Celery round trip; >= 20 forks/s.
+
+    .venv/bin/python bench/cluster.py [-n 30]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNIFORK = os.path.join(os.path.dirname(sys.executable), "unifork")
+HOSTS = {"hostA": 2, "hostB": 3, "hostC": 3}
+WARMUP = 2
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
+
+
+def latencies(out: str) -> tuple[list[float], list[float]]:
+    child = [int(line.split()[1]) / 1000 for line in out.splitlines() if line.startswith("child")]
+    parent = [int(line.split()[1]) / 1000 for line in out.splitlines()
+              if line.startswith("parent")]
+    return child[WARMUP:], parent[WARMUP:]
+
+
+# -- the driver: runs inside the hub namespace, next to Redis -------------------
+def driver(url: str, exe: str, n: int) -> None:
+    os.environ["UNIFORK_REDIS_URL"] = url
+    sys.path.insert(0, ROOT)
+    from broker import state
+    from broker.app import PING, RUN_JOB, app, host_queue
+    r = state.connect(url)
+    sha = state.put_image(r, open(exe, "rb").read())
+
+    def job(host: str, args: list[str]) -> tuple[str, str]:
+        job_id = str(uuid.uuid4())
+        state.new_job(r, job_id, "clusterbench", args)
+        res = app.send_task(RUN_JOB, task_id=job_id, queue=host_queue(host), kwargs={
+            "image": sha, "name": "clusterbench", "args": args}).get(timeout=600)
+        if res["exit_status"] != 0:
+            raise SystemExit(f"job {args} failed: {base64.b64decode(res['stderr']).decode()}")
+        return job_id, base64.b64decode(res["stdout"]).decode()
+
+    out: dict = {}
+    remote_id, out["remote"] = job("hostA", ["lat", str(n + WARMUP), "100", "1"])
+    out["placed_on"] = sorted({e["host"] for e in state.events(r, remote_id)
+                               if e["state"] == "placed"})
+    out["dispatch"] = [e["dispatch_ms"] for e in state.events(r, remote_id)
+                       if e["state"] == "placed"][WARMUP:]
+    _, out["local"] = job("hostB", ["lat", str(n + WARMUP), "100", "0"])
+    pings = []
+    for _ in range(n + WARMUP):
+        t = time.perf_counter()
+        app.send_task(PING).get(timeout=30)
+        pings.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.02)
+    out["ping"] = pings[WARMUP:]
+    burst_id, burst = job("hostA", ["burst", "60", "7"])
+    out["burst"] = burst
+    out["burst_hosts"] = sorted({p["host"] for p in state.procs(r, burst_id).values()})
+    print(json.dumps(out))
+
+
+# -- the outside: namespaces, Redis, workers -------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=30, help="forks measured per series (default 30)")
+    ap.add_argument("--driver", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.driver:
+        return driver(a.driver[0], a.driver[1], int(a.driver[2]))
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from netns import Hosts
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "clusterbench")
+        subprocess.run(["musl-gcc", "-static", "-O2", "-o", exe,
+                        os.path.join(ROOT, "bench", "clusterbench.c")], check=True)
+        with Hosts(list(HOSTS)) as net:
+            url = f"redis://{net.addr['hub']}:6379/0"
+            net.start("hub", "redis-server", "--bind", net.addr["hub"], "--port", "6379",
+                      "--save", "", "--appendonly", "no", "--dir", tmp,
+                      "--protected-mode", "no", stdout=subprocess.DEVNULL)
+            while net.run("hub", "redis-cli", "-h", net.addr["hub"], "ping").stdout != b"PONG\n":
+                time.sleep(0.05)
+            for host, slots in HOSTS.items():
+                net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
+                          "--advertise", net.addr[host], "--redis", url,
+                          stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/{host}.log", "wb"))
+            while net.run("hub", UNIFORK, "hosts", "--redis", url).stdout.count(b" ago") < 3:
+                time.sleep(0.2)
+            time.sleep(2)                       # Celery consumers attach to the queues
+            got = net.run("hub", sys.executable, os.path.abspath(__file__), "--driver", url,
+                          exe, str(a.n), timeout=1200)
+            if got.returncode != 0:
+                for host in HOSTS:
+                    sys.stderr.write(f"--- {host}\n" + open(f"{tmp}/{host}.log").read()[-3000:])
+                sys.exit(f"bench failed: {got.stderr.decode()}")
+            res = json.loads(got.stdout)
+        native = subprocess.run([exe, "lat", str(a.n + WARMUP), "100", "1"],
+                                capture_output=True, text=True, check=True).stdout
+        native_burst = subprocess.run([exe, "burst", "60", "7"], capture_output=True,
+                                      text=True, check=True).stdout
+    report(res, native, native_burst, a.n)
+
+
+def report(res: dict, native: str, native_burst: str, n: int) -> None:
+    rc, rp = latencies(res["remote"])
+    lc, lp = latencies(res["local"])
+    nc, np_ = latencies(native)
+    print(f"fork latency, {n} forks 100 ms apart (ms; p50 / p90):")
+    print(f"  {'':24} {'child runs':>16} {'parent returns':>16}")
+    for name, c, p in (("cross-host (unifork)", rc, rp), ("same-host (unifork)", lc, lp),
+                       ("native Linux", nc, np_)):
+        print(f"  {name:24} {pct(c, .5):7.2f} / {pct(c, .9):6.2f} "
+              f"{pct(p, .5):7.2f} / {pct(p, .9):6.2f}")
+    print(f"  children placed on: {', '.join(res['placed_on'])}")
+    ratio = pct(rc, .5) / pct(lc, .5)
+    print(f"  cross-host / same-host (child runs, p50): {ratio:.2f}x "
+          f"(target <= 3x; cross-host p50 target <= 25 ms)")
+    d, p = statistics.median(res["dispatch"]), statistics.median(res["ping"])
+    print(f"dispatch: fork task round trip {d:.2f} ms vs trivial Celery task {p:.2f} ms "
+          f"(medians): {d / p:.2f}x (target <= 2x)")
+    burst_us = int(res["burst"].split()[-1])
+    nat_us = int(native_burst.split()[-1])
+    rate = 60 / (burst_us / 1e6)
+    print(f"sustained: 60 forks, 7 alive at a time, in {burst_us / 1000:.0f} ms = "
+          f"{rate:.1f} forks/s on {', '.join(res['burst_hosts'])} (target >= 20/s; "
+          f"native {60 / (nat_us / 1e6):.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
