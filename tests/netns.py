@@ -60,6 +60,16 @@ class Hosts:
         self.procs.append(p)
         return p
 
+    def kill_host(self, host: str) -> None:
+        """Kill every process in (host)'s namespace, as a power cut would."""
+        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
     def __exit__(self, *exc) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -71,12 +81,6 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for ns in self.ns.values():
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
+        for name, ns in self.ns.items():
+            self.kill_host(name)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)

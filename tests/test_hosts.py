@@ -166,7 +166,7 @@ def test_kill_wait_getppid_and_orphans_work_across_hosts(net, program):
 
 
 def test_drain_stops_placement_of_forks_on_that_host(net, program):
-    """Runs last: hostC takes no new process after the drain."""
+    """Runs last but one: hostC takes no new process after the drain."""
     assert cli(net, "drain", "hostC").returncode == 0
     time.sleep(1.5)
     got = cli(net, "submit", "--wait", "--fork-wait", "1", program("spread", "musl"), 5, 1500)
@@ -175,3 +175,27 @@ def test_drain_stops_placement_of_forks_on_that_host(net, program):
     job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
     ps = procs(net, job_id)
     assert len(ps) == 4 and all(p["host"] in ("hostA", "hostB") for p in ps.values()), ps
+
+
+def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program):
+    """Runs last (hostC drained): pid 1 and children on hostA and hostB;
+    every process of the other host is killed, as if it lost power."""
+    job_id = cli(net, "submit", program("spread", "musl"), 3, 10000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.2)
+    home = ps[1]["host"]
+    dead = "hostB" if home == "hostA" else "hostA"
+    lost = sorted(pid for pid, p in ps.items() if p["host"] == dead)
+    assert lost, ps
+    net.kill_host(dead)
+    started = time.monotonic()
+    while b"finished" not in cli(net, "ps", job_id).stdout:
+        assert time.monotonic() - started < 60
+        time.sleep(0.2)
+    out = cli(net, "logs", job_id)
+    for pid in lost:
+        assert f"child {pid - 2} killed by 9".encode() in out.stdout, out
+        assert f"(pid {pid}): host {dead} was lost: reported as killed".encode() in out.stderr
+    assert b"3 forked" in out.stdout
