@@ -54,6 +54,7 @@ bench: setup
 	$(VENV)/bin/python bench/boot.py
 	$(VENV)/bin/python bench/fork.py
 	$(VENV)/bin/python bench/pipes.py
+	$(VENV)/bin/python bench/cluster.py
 
 clean:
 	$(MAKE) -C guest clean
