@@ -151,16 +151,17 @@ class Link:
 
     # -- forks onto other hosts ------------------------------------------------
     def fork(self, qmp, parent_vm, pid: int, ppid: int, asked: float, parent_tsc: int,
-             tsc_khz: int, name: str, mem_mib: int) -> None:
+             tsc_khz: int, name: str, mem_mib: int, pipes: list[dict]) -> None:
         """Start forking (parent_vm) onto another host as (pid); a "forked"
         message says how it went.  The parent guest waits for its reply."""
         t = threading.Thread(target=self._fork, name=f"fork{pid}", daemon=True,
                              args=(qmp, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz,
-                                   name, mem_mib))
+                                   name, mem_mib, pipes))
         self._forks = [f for f in self._forks if f.is_alive()] + [t]
         t.start()
 
-    def _fork(self, qmp, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz, name, mem_mib):
+    def _fork(self, qmp, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz, name, mem_mib,
+              pipes):
         from .fork import prepare
         try:
             ready = qmp.submit(prepare(parent_vm))      # QMP set up while it is placed
@@ -170,7 +171,7 @@ class Link:
                                       "error": f"no host had a free slot for "
                                                f"{self.fork_wait:g} s"})
             ready.result(10)
-            self._send(qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz)
+            self._send(qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz, pipes)
             timing["done"] = time.monotonic()
             self._deliver({"type": "forked", "pid": pid, "host": where["host"],
                            "tree": pid, "dispatch_ms": 1000 * (timing["placed"] - timing["sent"]),
@@ -207,7 +208,8 @@ class Link:
             raise RuntimeError(f"host {where.get('host')}: {where['error']}")
         return where, timing
 
-    def _send(self, qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz) -> None:
+    def _send(self, qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz,
+              pipes) -> None:
         from .fork import capture, cont
         nonce = bytes.fromhex(where["nonce"])
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
@@ -215,6 +217,7 @@ class Link:
             device_state = capture(qmp, parent_vm)          # the parent is stopped now
             try:
                 header = {"pid": pid, "ppid": ppid, "ram_size": parent_vm.layout.ram_size,
+                          "pipes": pipes,
                           "tsc": parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000)}
                 with memoryview(parent_vm.mem) as ram:
                     transfer.send_fork(sock, self.secret, nonce, header, parent_vm.ram_fd,

@@ -20,6 +20,8 @@ _CODE = {
     "cpuid_edx": "53 89f8 31c9 0fa2 89d0 5b c3",
     # mov %rsi, %rax; lock xadd %rax, (%rdi); add %rsi, %rax; ret  (returns the new value)
     "atomic_add": "4889f0 f0480fc107 4801f0 c3",
+    # mov %esi,%eax; lock cmpxchg %edx,(%rdi); sete %al; movzbl %al,%eax; ret
+    "cas32": "89f0 f00fb117 0f94c0 0fb6c0 c3",
 }
 _funcs: dict = {}
 
@@ -36,7 +38,9 @@ def _machine_code(name: str):
             page[off:off + len(code)] = code
             addr = ctypes.addressof(ctypes.c_char.from_buffer(page, off))
             argtypes = {"cpuid_edx": (ctypes.c_uint32,),
-                        "atomic_add": (ctypes.c_void_p, ctypes.c_int64)}.get(fname, ())
+                        "atomic_add": (ctypes.c_void_p, ctypes.c_int64),
+                        "cas32": (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32),
+                        }.get(fname, ())
             _funcs[fname] = ctypes.CFUNCTYPE(ctypes.c_uint64, *argtypes)(addr)
             off += (len(code) + 15) & ~15
         _funcs["page"] = page
@@ -63,6 +67,11 @@ def address(buf) -> int:
 def atomic_add(addr: int, delta: int) -> int:
     """lock xadd on the 64-bit word at (addr), as guests do; the new value."""
     return int(_machine_code("atomic_add")(addr, delta)) & (2**64 - 1)
+
+
+def cas32(addr: int, old: int, new: int) -> bool:
+    """lock cmpxchg on the 32-bit word at (addr): (old) -> (new); whether it did."""
+    return bool(_machine_code("cas32")(addr, old, new))
 
 
 def _stamp() -> tuple[int, int]:

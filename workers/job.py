@@ -88,7 +88,7 @@ class Job:
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
                  max_procs: int, slots: "Slots", say, pool_size: int = 2,
-                 events=None, link=None, tree: int = 1) -> None:
+                 events=None, link=None, tree: int = 1, bridge=None) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
         self.mem_mib, self.shm = mem_mib, shm
@@ -106,6 +106,8 @@ class Job:
         self.tree = tree            # the root pid of this subtree (1: the whole job here)
         self.ended = False          # told that pid 1 has ended (a subtree)
         self._forking: dict[int, int] = {}   # child pid -> parent pid, forks onto other hosts
+        self._pipes: dict[int, list[dict]] = {}  # child pid -> its pipes' links (bridge.py)
+        self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
 
     @property
     def qmp(self):
@@ -257,17 +259,30 @@ class Job:
         parent.forking = True
         pid = self.new_pid()
         self._forking[pid] = parent.pid
+        pipes = self._pipes[pid] = []
+        if self.bridge is not None:     # the child's pipes reach it over a link
+            ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
+            used = self.shm.used()
+            for i in range(3, abi.SHM_RINGS):
+                r, w = ends[2 * i], ends[2 * i + 1]
+                if (r or w) and used >> i & 1:
+                    pipes.append(self.bridge.link_child(i, r, w))
         self.link.fork(self.qmp, parent.vm, pid, parent.pid, asked,
                        abi.CTL.get(mem, abi.CTL_ADDR, "arg")[1],
-                       abi.BOOT.get(mem, abi.BOOT_ADDR, "tsc_khz"), self.program, self.mem_mib)
+                       abi.BOOT.get(mem, abi.BOOT_ADDR, "tsc_khz"), self.program, self.mem_mib,
+                       pipes)
 
     def _forked(self, msg: dict) -> None:
         """A fork onto another host has finished, or failed."""
         pid = msg.get("pid")
         parent = self.procs.get(self._forking.pop(pid, -1))
+        pipes = self._pipes.pop(pid, [])
         if parent is None:
             return
         parent.forking = False
+        if "error" in msg and self.bridge is not None:
+            for spec in pipes:
+                self.bridge.unlink(spec)
         if "error" in msg:
             if parent.running:
                 self._say_once(parent.pid, f"fork onto another host failed: {msg['error']}: EAGAIN")
@@ -607,6 +622,8 @@ class Job:
             self.close_vm(p)
         if self._pool is not None:
             self._pool.close()
+        if self.bridge is not None:
+            self.bridge.close()
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None

@@ -21,6 +21,7 @@ _FLAG = {"wr_wait": _R.offsets["wr_wait"], "rd_wait": _R.offsets["rd_wait"]}
 _LOCKS = (_R.offsets["wlock"], _R.offsets["rlock"])
 _Q, _I = struct.Struct("<Q"), struct.Struct("<I")
 _USED = abi.SHM.offsets["used"]
+HOST_LOCKER = 0x7FFFFFFF        # the host's "pid" when it holds a ring's lock
 
 
 def _fence() -> None:
@@ -135,6 +136,63 @@ class HostRing:
         """Drop the host's read end (EPIPE); returns whether a writer waits."""
         self.add_ends(-1, 0)
         return self._take_flag("wr_wait")
+
+    # -- as one of several writers or readers (the pipe bridge) ----------
+    def _lock(self, which: int) -> int:
+        from .cpu import address, cas32
+        if not self._base[0]:
+            self._base[0] = address(self._buf)
+        at = self._base[0] + self._off + _LOCKS[which]
+        while not cas32(at, 0, HOST_LOCKER):
+            pass                    # guests hold it only while they copy
+        return at
+
+    def _unlock(self, which: int) -> None:
+        _fence()
+        self._set(_LOCKS[which], 0, _I)
+
+    def _room(self) -> int:
+        """Free bytes, sampled while others move both counters: the tail is
+        read first, so the guess errs on the full side; never 'corrupt'."""
+        tail = self._get(_TAIL)
+        used = (self._get(_HEAD) - tail) % 2**64
+        return self.size - used if used <= self.size else 0
+
+    def write_whole(self, data: bytes) -> bool:
+        """Put all of (data) in at once, under the writers' lock, so that no
+        guest's write lands inside it; False if there is not room for it all."""
+        if self._room() < len(data):
+            return False
+        self._lock(0)
+        try:
+            if self._room() < len(data):     # under the lock the head is ours
+                return False
+            head = self._get(_HEAD)
+            off = head & (self.size - 1)
+            first = min(len(data), self.size - off)
+            self._data[off:off + first] = data[:first]
+            self._data[:len(data) - first] = data[first:]
+            _fence()
+            self._set(_HEAD, head + len(data))
+            return True
+        finally:
+            self._unlock(0)
+
+    def read_all(self, limit: int = 1 << 30) -> bytes:
+        """Take what is there, under the readers' lock."""
+        if self._get(_HEAD) == self._get(_TAIL):
+            return b""
+        self._lock(1)
+        try:
+            tail = self._get(_TAIL)             # ours while we hold the lock
+            n = min((self._get(_HEAD) - tail) % 2**64, self.size, limit)
+            off = tail & (self.size - 1)
+            first = min(n, self.size - off)
+            out = bytes(self._data[off:off + first]) + bytes(self._data[:n - first])
+            self._set(_TAIL, tail + n)
+            return out
+        finally:
+            self._unlock(1)
 
     def release_locks(self, pid: int) -> None:
         """Free the copy locks a dead process (pid) held."""

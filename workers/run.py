@@ -102,8 +102,12 @@ def run(req: RunRequest) -> int:
                 pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         sup = Supervisor(req, rings[0][1], rings[1][1], rings[2][1])
+        bridge = None
+        if req.link is not None:
+            from .bridge import open_bridge
+            bridge = open_bridge(shm, req.link, lambda msg: sup.say(1, msg))
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
-                  events=req.events, link=req.link)
+                  events=req.events, link=req.link, bridge=bridge)
         sup.job = job
         job.add(vm, pid=1)
         vm.start()
@@ -177,6 +181,8 @@ class Supervisor:
                         p.vm.take_doorbells()
                         job.service(p)
                 self._pump()
+                if job.bridge is not None:
+                    job.bridge.pump()
                 job.wake_sleepers()
                 if self._over(pid1) or self.stop_reason:
                     break
@@ -194,6 +200,9 @@ class Supervisor:
                         self.stop_reason = "timeout"
                         break
                     wait_ms = int(left * 1000) + 1
+                if job.bridge is not None and job.bridge.active():
+                    due = max(0, int((job.bridge.next_event() - time.monotonic()) * 1000) + 1)
+                    wait_ms = due if wait_ms is None else min(wait_ms, due)
                 for fd, _ in poller.poll(wait_ms):
                     if fd == self.req.stdin:
                         self.stdin_ready = True
@@ -226,7 +235,8 @@ class Supervisor:
         """pid 1 has ended; in a subtree: pid 1 has, or all our processes have."""
         if pid1 is not None:
             return not pid1.running
-        return self.job.ended or not self.job.live()
+        return self.job.ended or not (self.job.live() or
+                                      (self.job.bridge and self.job.bridge.active()))
 
     def _repoll(self, poller, polled: set[int], sig_r: int) -> set[int]:
         """Poll the descriptors of the VMs alive now (and the signal pipe)."""
@@ -235,6 +245,8 @@ class Supervisor:
         polled = {sig_r}
         if self.job.link is not None:
             polled.add(self.job.link.fileno())
+        if self.job.bridge is not None:
+            polled.add(self.job.bridge.fileno())
         for p in self.job.live():
             polled |= {p.vm.bell.fileno(), p.vm.pidfd, p.vm.stderr_fd}
         for fd in polled:

@@ -153,15 +153,17 @@ def _ran_and_ended(vm: VM) -> bool:
         abi.State.EXITED, abi.State.KILLED)
 
 
-def stdio_rings(shm: SharedRegion, mem) -> tuple[HostRing, HostRing, HostRing, list[int]]:
+def stdio_rings(shm: SharedRegion, mem, bridged: set[int]
+                ) -> tuple[HostRing, HostRing, HostRing, list[int]]:
     """Rings in this host's region for what the child holds: the job's stdio
-    (0, 1, 2) with this host's ends, and the pipes it inherited, whose other
-    ends are elsewhere.  Returns the stdio rings and the cut pipes."""
+    (0, 1, 2) with this host's ends, and the pipes it inherited that no
+    link carries (bridged: those the bridge makes).  Returns the stdio
+    rings and the cut pipes."""
     ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
     used, cut = 0, []
     for i in range(abi.SHM_RINGS):
         r, w = ends[2 * i], ends[2 * i + 1]
-        if i > 2 and not (r or w):
+        if i > 2 and (not (r or w) or i in bridged):
             continue
         host_r, host_w = (0, 1) if i == 0 else (1, 0) if i < 3 else (0, 0)
         abi.RING.put(shm.map, abi.shm_ring_off(i), size=abi.RING_SIZE,
@@ -173,35 +175,25 @@ def stdio_rings(shm: SharedRegion, mem) -> tuple[HostRing, HostRing, HostRing, l
     return shm.ring(0), shm.ring(1), shm.ring(2), cut
 
 
+def _pipe_specs(header: dict) -> dict[int, dict]:
+    """The links of the child's pipes, from the fork's header (checked)."""
+    out = {}
+    for spec in header.get("pipes", []):
+        try:
+            idx, cid, addr = int(spec["ring"]), bytes.fromhex(spec["cid"]), spec["addr"]
+            if 3 <= idx < abi.SHM_RINGS and len(cid) == 16:
+                out[idx] = {"ring": idx, "cid": spec["cid"], "addr": [str(addr[0]), int(addr[1])]}
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise transfer.TransferError("a malformed pipe link in the fork header")
+    return out
+
+
 def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
               name: str, pid: int, ppid: int, parent_tree: int, mem_mib: int,
               secret: bytes, fork_wait: float, image: str, address: str, slots) -> None:
     """Make the child from the parent's stream and supervise its subtree
     until its last process here ends.  The slot taken for it is (slots)'s."""
     header, conn, arrived = a.receive(secret, pid)
-    with conn:
-        try:
-            prog = elf.parse(image_path, open(image_path, "rb").read(), abi.PIE_BASE,
-                             Layout(mem_mib << 20).mmap_top)
-            abi.BOOT.put(a.vm.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
-            seq = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "req_seq")
-            abi.CTL.put(a.vm.mem, abi.CTL_ADDR, ret=0, val=(0, 0))
-            abi.CTL.put(a.vm.mem, abi.CTL_ADDR, rep_seq=seq)
-            stdin, stdout, stderr, cut = stdio_rings(a.shm, a.vm.mem)
-            tsc_khz = abi.BOOT.get(a.vm.mem, abi.BOOT_ADDR, "tsc_khz")
-            resume = int(header["tsc"]) + int((time.monotonic() - arrived) * tsc_khz * 1000)
-            try:
-                a.qmp.call(fork.start_child(a.vm, resume))
-            except Exception:
-                if not _ran_and_ended(a.vm):
-                    raise
-        except Exception as err:
-            why = str(err) or repr(err)
-            if a.vm.poll() is not None:         # QEMU refused the state: its words
-                why = f"QEMU exited ({a.vm.returncode}): {a.vm.qemu_stderr() or why}"
-            transfer.send_reply(conn, secret, a.nonce, {"error": why})
-            raise RuntimeError(why) from err
-        transfer.send_reply(conn, secret, a.nonce, {"ok": True})
 
     def out(stream: str, data: bytes) -> None:
         state.append_output(r, job_id, stream, data)
@@ -214,19 +206,55 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
     link = Link(url, job_id, host, pid, image, fork_wait, address)
     req = RunRequest(image_path, [], [], mem_mib, stdin=null, name=name, slots=slots,
                      events=events, link=link)
-    sup = Supervisor(req, stdin, stdout, stderr, out=out)
-    job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
-              link=link, tree=pid)
-    job._qmp = a.qmp            # the arrival's QMP thread serves the subtree
-    a.qmp = None
-    sup.job = job
+    bridge = job = None
     try:
+        with conn:
+            try:
+                prog = elf.parse(image_path, open(image_path, "rb").read(), abi.PIE_BASE,
+                                 Layout(mem_mib << 20).mmap_top)
+                abi.BOOT.put(a.vm.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
+                seq = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "req_seq")
+                abi.CTL.put(a.vm.mem, abi.CTL_ADDR, ret=0, val=(0, 0))
+                abi.CTL.put(a.vm.mem, abi.CTL_ADDR, rep_seq=seq)
+                pipes = _pipe_specs(header)
+                stdin, stdout, stderr, cut = stdio_rings(a.shm, a.vm.mem, set(pipes))
+                sup = Supervisor(req, stdin, stdout, stderr, out=out)
+                if pipes:
+                    from .bridge import open_bridge
+                    bridge = open_bridge(a.shm, link, lambda msg: sup.say(pid, msg))
+                    ends = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "ends")
+                    for i, spec in pipes.items():
+                        bridge.link_parent(spec, ends[2 * i], ends[2 * i + 1])
+                tsc_khz = abi.BOOT.get(a.vm.mem, abi.BOOT_ADDR, "tsc_khz")
+                resume = int(header["tsc"]) + int((time.monotonic() - arrived) * tsc_khz * 1000)
+                try:
+                    a.qmp.call(fork.start_child(a.vm, resume))
+                except Exception:
+                    if not _ran_and_ended(a.vm):
+                        raise
+            except Exception as err:
+                why = str(err) or repr(err)
+                if a.vm.poll() is not None:         # QEMU refused the state: its words
+                    why = f"QEMU exited ({a.vm.returncode}): {a.vm.qemu_stderr() or why}"
+                transfer.send_reply(conn, secret, a.nonce, {"error": why})
+                raise RuntimeError(why) from err
+            transfer.send_reply(conn, secret, a.nonce, {"ok": True})
+        job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
+                  link=link, tree=pid, bridge=bridge)
+        job._qmp = a.qmp            # the arrival's QMP thread serves the subtree
+        a.qmp = None
+        sup.job = job
         job.add(a.vm, ppid, pid=pid, parent_tree=parent_tree)
         a.vm, a.adopted = None, True
         for i in cut:
-            sup.say(pid, f"pipe {i} has ends on another host: pipes across hosts are "
-                    "not carried yet; it reads end of file and writes fail (EPIPE)")
+            sup.say(pid, f"pipe {i} has ends on another host that no link carries; "
+                    "it reads end of file and writes fail (EPIPE)")
         sup.run()
     finally:
-        job.close()
+        if job is not None:
+            job.close()             # closes the link and the bridge
+        else:
+            link.close()
+            if bridge is not None:
+                bridge.close()
         os.close(null)

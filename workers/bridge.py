@@ -1,0 +1,269 @@
+"""The pipe bridge: pipes whose ends are in several shared regions (other
+hosts, or other subtrees of the job on this one), carried over UDP.
+
+Each region a pipe reaches has a ring for it; the guests there use it as
+any other ring.  The rings of one pipe are joined in a tree: when a fork
+sends a process holding ends of ring i to another region, a *link* joins
+this region's ring i to the child's ring i (the same index there).  Each
+side of a link is a channel (channel.py) carrying frames:
+
+    U <bytes>       data written into the other side's ring; one frame is
+                    what was in the ring at once (whole guest writes: a
+                    write of up to PIPE_BUF bytes is never split), and it is
+                    written in whole into this side's ring, under its lock
+    S <flags>       "beyond me there are writers (1) / readers (2)"
+
+The bridge holds *virtual ends* in each ring: a writer while, beyond a
+link, someone may still write (or its data is still on the way), a reader
+while, beyond it, someone reads.  So a reader sees end of file only when
+every writer of the pipe, everywhere, has closed and everything written has
+arrived, and a writer gets EPIPE only when every reader everywhere has
+closed: the guests' code path does not change.
+
+Data goes where the readers are: a ring's bytes stay for its local readers
+if it has any; otherwise the bridge takes them (whole) and sends them over
+the first link that has readers beyond it.  A ring with readers in several
+places serves its local ones first.  A link whose peer stops answering
+(channel.py's dead_after) is closed as if every end beyond it were: the
+pipe breaks visibly (EOF, EPIPE, and a line on the job's stderr), never
+with bytes silently lost or duplicated.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+
+from . import abi
+from .channel import Endpoint, new_channel_id
+from .rings import SharedRegion
+
+_FRAME = struct.Struct("<cI")
+WRITERS, READERS = 1, 2
+MAX_UNIT = abi.RING_SIZE
+
+
+def open_bridge(shm: SharedRegion, link, say) -> "Bridge":
+    """The bridge of a subtree's region, on its host's address: a port from
+    UNIFORK_BRIDGE_PORTS=LO-HI (for a firewall) or any free one; a peer that
+    is silent for UNIFORK_BRIDGE_TIMEOUT seconds (5) is taken for gone."""
+    import os
+    import random
+    dead_after = float(os.environ.get("UNIFORK_BRIDGE_TIMEOUT", "5"))
+    key = job_key(link.secret, link.job_id)
+    spec = os.environ.get("UNIFORK_BRIDGE_PORTS", "")
+    if not spec:
+        return Bridge(shm, key, link.address, 0, dead_after, say)
+    lo, hi = (int(x) for x in spec.split("-"))
+    ports = list(range(lo, hi + 1))
+    random.shuffle(ports)
+    for port in ports:
+        try:
+            return Bridge(shm, key, link.address, port, dead_after, say)
+        except OSError:
+            continue
+    raise OSError(f"no free UDP port in UNIFORK_BRIDGE_PORTS={spec}")
+
+
+def job_key(secret: bytes, job_id: str) -> bytes:
+    """The MAC key of a job's bridge datagrams, from the cluster secret."""
+    return hashlib.blake2b(job_id.encode(), key=secret[:64], digest_size=32,
+                           person=b"unifork-pipes").digest()
+
+
+class Link:
+    """One side of a link on ring (idx)."""
+
+    def __init__(self, idx: int, chan, beyond_w: bool, beyond_r: bool) -> None:
+        self.idx, self.chan = idx, chan
+        self.beyond_w, self.beyond_r = beyond_w, beyond_r    # as the peer last said
+        self.vw = self.vr = 0          # virtual ends held in our ring for it
+        self.told: tuple[bool, bool] | None = None
+        self.units: list[bytes] = []   # arrived, not yet in our ring
+
+
+class Bridge:
+    """The links of one region (a subtree's shared region) and its UDP endpoint."""
+
+    def __init__(self, shm: SharedRegion, key: bytes, address: str, port: int = 0,
+                 dead_after: float = 5.0, say=None) -> None:
+        self.shm = shm
+        self.ep = Endpoint(key, address, port, dead_after)
+        self.links: dict[int, list[Link]] = {}
+        self.say = say or (lambda msg: None)
+
+    def fileno(self) -> int:
+        return self.ep.fileno()
+
+    @property
+    def address(self) -> tuple:
+        return self.ep.address
+
+    def active(self) -> bool:
+        return bool(self.links)
+
+    # -- making links -------------------------------------------------------
+    def link_child(self, idx: int, child_r: int, child_w: int) -> dict:
+        """A process holding (child_r, child_w) ends of our ring (idx) is
+        being forked elsewhere: beyond the new link are its ends.  The
+        virtual ends go in now, before the parent can close its own."""
+        cid = new_channel_id()
+        link = Link(idx, self.ep.channel(cid), child_w > 0, child_r > 0)
+        self.links.setdefault(idx, []).append(link)
+        self._ends(link)
+        return {"ring": idx, "cid": cid.hex(), "addr": list(self.address)}
+
+    def unlink(self, spec: dict) -> None:
+        """Undo link_child() for a fork that failed."""
+        cid = bytes.fromhex(spec["cid"])
+        for link in self.links.get(spec["ring"], []):
+            if link.chan.cid == cid:
+                link.beyond_w = link.beyond_r = False
+                link.units.clear()
+                self._ends(link)
+                self._drop(link)
+                return
+
+    def link_parent(self, spec: dict, readers: int, writers: int) -> None:
+        """Our root was forked here holding (readers, writers) ends of ring
+        spec["ring"], whose other ends are beyond the link to its parent's
+        region: make our ring, with virtual ends for beyond (everything may
+        be there until the parent's side says)."""
+        idx = spec["ring"]
+        link = Link(idx, self.ep.channel(bytes.fromhex(spec["cid"]), tuple(spec["addr"])),
+                    True, True)
+        abi.RING.put(self.shm.map, abi.shm_ring_off(idx), size=abi.RING_SIZE,
+                     readers=readers + 1, writers=writers + 1)
+        link.vw = link.vr = 1
+        abi.SHM.put(self.shm.map, 0, used=self.shm.used() | 1 << idx)
+        self.links.setdefault(idx, []).append(link)
+        link.chan.ack_due = True        # say hello: the parent's side learns where we are
+
+    # -- the work -------------------------------------------------------------
+    def pump(self) -> None:
+        """Move what can be moved; call on every turn of the supervisor."""
+        now = time.monotonic()
+        self.ep.receive(now)
+        if not self.links:
+            return
+        for idx, links in list(self.links.items()):
+            ring = self.shm.ring(idx)
+            for link in links:
+                self._take_frames(link)
+                while link.units and ring.write_whole(link.units[0]):
+                    link.units.pop(0)
+            for link in links:
+                self._ends(link)
+            self._forward(ring, links)
+            for link in list(links):
+                self._tell(ring, link, links)
+                if link.chan.dead:
+                    self._lost(link)
+                elif ((link.told == (False, False) or not (link.beyond_w or link.beyond_r))
+                      and not link.units and link.chan.idle()):
+                    self._drop(link)        # one side has no end left, nor ever will
+            if idx in self.links:
+                self._arm(ring, links)
+        self.ep.flush(now)
+
+    def next_event(self) -> float:
+        """When pump() must run next, at the latest (monotonic)."""
+        if any(l.units for ls in self.links.values() for l in ls):
+            return time.monotonic() + 0.001      # waiting for room in a ring
+        return min(self.ep.next_event(), time.monotonic() + 0.05) if self.links \
+            else float("inf")
+
+    def _arm(self, ring, links: list[Link]) -> None:
+        """Ask the guests for a doorbell when what we wait for may change."""
+        if any(l.units for l in links):
+            ring.arm("wr_wait")          # room for a unit
+        if self._local(ring, links)[0] == 0:
+            ring.arm("rd_wait")          # bytes to forward, and closes
+
+    def _take_frames(self, link: Link) -> None:
+        buf = link.chan.inbuf
+        used = 0
+        while len(buf) - used >= _FRAME.size:
+            kind, n = _FRAME.unpack_from(buf, used)
+            if n > MAX_UNIT or kind not in (b"U", b"S"):
+                self.say(f"pipe {link.idx}: a malformed frame from the other side: "
+                         "the link is closed")
+                link.chan.dead = True
+                break
+            if len(buf) - used < _FRAME.size + n:
+                break
+            body = bytes(buf[used + _FRAME.size:used + _FRAME.size + n])
+            used += _FRAME.size + n
+            if kind == b"U":
+                link.units.append(body)
+            elif body:
+                link.beyond_w, link.beyond_r = bool(body[0] & WRITERS), bool(body[0] & READERS)
+        if used:
+            link.chan.consume(used)
+
+    def _local(self, ring, links: list[Link]) -> tuple[int, int]:
+        """The ring's ends held by guests (not by the bridge)."""
+        return (ring.readers - sum(l.vr for l in links), ring.writers - sum(l.vw for l in links))
+
+    def _ends(self, link: Link) -> None:
+        """Hold the virtual ends the link's far side calls for."""
+        want_w = int(link.beyond_w or bool(link.units))
+        want_r = int(link.beyond_r)
+        dr, dw = want_r - link.vr, want_w - link.vw
+        if dr or dw:
+            ring = self.shm.ring(link.idx)
+            now = ring.add_ends(dr, dw)
+            link.vr, link.vw = want_r, want_w
+            if now == 0:                 # nobody holds the ring: free its slot
+                from .cpu import address, atomic_add
+                used = self.shm.used()
+                if used >> link.idx & 1:
+                    atomic_add(address(self.shm.map) + abi.SHM.offsets["used"],
+                               -(1 << link.idx))
+
+    def _forward(self, ring, links: list[Link]) -> None:
+        """With no local reader, the ring's bytes go to readers beyond a link."""
+        local_r, _ = self._local(ring, links)
+        if local_r > 0:
+            return
+        target = next((l for l in links if l.beyond_r and not l.chan.dead), None)
+        if target is None or target.chan.room() < MAX_UNIT + _FRAME.size:
+            return
+        data = ring.read_all(MAX_UNIT)
+        if data:
+            target.chan.send(_FRAME.pack(b"U", len(data)) + data)
+
+    def _tell(self, ring, link: Link, links: list[Link]) -> None:
+        """Tell the far side of (link) whether writers and readers remain on ours."""
+        local_r, local_w = self._local(ring, links)
+        others = [l for l in links if l is not link]
+        w = local_w > 0 or any(l.beyond_w or l.units for l in others)
+        r = local_r > 0 or any(l.beyond_r for l in others)
+        if (w, r) != link.told:
+            if link.chan.room() < _FRAME.size + 1:
+                return
+            link.chan.send(_FRAME.pack(b"S", 1) + bytes([w * WRITERS | r * READERS]))
+            link.told = (w, r)
+
+    def _lost(self, link: Link) -> None:
+        peer = link.chan.peer
+        where = f"{peer[0]}:{peer[1]}" if peer else "another host"
+        self.say(f"pipe {link.idx}: its ends on {where} stopped answering: they are "
+                 "closed (readers see end of file, writers EPIPE)"
+                 + (f"; {sum(map(len, link.units))} bytes received were not yet read"
+                    if link.units else ""))
+        link.beyond_w = link.beyond_r = False
+        link.units.clear()
+        self._ends(link)
+        self._drop(link)
+
+    def _drop(self, link: Link) -> None:
+        links = self.links.get(link.idx, [])
+        if link in links:
+            links.remove(link)
+        if not links:
+            self.links.pop(link.idx, None)
+        self.ep.drop(link.chan.cid)
+
+    def close(self) -> None:
+        self.ep.close()

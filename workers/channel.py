@@ -1,0 +1,317 @@
+"""Reliable, ordered, authenticated byte channels over UDP: the transport
+of the pipe bridge (bridge.py).  Small on purpose; everything it does is here.
+
+One UDP socket (an Endpoint) carries many channels.  A channel is a pair of
+byte streams, one each way, between two endpoints; its 16-byte id is made
+at random by the side that creates it and says which channel a datagram
+belongs to.  Every datagram is
+
+     0   4  b"UFB1"
+     4  16  channel id
+    20   1  kind: DATA 1, ACK 2, PING 3 (a PING asks for an ACK)
+    21   8  seq: DATA: the offset in the sender's stream of its first byte
+    29   8  ack: the next offset the sender expects from its peer
+    37   4  wnd: bytes past (ack) the sender will accept
+    41   n  payload (DATA only)
+   -16  16  MAC: keyed BLAKE2b-128 of all the above; the key is the job's
+
+A datagram with a wrong MAC is dropped and counted ("forged"); one for an
+unknown channel too ("stale": e.g. a channel of an earlier process); DATA
+that was already received (a retransmission, a network duplicate, a replay)
+is dropped, counted ("duplicate") and acknowledged again.  A replayed ACK or
+PING changes nothing: acknowledgements only move forward.
+
+Sending: bytes stay in the channel's buffer until acknowledged; at most
+min(congestion window, peer's window) bytes are in flight; a retransmission
+timer (RTO from the measured round trip, doubled on each expiry, 1 s at
+most) goes back to the first unacknowledged byte (go-back-N), halves the
+congestion window and shrinks the segment size (64 KB datagrams are IP
+fragments: on a lossy link, one lost fragment loses them all); three
+duplicate ACKs resend the first segment at once.  The window grows by one
+segment per ACK and the segment size doubles back after a clean round.
+
+Receiving: out-of-order segments inside the window are kept; the stream
+is delivered in order into `inbuf`, which the user drains with consume();
+the window advertised is what is left of WINDOW, so a slow consumer stops
+its sender (flow control end to end, no unbounded buffering).
+
+A channel that hears nothing valid for `dead_after` seconds is dead (its
+user says what that means); idle channels send a PING every second.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import time
+
+MAGIC = b"UFB1"
+HDR = struct.Struct("<4s16sBQQI")
+MAC_SIZE = 16
+DATA, ACK, PING = 1, 2, 3
+WINDOW = 4 << 20            # bytes a receiver buffers; a sender keeps unacked
+MSS_MAX = 63000             # payload per datagram, when nothing is lost
+MSS_MIN = 1200              # ... and on a lossy path (one IP fragment)
+RTO_MIN, RTO_MAX = 0.02, 1.0
+PING_EVERY = 1.0
+
+
+def mac(key: bytes, data) -> bytes:
+    return hashlib.blake2b(data, key=key, digest_size=MAC_SIZE).digest()
+
+
+class Channel:
+    """Both directions of one channel.  send() queues bytes (check room()
+    first); inbuf holds what arrived, in order; consume(n) frees it."""
+
+    def __init__(self, ep: "Endpoint", cid: bytes, peer: tuple | None,
+                 dead_after: float) -> None:
+        self.ep, self.cid, self.peer, self.dead_after = ep, cid, peer, dead_after
+        now = time.monotonic()
+        # sending
+        self.out = bytearray()        # from snd_una on
+        self.snd_una = self.snd_nxt = 0
+        self.peer_wnd = WINDOW
+        self.cwnd = 1 << 20
+        self.mss = MSS_MAX
+        self.rto, self.srtt = 0.1, 0.0
+        self.timer: float | None = None
+        self.rtt_probe: tuple[int, float] | None = None
+        self.dupacks = 0
+        self.clean = 0                # segments acked since the last loss
+        # receiving
+        self.rcv_nxt = 0
+        self.ooo: dict[int, bytes] = {}
+        self.inbuf = bytearray()
+        self.ack_due = False
+        self.heard, self.spoke = now, now
+        self.dead = False
+
+    # -- the user's side -----------------------------------------------------
+    def room(self) -> int:
+        return WINDOW - len(self.out)
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+
+    def consume(self, n: int) -> None:
+        before = self._wnd()
+        del self.inbuf[:n]
+        if before < WINDOW // 4 <= self._wnd():
+            self.ack_due = True       # the window opened: tell the sender
+
+    def idle(self) -> bool:
+        """Everything sent was acknowledged."""
+        return self.snd_una == self.snd_nxt and not self.out
+
+    def _wnd(self) -> int:
+        return max(0, WINDOW - len(self.inbuf))
+
+    # -- datagrams in ----------------------------------------------------------
+    def on_datagram(self, kind: int, seq: int, ack: int, wnd: int, payload: memoryview,
+                    now: float) -> None:
+        self.heard = now
+        self._on_ack(ack, wnd, now, kind == ACK and not payload)
+        if kind == PING:
+            self.ack_due = True
+        elif kind == DATA and payload:
+            self._on_data(seq, bytes(payload))
+
+    def _on_data(self, seq: int, data: bytes) -> None:
+        self.ack_due = True
+        end = seq + len(data)
+        if end <= self.rcv_nxt or seq in self.ooo:
+            self.ep.stats["duplicate"] += 1
+            return
+        if end > self.rcv_nxt + self._wnd():
+            return                      # past the window: the sender will resend
+        if seq > self.rcv_nxt:
+            self.ooo[seq] = data
+            return
+        self.inbuf += data[self.rcv_nxt - seq:]
+        self.rcv_nxt = end
+        while self.ooo:                 # what arrived early may follow now
+            nxt = min(self.ooo)
+            if nxt > self.rcv_nxt:
+                break
+            d = self.ooo.pop(nxt)
+            if nxt + len(d) > self.rcv_nxt:
+                self.inbuf += d[self.rcv_nxt - nxt:]
+                self.rcv_nxt = nxt + len(d)
+
+    def _on_ack(self, ack: int, wnd: int, now: float, pure: bool) -> None:
+        if ack > self.snd_nxt or ack < self.snd_una:
+            return                      # from the future (bogus) or the past (replay)
+        self.peer_wnd = wnd
+        if ack > self.snd_una:
+            if self.rtt_probe and ack >= self.rtt_probe[0]:
+                sample = now - self.rtt_probe[1]
+                self.srtt = sample if not self.srtt else 0.875 * self.srtt + 0.125 * sample
+                self.rtt_probe = None
+            self.rto = min(RTO_MAX, max(RTO_MIN, 3 * self.srtt))
+            del self.out[:ack - self.snd_una]
+            self.snd_una = ack
+            self.dupacks = 0
+            self.cwnd = min(WINDOW, self.cwnd + self.mss)
+            self.clean += 1
+            if self.clean >= 32 and self.mss < MSS_MAX:
+                self.mss, self.clean = min(MSS_MAX, self.mss * 2), 0
+            self.timer = now + self.rto if self.snd_nxt > self.snd_una else None
+        elif pure and self.snd_nxt > self.snd_una:
+            self.dupacks += 1
+            if self.dupacks == 3:       # fast retransmit of the first segment
+                self._lost(now, timeout=False)
+                self._segment(self.snd_una, now)
+
+    # -- datagrams out ---------------------------------------------------------
+    def _lost(self, now: float, timeout: bool) -> None:
+        self.cwnd = max(2 * self.mss, self.cwnd // 2)
+        self.clean = 0
+        self.rtt_probe = None
+        if timeout:
+            self.ep.stats["timeouts"] += 1
+            self.mss = max(MSS_MIN, self.mss // 4)
+            self.rto = min(RTO_MAX, self.rto * 2)
+            self.snd_nxt = self.snd_una  # go back
+        else:
+            self.ep.stats["fast_retransmits"] += 1
+
+    def _segment(self, seq: int, now: float) -> int:
+        off = seq - self.snd_una
+        chunk = memoryview(self.out)[off:off + self.mss]
+        self.ep.transmit(self, DATA, seq, chunk)
+        n = len(chunk)
+        chunk.release()
+        return n
+
+    def flush(self, now: float) -> None:
+        """Send what the windows allow, due ACKs and PINGs; retransmit on time."""
+        if self.dead:
+            return
+        if now - self.heard > self.dead_after:
+            self.dead = True            # (or never heard from at all)
+            return
+        if self.peer is None:
+            return
+        if self.timer is not None and now >= self.timer:
+            self._lost(now, timeout=True)
+            self.timer = None
+            if self.peer_wnd == 0:
+                self.ep.transmit(self, PING, self.snd_nxt, b"")   # probe the window
+                self.timer = now + self.rto
+        limit = self.snd_una + min(self.cwnd, max(self.peer_wnd, 0))
+        end = self.snd_una + len(self.out)
+        while self.snd_nxt < min(limit, end):
+            if self.rtt_probe is None:
+                self.rtt_probe = (self.snd_nxt + 1, now)
+            self.snd_nxt += self._segment(self.snd_nxt, now)
+            self.ack_due = False        # DATA carries the ACK
+        if self.snd_nxt > self.snd_una and self.timer is None:
+            self.timer = now + self.rto
+        if self.snd_nxt < end and self.peer_wnd == 0 and self.timer is None:
+            self.timer = now + self.rto
+        if self.ack_due:
+            self.ep.transmit(self, ACK, self.snd_nxt, b"")
+            self.ack_due = False
+        elif now - self.spoke > PING_EVERY or now - self.heard > PING_EVERY:
+            self.ep.transmit(self, PING, self.snd_nxt, b"")
+
+    def next_event(self) -> float:
+        """When flush() must run next, at the latest (monotonic)."""
+        if self.dead:
+            return float("inf")
+        if self.peer is None:
+            return self.heard + self.dead_after
+        t = min(self.heard + self.dead_after, self.spoke + PING_EVERY,
+                self.heard + PING_EVERY)
+        if self.timer is not None:
+            t = min(t, self.timer)
+        return t
+
+
+class Endpoint:
+    """A UDP socket and the channels on it, all under one key."""
+
+    def __init__(self, key: bytes, address: str = "127.0.0.1", port: int = 0,
+                 dead_after: float = 5.0) -> None:
+        self.key, self.dead_after = key, dead_after
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self.sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        self.sock.bind((address, port))
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()
+        self.channels: dict[bytes, Channel] = {}
+        self.stats = {k: 0 for k in ("forged", "stale", "duplicate", "timeouts",
+                                     "fast_retransmits", "sent", "received")}
+        self._buf = bytearray(65536)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def channel(self, cid: bytes, peer: tuple | None = None) -> Channel:
+        ch = self.channels[cid] = Channel(self, cid, peer, self.dead_after)
+        return ch
+
+    def drop(self, cid: bytes) -> None:
+        self.channels.pop(cid, None)
+
+    def transmit(self, ch: Channel, kind: int, seq: int, payload) -> None:
+        head = HDR.pack(MAGIC, ch.cid, kind, seq, ch.rcv_nxt, ch._wnd())
+        m = hashlib.blake2b(head, key=self.key, digest_size=MAC_SIZE)
+        m.update(payload)
+        try:
+            self.sock.sendmsg([head, payload, m.digest()], [], 0, ch.peer)
+            self.stats["sent"] += 1
+        except BlockingIOError:
+            pass                        # the socket buffer is full: a loss like any
+        except OSError as err:
+            if err.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
+                raise
+        ch.spoke = time.monotonic()
+
+    def receive(self, now: float) -> bool:
+        """Take every datagram waiting; whether any was for a channel."""
+        got = False
+        view = memoryview(self._buf)
+        while True:
+            try:
+                n, addr = self.sock.recvfrom_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                return got
+            except OSError:
+                continue                # an ICMP error for an earlier send
+            if n < HDR.size + MAC_SIZE:
+                self.stats["forged"] += 1
+                continue
+            body = view[:n - MAC_SIZE]
+            if not hmac.compare_digest(mac(self.key, body), bytes(view[n - MAC_SIZE:n])):
+                self.stats["forged"] += 1
+                continue
+            magic, cid, kind, seq, ack, wnd = HDR.unpack_from(self._buf)
+            ch = self.channels.get(cid)
+            if magic != MAGIC or ch is None or ch.dead:
+                self.stats["stale"] += 1
+                continue
+            self.stats["received"] += 1
+            if ch.peer is None:
+                ch.peer = addr          # the first authentic datagram says where it is
+            ch.on_datagram(kind, seq, ack, wnd, view[HDR.size:n - MAC_SIZE], now)
+            got = True
+
+    def flush(self, now: float) -> None:
+        for ch in list(self.channels.values()):
+            ch.flush(now)
+
+    def next_event(self) -> float:
+        return min((ch.next_event() for ch in self.channels.values()), default=float("inf"))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def new_channel_id() -> bytes:
+    return os.urandom(16)
