@@ -1,0 +1,221 @@
+/*
+ * Pipes between processes that may run on different hosts.
+ *
+ *   xpipes gather N LINES   N children each write LINES numbered lines into
+ *                           one pipe; the parent reads to end of file and
+ *                           prints, per child, the lines and a checksum
+ *   xpipes pipeline LINES   three stages joined by two pipes: numbers, their
+ *                           squares mod 1000003, and the sum
+ *   xpipes records W R      W writers each write R records of 4096 bytes
+ *                           into one pipe; the parent checks that no record
+ *                           is torn and counts them per writer
+ *   xpipes epipe            a child reads one line and exits; the parent
+ *                           writes until EPIPE
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Children of gather and records first hold their VM a moment, so that on
+ * a cluster the parent's later forks find their host full and go elsewhere. */
+static void
+linger(void)
+{
+	struct timespec t = { 0, 300 * 1000000 };
+	nanosleep(&t, NULL);
+}
+
+static int
+full_read(int fd, char *buf, int n)
+{
+	int got = 0;
+	while (got < n) {
+		int r = read(fd, buf + got, n - got);
+		if (r <= 0)
+			return got;
+		got += r;
+	}
+	return got;
+}
+
+static void
+reap_all(void)
+{
+	int st;
+	while (wait(&st) > 0)
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			printf("a child ended badly: %#x\n", st);
+}
+
+static int
+gather(int n, int lines)
+{
+	int p[2];
+	pipe(p);
+	for (int i = 0; i < n; i++)
+		if (fork() == 0) {
+			/* whole lines, at most PIPE_BUF bytes a write:
+			 * never torn by the other writers */
+			char buf[4096];
+			int used = 0;
+			close(p[0]);
+			linger();
+			for (int j = 0; j < lines; j++) {
+				if (used > (int)sizeof buf - 32) {
+					write(p[1], buf, used);
+					used = 0;
+				}
+				used += sprintf(buf + used, "%d %d\n", i, j);
+			}
+			write(p[1], buf, used);
+			_exit(0);
+		}
+	close(p[1]);
+	long count[64] = { 0 }, sum[64] = { 0 };
+	FILE *f = fdopen(p[0], "r");
+	int i, j;
+	while (fscanf(f, "%d %d", &i, &j) == 2)
+		if (i >= 0 && i < 64) {
+			count[i]++;
+			sum[i] += j;
+		}
+	for (i = 0; i < n; i++)
+		printf("child %d: %ld lines, sum %ld\n", i, count[i], sum[i]);
+	reap_all();
+	return 0;
+}
+
+static int
+pipeline(int lines)
+{
+	int a[2], b[2];
+	pipe(a);
+	pipe(b);
+	if (fork() == 0) {              /* stage 1: numbers */
+		close(a[0]); close(b[0]); close(b[1]);
+		linger();               /* stage 2 waits for it meanwhile */
+		FILE *f = fdopen(a[1], "w");
+		for (int i = 1; i <= lines; i++)
+			fprintf(f, "%d\n", i);
+		fclose(f);
+		_exit(0);
+	}
+	if (fork() == 0) {              /* stage 2: squares */
+		close(a[1]); close(b[0]);
+		FILE *in = fdopen(a[0], "r"), *out = fdopen(b[1], "w");
+		long x;
+		while (fscanf(in, "%ld", &x) == 1)
+			fprintf(out, "%ld\n", x * x % 1000003);
+		fclose(out);
+		_exit(0);
+	}
+	if (fork() == 0) {              /* stage 3: the sum */
+		close(a[0]); close(a[1]); close(b[1]);
+		FILE *in = fdopen(b[0], "r");
+		long x, sum = 0, n = 0;
+		while (fscanf(in, "%ld", &x) == 1) {
+			sum += x;
+			n++;
+		}
+		printf("stage 3: %ld numbers, sum %ld\n", n, sum);
+		fflush(stdout);
+		_exit(0);
+	}
+	close(a[0]); close(a[1]); close(b[0]); close(b[1]);
+	reap_all();
+	printf("pipeline done\n");
+	return 0;
+}
+
+static int
+records(int w, int r)
+{
+	int p[2];
+	static char rec[4096];
+	pipe(p);
+	for (int i = 0; i < w; i++)
+		if (fork() == 0) {
+			close(p[0]);
+			linger();
+			for (int k = 0; k < r; k++) {
+				memset(rec, 'a' + i, sizeof rec);
+				snprintf(rec, 32, "%d %d ", i, k);
+				if (write(p[1], rec, sizeof rec) != sizeof rec)
+					_exit(1);
+			}
+			_exit(0);
+		}
+	close(p[1]);
+	long count[26] = { 0 }, torn = 0;
+	while (full_read(p[0], rec, sizeof rec) == sizeof rec) {
+		int i, k;
+		if (sscanf(rec, "%d %d", &i, &k) != 2 || i < 0 || i >= w) {
+			torn++;
+			continue;
+		}
+		for (int b = 32; b < 4096; b++)
+			if (rec[b] != 'a' + i) {
+				torn++;
+				break;
+			}
+		count[i]++;
+	}
+	for (int i = 0; i < w; i++)
+		printf("writer %d: %ld records\n", i, count[i]);
+	printf("torn: %ld\n", torn);
+	reap_all();
+	return 0;
+}
+
+static int
+epipe(void)
+{
+	int p[2];
+	pipe(p);
+	signal(SIGPIPE, SIG_IGN);
+	pid_t c = fork();
+	if (c == 0) {
+		char line[64];
+		close(p[1]);
+		FILE *f = fdopen(p[0], "r");
+		if (fgets(line, sizeof line, f))
+			printf("child got: %s", line);
+		fflush(stdout);
+		_exit(0);
+	}
+	close(p[0]);
+	write(p[1], "hello\n", 6);
+	static char junk[4096];
+	long sent = 0;
+	for (;;) {
+		long n = write(p[1], junk, sizeof junk);
+		if (n < 0) {
+			printf("write failed: %s\n", errno == EPIPE ? "EPIPE" : strerror(errno));
+			break;
+		}
+		sent += n;
+	}
+	reap_all();
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 4 && !strcmp(argv[1], "gather"))
+		return gather(atoi(argv[2]), atoi(argv[3]));
+	if (argc == 3 && !strcmp(argv[1], "pipeline"))
+		return pipeline(atoi(argv[2]));
+	if (argc == 4 && !strcmp(argv[1], "records"))
+		return records(atoi(argv[2]), atoi(argv[3]));
+	if (argc == 2 && !strcmp(argv[1], "epipe"))
+		return epipe();
+	fprintf(stderr, "usage: see the comment at the top\n");
+	return 2;
+}
