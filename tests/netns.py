@@ -60,6 +60,16 @@ class Hosts:
         self.procs.append(p)
         return p
 
+    def drop_udp(self, host: str, percent: int) -> None:
+        """Lose (percent) % of the UDP datagrams (IP fragments) (host) receives."""
+        ns = self.ns[host]
+        for rule in ("add table inet uflossy",
+                     "add chain inet uflossy input { type filter hook input priority 0 ; }",
+                     f"add rule inet uflossy input meta l4proto udp numgen random mod 100 "
+                     f"< {percent} counter drop"):
+            subprocess.run(["ip", "netns", "exec", ns, "nft", *rule.split()], check=True,
+                           capture_output=True)
+
     def kill_host(self, host: str) -> None:
         """Kill every process in (host)'s namespace, as a power cut would."""
         pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True,

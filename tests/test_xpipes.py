@@ -1,10 +1,13 @@
 """Pipes between hosts: three workers in network namespaces (hostA 2 slots,
 hostB 1, hostC 1) and jobs sent to hostA, so that pid 1 and one child run
 there and each further child on another host.  Every program's output must
-be the native run's."""
+be the native run's, on a clean network, with 10 % of the UDP datagrams
+dropped on every link (nftables), and through a relay that delays,
+reorders, duplicates, forges and replays them (tests/relay.py)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,10 +46,27 @@ sys.exit(res["exit_status"])
 """
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    d = tmp_path_factory.mktemp("xpipes")
+RELAY_PORT = 7399
+NETWORKS = {
+    "clean": {},
+    "lossy": {},                # nftables drops 10 % of UDP on each host's input
+    "bad": {"UNIFORK_TEST_BRIDGE_RELAY": f"10.231.0.1:{RELAY_PORT}"},
+}
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def net(request, tmp_path_factory):
+    mode = request.param
+    d = tmp_path_factory.mktemp(f"xpipes-{mode}")
     with Hosts(list(SLOTS)) as net:
+        net.mode = mode
+        if mode == "lossy":
+            for host in SLOTS:
+                net.drop_udp(host, 10)
+        if mode == "bad":
+            net.start("hub", sys.executable, os.path.join(ROOT, "tests", "relay.py"),
+                      net.addr["hub"], RELAY_PORT, "delay=0.004", "dup=0.05", "forge=0.1",
+                      "replay=0.1")
         url = f"redis://{net.addr['hub']}:6379/0"
         net.start("hub", "redis-server", "--bind", net.addr["hub"], "--port", "6379",
                   "--save", "", "--appendonly", "no", "--dir", d, "--protected-mode", "no",
@@ -60,7 +80,7 @@ def net(tmp_path_factory):
             workers.append(net.start(
                 host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
                 "--advertise", net.addr[host], "--redis", url,
-                env={**os.environ, "UNIFORK_BRIDGE_TIMEOUT": "3"},
+                env={**os.environ, "UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]},
                 stdout=open(d / f"{host}.out", "wb"), stderr=open(d / f"{host}.log", "wb")))
         deadline = time.monotonic() + 30
         while net.run("hub", UNIFORK, "hosts", "--redis", url).stdout.count(b" ago") < 3:
@@ -98,3 +118,35 @@ def test_pipes_across_hosts_give_the_native_output(net, program, args):
     assert got.returncode == want.returncode == 0, got.stderr.decode()
     assert got.stdout == want.stdout, got.stderr.decode()
     assert hosts_of(net, got) == set(SLOTS) or args[0] == "epipe"
+    if net.mode == "bad" and args[0] in ("gather", "records"):
+        # the relay's forged and replayed datagrams were dropped, and counted
+        assert re.search(rb"dropped [1-9]\d* forged, [1-9]\d* duplicate or replayed",
+                         got.stderr), got.stderr.decode()
+
+
+@pytest.mark.parametrize("net", ["clean"], indirect=True)
+def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program):
+    """Runs last: it kills a host."""
+    prog = program("xpipes", "musl")
+    job = subprocess.Popen(net.cmd("hub", sys.executable, "-c", SEND, ROOT, net.url, "hostA",
+                                   prog, "lost"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    writer_host = None
+    while writer_host is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        jobs = net.run("hub", "redis-cli", "-h", net.addr["hub"], "zrevrange",
+                       "unifork:jobs", 0, 0).stdout.decode().split()
+        if jobs:
+            rows = net.run("hub", UNIFORK, "ps", jobs[0], "--redis", net.url).stdout.decode()
+            procs = {int(r.split()[0]): r.split()[2] for r in rows.splitlines()[2:]}
+            writer_host = procs.get(3)
+    time.sleep(0.5)                     # bytes are flowing
+    net.kill_host(writer_host)
+    t = time.monotonic()
+    out, err = job.communicate(timeout=60)
+    assert out == b"reader saw end of file: yes\nwriter killed by 9\n", err.decode()
+    assert time.monotonic() - t < 15    # the bridge's 3 s, the heartbeat's 5 s
+    assert f"host {writer_host} was lost".encode() in err
+    assert b"stopped answering: they are closed" in err

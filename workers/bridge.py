@@ -183,7 +183,9 @@ class Bridge:
     def _take_frames(self, link: Link) -> None:
         buf = link.chan.inbuf
         used = 0
-        while len(buf) - used >= _FRAME.size:
+        held = sum(map(len, link.units))
+        while len(buf) - used >= _FRAME.size and held < MAX_UNIT:
+            # (what stays in inbuf closes the sender's window: flow control)
             kind, n = _FRAME.unpack_from(buf, used)
             if n > MAX_UNIT or kind not in (b"U", b"S"):
                 self.say(f"pipe {link.idx}: a malformed frame from the other side: "
@@ -196,6 +198,7 @@ class Bridge:
             used += _FRAME.size + n
             if kind == b"U":
                 link.units.append(body)
+                held += len(body)
             elif body:
                 link.beyond_w, link.beyond_r = bool(body[0] & WRITERS), bool(body[0] & READERS)
         if used:
@@ -221,12 +224,16 @@ class Bridge:
                     atomic_add(address(self.shm.map) + abi.SHM.offsets["used"],
                                -(1 << link.idx))
 
+    def _target(self, ring, links: list[Link]) -> Link | None:
+        """Where the ring's bytes go: nowhere while it has local readers,
+        else over the first link with readers beyond it."""
+        if self._local(ring, links)[0] > 0:
+            return None
+        return next((l for l in links if l.beyond_r and not l.chan.dead), None)
+
     def _forward(self, ring, links: list[Link]) -> None:
         """With no local reader, the ring's bytes go to readers beyond a link."""
-        local_r, _ = self._local(ring, links)
-        if local_r > 0:
-            return
-        target = next((l for l in links if l.beyond_r and not l.chan.dead), None)
+        target = self._target(ring, links)
         if target is None or target.chan.room() < MAX_UNIT + _FRAME.size:
             return
         data = ring.read_all(MAX_UNIT)
@@ -237,7 +244,8 @@ class Bridge:
         """Tell the far side of (link) whether writers and readers remain on ours."""
         local_r, local_w = self._local(ring, links)
         others = [l for l in links if l is not link]
-        w = local_w > 0 or any(l.beyond_w or l.units for l in others)
+        w = local_w > 0 or any(l.beyond_w or l.units for l in others) or (
+            ring.readable_between_guests() and self._target(ring, links) is link)
         r = local_r > 0 or any(l.beyond_r for l in others)
         if (w, r) != link.told:
             if link.chan.room() < _FRAME.size + 1:
@@ -266,4 +274,8 @@ class Bridge:
         self.ep.drop(link.chan.cid)
 
     def close(self) -> None:
+        st = self.ep.stats
+        if st["forged"] or st["duplicate"] or st["stale"]:
+            self.say(f"pipe bridge: dropped {st['forged']} forged, {st['duplicate']} "
+                     f"duplicate or replayed and {st['stale']} stale datagrams")
         self.ep.close()

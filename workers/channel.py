@@ -37,6 +37,11 @@ its sender (flow control end to end, no unbounded buffering).
 
 A channel that hears nothing valid for `dead_after` seconds is dead (its
 user says what that means); idle channels send a PING every second.
+
+For tests only: UNIFORK_TEST_BRIDGE_RELAY=IP:PORT sends every datagram to
+a relay (tests/relay.py) that delays, reorders, duplicates, forges and
+replays them: each goes out as the destination's address (4 + 2 bytes)
+and the datagram, and comes in as the source's address and the datagram.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ import os
 import socket
 import struct
 import time
+
+_ADDR = struct.Struct("!4sH")
 
 MAGIC = b"UFB1"
 HDR = struct.Struct("<4s16sBQQI")
@@ -73,7 +80,7 @@ class Channel:
         now = time.monotonic()
         # sending
         self.out = bytearray()        # from snd_una on
-        self.snd_una = self.snd_nxt = 0
+        self.snd_una = self.snd_nxt = self.snd_max = 0
         self.peer_wnd = WINDOW
         self.cwnd = 1 << 20
         self.mss = MSS_MAX
@@ -143,9 +150,11 @@ class Channel:
                 self.rcv_nxt = nxt + len(d)
 
     def _on_ack(self, ack: int, wnd: int, now: float, pure: bool) -> None:
-        if ack > self.snd_nxt or ack < self.snd_una:
+        if ack > self.snd_max or ack < self.snd_una:
             return                      # from the future (bogus) or the past (replay)
         self.peer_wnd = wnd
+        if ack > self.snd_nxt:          # sent before a timeout went back: not again
+            self.snd_nxt = ack
         if ack > self.snd_una:
             if self.rtt_probe and ack >= self.rtt_probe[0]:
                 sample = now - self.rtt_probe[1]
@@ -208,6 +217,7 @@ class Channel:
             if self.rtt_probe is None:
                 self.rtt_probe = (self.snd_nxt + 1, now)
             self.snd_nxt += self._segment(self.snd_nxt, now)
+            self.snd_max = max(self.snd_max, self.snd_nxt)
             self.ack_due = False        # DATA carries the ACK
         if self.snd_nxt > self.snd_una and self.timer is None:
             self.timer = now + self.rto
@@ -244,6 +254,8 @@ class Endpoint:
         self.sock.bind((address, port))
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()
+        relay = os.environ.get("UNIFORK_TEST_BRIDGE_RELAY")
+        self.relay = (relay.split(":")[0], int(relay.split(":")[1])) if relay else None
         self.channels: dict[bytes, Channel] = {}
         self.stats = {k: 0 for k in ("forged", "stale", "duplicate", "timeouts",
                                      "fast_retransmits", "sent", "received")}
@@ -264,7 +276,11 @@ class Endpoint:
         m = hashlib.blake2b(head, key=self.key, digest_size=MAC_SIZE)
         m.update(payload)
         try:
-            self.sock.sendmsg([head, payload, m.digest()], [], 0, ch.peer)
+            if self.relay:
+                via = _ADDR.pack(socket.inet_aton(ch.peer[0]), ch.peer[1])
+                self.sock.sendmsg([via, head, payload, m.digest()], [], 0, self.relay)
+            else:
+                self.sock.sendmsg([head, payload, m.digest()], [], 0, ch.peer)
             self.stats["sent"] += 1
         except BlockingIOError:
             pass                        # the socket buffer is full: a loss like any
@@ -284,6 +300,11 @@ class Endpoint:
                 return got
             except OSError:
                 continue                # an ICMP error for an earlier send
+            if self.relay and n >= _ADDR.size:
+                ip, port = _ADDR.unpack_from(self._buf)
+                addr = (socket.inet_ntoa(ip), port)
+                self._buf[:n - _ADDR.size] = self._buf[_ADDR.size:n]
+                n -= _ADDR.size
             if n < HDR.size + MAC_SIZE:
                 self.stats["forged"] += 1
                 continue

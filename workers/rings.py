@@ -206,6 +206,10 @@ class HostRing:
     def may_read(self) -> bool:
         return self._get(_HEAD) != self._get(_TAIL) or self.writers == 0
 
+    def readable_between_guests(self) -> bool:
+        """Bytes are waiting (a sample: never judged corrupt)."""
+        return self._get(_HEAD) != self._get(_TAIL)
+
     def may_write(self) -> bool:
         tail = self._get(_TAIL)
         return (self._get(_HEAD) - tail) % 2**64 < self.size or self.readers == 0

@@ -11,6 +11,10 @@
  *                           is torn and counts them per writer
  *   xpipes epipe            a child reads one line and exits; the parent
  *                           writes until EPIPE
+ *   xpipes lost             a child that holds its VM, then a child that
+ *                           writes into a pipe for ever: the parent reads
+ *                           until end of file (the test kills the writer's
+ *                           host) and reports how the writer ended
  */
 #include <errno.h>
 #include <signal.h>
@@ -204,6 +208,41 @@ epipe(void)
 	return 0;
 }
 
+static int
+lost(void)
+{
+	int p[2];
+	static char buf[4096];
+	pid_t holder = fork();
+	if (holder == 0) {
+		sleep(60);
+		_exit(0);
+	}
+	pipe(p);
+	pid_t w = fork();
+	if (w == 0) {
+		close(p[0]);
+		memset(buf, 'x', sizeof buf);
+		for (;;) {
+			write(p[1], buf, sizeof buf);
+			struct timespec t = { 0, 10 * 1000000 };
+			nanosleep(&t, NULL);
+		}
+	}
+	close(p[1]);
+	long total = 0, n;
+	while ((n = read(p[0], buf, sizeof buf)) > 0)
+		total += n;
+	printf("reader saw end of file: %s\n", n == 0 && total > 0 ? "yes" : "no");
+	int st;
+	waitpid(w, &st, 0);
+	printf("writer %s %d\n", WIFSIGNALED(st) ? "killed by" : "exited", WIFSIGNALED(st) ?
+	    WTERMSIG(st) : WEXITSTATUS(st));
+	kill(holder, SIGKILL);
+	waitpid(holder, &st, 0);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -216,6 +255,8 @@ main(int argc, char **argv)
 		return records(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 2 && !strcmp(argv[1], "epipe"))
 		return epipe();
+	if (argc == 2 && !strcmp(argv[1], "lost"))
+		return lost();
 	fprintf(stderr, "usage: see the comment at the top\n");
 	return 2;
 }
