@@ -100,31 +100,16 @@ def main() -> None:
     a = ap.parse_args()
     if a.driver:
         return driver(a.driver[0], a.driver[1], int(a.driver[2]))
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from netns import Hosts
+    from netcluster import cluster, worker_logs
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "clusterbench")
         subprocess.run(["musl-gcc", "-static", "-O2", "-o", exe,
                         os.path.join(ROOT, "bench", "clusterbench.c")], check=True)
-        with Hosts(list(HOSTS)) as net:
-            url = f"redis://{net.addr['hub']}:6379/0"
-            net.start("hub", "redis-server", "--bind", net.addr["hub"], "--port", "6379",
-                      "--save", "", "--appendonly", "no", "--dir", tmp,
-                      "--protected-mode", "no", stdout=subprocess.DEVNULL)
-            while net.run("hub", "redis-cli", "-h", net.addr["hub"], "ping").stdout != b"PONG\n":
-                time.sleep(0.05)
-            for host, slots in HOSTS.items():
-                net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
-                          "--advertise", net.addr[host], "--redis", url,
-                          stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/{host}.log", "wb"))
-            while net.run("hub", UNIFORK, "hosts", "--redis", url).stdout.count(b" ago") < 3:
-                time.sleep(0.2)
-            time.sleep(2)                       # Celery consumers attach to the queues
+        with cluster(HOSTS, tmp) as (net, url):
             got = net.run("hub", sys.executable, os.path.abspath(__file__), "--driver", url,
                           exe, str(a.n), timeout=1200)
             if got.returncode != 0:
-                for host in HOSTS:
-                    sys.stderr.write(f"--- {host}\n" + open(f"{tmp}/{host}.log").read()[-3000:])
+                sys.stderr.write(worker_logs(HOSTS, tmp))
                 sys.exit(f"bench failed: {got.stderr.decode()}")
             res = json.loads(got.stdout)
         native = subprocess.run([exe, "lat", str(a.n + WARMUP), "100", "1"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 PAGE_SIZE = 0x1000
 KERNEL_BASE = 0x100000
@@ -139,7 +139,8 @@ CTL = Record("uf_ctl", [
 RING = Record("uf_ring", [
     ("head", "Q"), ("wlock", "I"), ("wr_wait", "I"), ("_pad0", "48s"),
     ("tail", "Q"), ("rlock", "I"), ("rd_wait", "I"), ("_pad1", "48s"),
-    ("readers", "I"), ("writers", "I"), ("size", "I"), ("_pad2", "52s"),
+    ("readers", "I"), ("writers", "I"), ("size", "I"), ("bridged", "I"), ("hungry", "I"),
+    ("_pad2", "44s"),
 ])
 
 SHM = Record("uf_shm", [("magic", "Q"), ("abi_version", "I"), ("nrings", "I"),

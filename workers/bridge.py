@@ -11,7 +11,8 @@ side of a link is a channel (channel.py) carrying frames:
                     what was in the ring at once (whole guest writes: a
                     write of up to PIPE_BUF bytes is never split), and it is
                     written in whole into this side's ring, under its lock
-    S <flags>       "beyond me there are writers (1) / readers (2)"
+    S <flags>       "beyond me there are writers (1) / readers (2) /
+                    readers waiting on an empty ring (4)"
 
 The bridge holds *virtual ends* in each ring: a writer while, beyond a
 link, someone may still write (or its data is still on the way), a reader
@@ -20,10 +21,14 @@ every writer of the pipe, everywhere, has closed and everything written has
 arrived, and a writer gets EPIPE only when every reader everywhere has
 closed: the guests' code path does not change.
 
-Data goes where the readers are: a ring's bytes stay for its local readers
-if it has any; otherwise the bridge takes them (whole) and sends them over
-the first link that has readers beyond it.  A ring with readers in several
-places serves its local ones first.  A link whose peer stops answering
+Data goes where the readers are: with no local reader, the bridge takes
+a ring's bytes (whole) and sends them over the first link with readers
+beyond it.  With local readers too, bytes go over a link only while a
+reader beyond it waits on an empty ring ("hungry": a guest reading a
+bridged ring counts itself in the ring's `hungry` and rings the doorbell
+before it sleeps), so a process that keeps a read end it never reads (a
+parent that did not close its copy) does not keep the bytes from the
+reader that wants them.  A link whose peer stops answering
 (channel.py's dead_after) is closed as if every end beyond it were: the
 pipe breaks visibly (EOF, EPIPE, and a line on the job's stderr), never
 with bytes silently lost or duplicated.
@@ -39,7 +44,7 @@ from .channel import Endpoint, new_channel_id
 from .rings import SharedRegion
 
 _FRAME = struct.Struct("<cI")
-WRITERS, READERS = 1, 2
+WRITERS, READERS, HUNGRY = 1, 2, 4
 MAX_UNIT = abi.RING_SIZE
 
 
@@ -77,8 +82,9 @@ class Link:
     def __init__(self, idx: int, chan, beyond_w: bool, beyond_r: bool) -> None:
         self.idx, self.chan = idx, chan
         self.beyond_w, self.beyond_r = beyond_w, beyond_r    # as the peer last said
+        self.hungry = False            # ... and whether a reader there waits
         self.vw = self.vr = 0          # virtual ends held in our ring for it
-        self.told: tuple[bool, bool] | None = None
+        self.told: tuple[bool, bool, bool] | None = None
         self.units: list[bytes] = []   # arrived, not yet in our ring
 
 
@@ -111,6 +117,7 @@ class Bridge:
         link = Link(idx, self.ep.channel(cid), child_w > 0, child_r > 0)
         self.links.setdefault(idx, []).append(link)
         self._ends(link)
+        abi.RING.put(self.shm.map, abi.shm_ring_off(idx), bridged=1)
         return {"ring": idx, "cid": cid.hex(), "addr": list(self.address)}
 
     def unlink(self, spec: dict) -> None:
@@ -133,7 +140,7 @@ class Bridge:
         link = Link(idx, self.ep.channel(bytes.fromhex(spec["cid"]), tuple(spec["addr"])),
                     True, True)
         abi.RING.put(self.shm.map, abi.shm_ring_off(idx), size=abi.RING_SIZE,
-                     readers=readers + 1, writers=writers + 1)
+                     readers=readers + 1, writers=writers + 1, bridged=1)
         link.vw = link.vr = 1
         abi.SHM.put(self.shm.map, 0, used=self.shm.used() | 1 << idx)
         self.links.setdefault(idx, []).append(link)
@@ -159,7 +166,8 @@ class Bridge:
                 self._tell(ring, link, links)
                 if link.chan.dead:
                     self._lost(link)
-                elif ((link.told == (False, False) or not (link.beyond_w or link.beyond_r))
+                elif ((link.told == (False, False, False)
+                       or not (link.beyond_w or link.beyond_r))
                       and not link.units and link.chan.idle()):
                     self._drop(link)        # one side has no end left, nor ever will
             if idx in self.links:
@@ -201,6 +209,7 @@ class Bridge:
                 held += len(body)
             elif body:
                 link.beyond_w, link.beyond_r = bool(body[0] & WRITERS), bool(body[0] & READERS)
+                link.hungry = bool(body[0] & HUNGRY)
         if used:
             link.chan.consume(used)
 
@@ -225,11 +234,12 @@ class Bridge:
                                -(1 << link.idx))
 
     def _target(self, ring, links: list[Link]) -> Link | None:
-        """Where the ring's bytes go: nowhere while it has local readers,
-        else over the first link with readers beyond it."""
-        if self._local(ring, links)[0] > 0:
-            return None
-        return next((l for l in links if l.beyond_r and not l.chan.dead), None)
+        """Where the ring's bytes go: over the first link with readers
+        beyond it, or, while the ring has local readers, with readers
+        waiting beyond it; else nowhere (they stay for the local readers)."""
+        local = self._local(ring, links)[0] > 0
+        return next((l for l in links if l.beyond_r and not l.chan.dead
+                     and (l.hungry or not local)), None)
 
     def _forward(self, ring, links: list[Link]) -> None:
         """With no local reader, the ring's bytes go to readers beyond a link."""
@@ -244,14 +254,18 @@ class Bridge:
         """Tell the far side of (link) whether writers and readers remain on ours."""
         local_r, local_w = self._local(ring, links)
         others = [l for l in links if l is not link]
+        has_data = ring.readable_between_guests()
         w = local_w > 0 or any(l.beyond_w or l.units for l in others) or (
-            ring.readable_between_guests() and self._target(ring, links) is link)
+            has_data and self._target(ring, links) is link)
         r = local_r > 0 or any(l.beyond_r for l in others)
-        if (w, r) != link.told:
+        h = not has_data and ((local_r > 0 and ring.hungry > 0) or
+                              any(l.hungry and l.beyond_r for l in others))
+        if (w, r, h) != link.told:
             if link.chan.room() < _FRAME.size + 1:
                 return
-            link.chan.send(_FRAME.pack(b"S", 1) + bytes([w * WRITERS | r * READERS]))
-            link.told = (w, r)
+            link.chan.send(_FRAME.pack(b"S", 1) +
+                           bytes([w * WRITERS | r * READERS | h * HUNGRY]))
+            link.told = (w, r, h)
 
     def _lost(self, link: Link) -> None:
         peer = link.chan.peer

@@ -206,6 +206,11 @@ class HostRing:
     def may_read(self) -> bool:
         return self._get(_HEAD) != self._get(_TAIL) or self.writers == 0
 
+    @property
+    def hungry(self) -> int:
+        """Guests waiting to read this (bridged) ring while it is empty."""
+        return self._get(_R.offsets["hungry"], _I)
+
     def readable_between_guests(self) -> bool:
         """Bytes are waiting (a sample: never judged corrupt)."""
         return self._get(_HEAD) != self._get(_TAIL)

@@ -36,7 +36,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      3
+#define UF_ABI_VERSION      4
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -231,7 +231,13 @@ struct uf_ring {
 	volatile uint32_t readers;
 	volatile uint32_t writers;
 	uint32_t size;              /* capacity in bytes, a power of two */
-	uint32_t _pad2[13];
+	/* A ring whose pipe has ends in other regions (host-written: the
+	 * bridge, see workers/bridge.py): a reader about to wait on it empty
+	 * counts itself in (hungry) and rings the doorbell, so that the bridge
+	 * knows where bytes are wanted. */
+	uint32_t bridged;
+	volatile uint32_t hungry;
+	uint32_t _pad2[11];
 	uint8_t data[];
 };
 

@@ -65,6 +65,7 @@ ring_alloc(void)
 		volatile struct uf_ring *r = shm_ring(i);
 		r->head = r->tail = 0;
 		r->wlock = r->rlock = r->wr_wait = r->rd_wait = 0;
+		r->bridged = r->hungry = 0;
 		r->size = UF_RING_SIZE;
 		__atomic_store_n((volatile uint64_t *)&r->readers, 1UL | (1UL << 32),
 		    __ATOMIC_RELEASE);
@@ -185,6 +186,11 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 					return 0;
 			} else if (nonblock) {
 				return -EAGAIN;
+			} else if (r->bridged) {   /* tell the bridge bytes are wanted here */
+				__atomic_add_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
+				doorbell();
+				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx);
+				__atomic_sub_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
 			} else {
 				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx);
 			}
