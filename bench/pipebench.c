@@ -58,6 +58,8 @@ main(int argc, char **argv)
 			write(b[1], &c, 1);
 		_exit(0);
 	}
+	close(a[0]);                            /* each side keeps only its ends */
+	close(b[1]);
 	for (int i = 0; i < 50; i++)            /* warm up */
 		write(a[1], &c, 1), read(b[0], &c, 1);
 	double t0 = now();

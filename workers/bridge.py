@@ -156,9 +156,9 @@ class Bridge:
         for idx, links in list(self.links.items()):
             ring = self.shm.ring(idx)
             for link in links:
-                self._take_frames(link)
                 while link.units and ring.write_whole(link.units[0]):
                     link.units.pop(0)
+                self._take_frames(link, ring)
             for link in links:
                 self._ends(link)
             self._forward(ring, links)
@@ -188,10 +188,13 @@ class Bridge:
         if self._local(ring, links)[0] == 0:
             ring.arm("rd_wait")          # bytes to forward, and closes
 
-    def _take_frames(self, link: Link) -> None:
+    def _take_frames(self, link: Link, ring) -> None:
+        """Act on the frames that have arrived: data into the ring at once
+        when it fits (else held, up to a ring's worth), states noted."""
         buf = link.chan.inbuf
         used = 0
         held = sum(map(len, link.units))
+        view = memoryview(buf)
         while len(buf) - used >= _FRAME.size and held < MAX_UNIT:
             # (what stays in inbuf closes the sender's window: flow control)
             kind, n = _FRAME.unpack_from(buf, used)
@@ -202,14 +205,17 @@ class Bridge:
                 break
             if len(buf) - used < _FRAME.size + n:
                 break
-            body = bytes(buf[used + _FRAME.size:used + _FRAME.size + n])
+            body = view[used + _FRAME.size:used + _FRAME.size + n]
             used += _FRAME.size + n
             if kind == b"U":
-                link.units.append(body)
-                held += len(body)
+                if link.units or not ring.write_whole(body):
+                    link.units.append(bytes(body))
+                    held += n
             elif body:
                 link.beyond_w, link.beyond_r = bool(body[0] & WRITERS), bool(body[0] & READERS)
                 link.hungry = bool(body[0] & HUNGRY)
+            body.release()
+        view.release()
         if used:
             link.chan.consume(used)
 
@@ -246,9 +252,14 @@ class Bridge:
         target = self._target(ring, links)
         if target is None or target.chan.room() < MAX_UNIT + _FRAME.size:
             return
-        data = ring.read_all(MAX_UNIT)
-        if data:
-            target.chan.send(_FRAME.pack(b"U", len(data)) + data)
+        out = target.chan.out           # the frame goes straight into the send buffer
+        at = len(out)
+        out += _FRAME.pack(b"U", 0)
+        n = ring.read_into(out, MAX_UNIT)
+        if n:
+            _FRAME.pack_into(out, at, b"U", n)
+        else:
+            del out[at:]
 
     def _tell(self, ring, link: Link, links: list[Link]) -> None:
         """Tell the far side of (link) whether writers and readers remain on ours."""

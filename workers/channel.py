@@ -60,7 +60,7 @@ HDR = struct.Struct("<4s16sBQQI")
 MAC_SIZE = 16
 DATA, ACK, PING = 1, 2, 3
 WINDOW = 4 << 20            # bytes a receiver buffers; a sender keeps unacked
-MSS_MAX = 63000             # payload per datagram, when nothing is lost
+MSS_MAX = 65000             # payload per datagram, when nothing is lost
 MSS_MIN = 1200              # ... and on a lossy path (one IP fragment)
 RTO_MIN, RTO_MAX = 0.02, 1.0
 PING_EVERY = 1.0
@@ -125,9 +125,10 @@ class Channel:
         if kind == PING:
             self.ack_due = True
         elif kind == DATA and payload:
-            self._on_data(seq, bytes(payload))
+            self._on_data(seq, payload)
 
-    def _on_data(self, seq: int, data: bytes) -> None:
+    def _on_data(self, seq: int, data) -> None:
+        """(data) is a view of the receive buffer: copied once, where it goes."""
         self.ack_due = True
         end = seq + len(data)
         if end <= self.rcv_nxt or seq in self.ooo:
@@ -136,7 +137,7 @@ class Channel:
         if end > self.rcv_nxt + self._wnd():
             return                      # past the window: the sender will resend
         if seq > self.rcv_nxt:
-            self.ooo[seq] = data
+            self.ooo[seq] = bytes(data)
             return
         self.inbuf += data[self.rcv_nxt - seq:]
         self.rcv_nxt = end
@@ -249,8 +250,13 @@ class Endpoint:
                  dead_after: float = 5.0) -> None:
         self.key, self.dead_after = key, dead_after
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            self.sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        # Big socket buffers: past rmem_max (208 KiB by default) as root, so
+        # that a burst of a window's worth is not dropped on arrival.
+        for force, opt in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, 8 << 20)  # SO_*BUFFORCE
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
         self.sock.bind((address, port))
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()

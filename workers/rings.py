@@ -178,19 +178,20 @@ class HostRing:
         finally:
             self._unlock(0)
 
-    def read_all(self, limit: int = 1 << 30) -> bytes:
-        """Take what is there, under the readers' lock."""
+    def read_into(self, out: bytearray, limit: int = 1 << 30) -> int:
+        """Append what is there to (out), under the readers' lock; the count."""
         if self._get(_HEAD) == self._get(_TAIL):
-            return b""
+            return 0
         self._lock(1)
         try:
             tail = self._get(_TAIL)             # ours while we hold the lock
             n = min((self._get(_HEAD) - tail) % 2**64, self.size, limit)
             off = tail & (self.size - 1)
             first = min(n, self.size - off)
-            out = bytes(self._data[off:off + first]) + bytes(self._data[:n - first])
+            out += self._data[off:off + first]
+            out += self._data[:n - first]
             self._set(_TAIL, tail + n)
-            return out
+            return n
         finally:
             self._unlock(1)
 
