@@ -48,6 +48,10 @@ def parser():
     w.add_argument("--slots", type=int, required=True, metavar="N", help="VMs this host runs")
     w.add_argument("--advertise", required=True, metavar="ADDR",
                    help="the address other hosts reach this one at")
+    w.add_argument("--fork-ports", metavar="LO-HI", type=_port_range,
+                   help="TCP ports for forks arriving from other hosts (default: any)")
+    w.add_argument("--bridge-ports", metavar="LO-HI", type=_port_range,
+                   help="UDP ports for pipes to other hosts (default: any)")
     s = cluster("submit", help="submit a job to the cluster; prints its id")
     s.add_argument("--wait", action="store_true", help="print its output, exit with its status")
     s.add_argument("--follow", action="store_true",
@@ -71,6 +75,14 @@ def parser():
     dr = cluster("drain", help="make a host take no new jobs or forks; its running ones finish")
     dr.add_argument("name", metavar="NAME")
     return p
+
+
+def _port_range(text: str) -> str:
+    import argparse
+    lo, _, hi = text.partition("-")
+    if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port range LO-HI")
+    return text
 
 
 def _fast_run_args(argv: list[str]) -> dict | None:

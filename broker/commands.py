@@ -31,6 +31,10 @@ def main(args) -> int:
 
 def worker(args, client, state) -> int:
     from workers.agent import AgentError, serve
+    if args.fork_ports:
+        os.environ["UNIFORK_FORK_PORTS"] = args.fork_ports
+    if args.bridge_ports:
+        os.environ["UNIFORK_BRIDGE_PORTS"] = args.bridge_ports
     try:
         serve(args.host_name, args.slots, args.advertise)
     except AgentError as err:

@@ -80,6 +80,7 @@ def net(request, tmp_path_factory):
             workers.append(net.start(
                 host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
                 "--advertise", net.addr[host], "--redis", url,
+                "--fork-ports", "41000-41009", "--bridge-ports", "42000-42009",
                 env={**os.environ, "UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]},
                 stdout=open(d / f"{host}.out", "wb"), stderr=open(d / f"{host}.log", "wb")))
         deadline = time.monotonic() + 30
@@ -150,3 +151,5 @@ def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program):
     assert time.monotonic() - t < 15    # the bridge's 3 s, the heartbeat's 5 s
     assert f"host {writer_host} was lost".encode() in err
     assert b"stopped answering: they are closed" in err
+    port = int(re.search(rb"its ends on [\d.]+:(\d+) stopped answering", err).group(1))
+    assert 42000 <= port <= 42009           # --bridge-ports

@@ -16,6 +16,7 @@ EPIPE, and the job's stderr says so once.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 
@@ -57,7 +58,15 @@ class Arrival:
                 and not (self.armed.done() and self.armed.exception()))
 
     def listen(self, address: str) -> None:
-        self.listener = socket.create_server((address, _port()), backlog=1)
+        for port in _ports():
+            try:
+                self.listener = socket.create_server((address, port), backlog=1)
+                break
+            except OSError:
+                continue
+        else:
+            raise OSError(f"no free TCP port in UNIFORK_FORK_PORTS="
+                          f"{os.environ.get('UNIFORK_FORK_PORTS')}")
         self.listener.settimeout(ACCEPT_TIMEOUT)
         self.nonce = os.urandom(16)
 
@@ -133,14 +142,17 @@ def spare(mem_mib: int = 128) -> None:
             _spare = None
 
 
-def _port() -> int:
-    """A port for an incoming fork: UNIFORK_FORK_PORTS=LO-HI picks from a
-    range (for a firewall), else any free port."""
+def _ports() -> list[int]:
+    """Ports for an incoming fork, in the order to try: any free port, or
+    those of UNIFORK_FORK_PORTS=LO-HI (`unifork worker --fork-ports`), for
+    a firewall, shuffled."""
     spec = os.environ.get("UNIFORK_FORK_PORTS", "")
     if not spec:
-        return 0
+        return [0]
     lo, hi = (int(x) for x in spec.split("-"))
-    return lo + int.from_bytes(os.urandom(2), "little") % (hi - lo + 1)
+    ports = list(range(lo, hi + 1))
+    random.shuffle(ports)
+    return ports
 
 
 def _ran_and_ended(vm: VM) -> bool:
