@@ -55,6 +55,7 @@ bench: setup
 	$(VENV)/bin/python bench/fork.py
 	$(VENV)/bin/python bench/pipes.py
 	$(VENV)/bin/python bench/cluster.py
+	$(VENV)/bin/python bench/xpipe.py
 
 clean:
 	$(MAKE) -C guest clean
