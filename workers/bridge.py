@@ -12,7 +12,8 @@ side of a link is a channel (channel.py) carrying frames:
                     write of up to PIPE_BUF bytes is never split), and it is
                     written in whole into this side's ring, under its lock
     S <flags>       "beyond me there are writers (1) / readers (2) /
-                    readers waiting on an empty ring (4)"
+                    readers waiting on an empty ring (4) / readers here
+                    that keep bytes from you unless you say 4 (8)"
 
 The bridge holds *virtual ends* in each ring: a writer while, beyond a
 link, someone may still write (or its data is still on the way), a reader
@@ -44,7 +45,7 @@ from .channel import Endpoint, new_channel_id
 from .rings import SharedRegion
 
 _FRAME = struct.Struct("<cI")
-WRITERS, READERS, HUNGRY = 1, 2, 4
+WRITERS, READERS, HUNGRY, KEEPS = 1, 2, 4, 8
 MAX_UNIT = abi.RING_SIZE
 
 
@@ -83,8 +84,9 @@ class Link:
         self.idx, self.chan = idx, chan
         self.beyond_w, self.beyond_r = beyond_w, beyond_r    # as the peer last said
         self.hungry = False            # ... and whether a reader there waits
+        self.keeps = False             # ... and whether it has local readers
         self.vw = self.vr = 0          # virtual ends held in our ring for it
-        self.told: tuple[bool, bool, bool] | None = None
+        self.told: tuple[bool, bool, bool, bool] | None = None
         self.units: list[bytes] = []   # arrived, not yet in our ring
 
 
@@ -166,7 +168,7 @@ class Bridge:
                 self._tell(ring, link, links)
                 if link.chan.dead:
                     self._lost(link)
-                elif ((link.told == (False, False, False)
+                elif ((link.told is not None and not any(link.told[:2])
                        or not (link.beyond_w or link.beyond_r))
                       and not link.units and link.chan.idle()):
                     self._drop(link)        # one side has no end left, nor ever will
@@ -214,6 +216,7 @@ class Bridge:
             elif body:
                 link.beyond_w, link.beyond_r = bool(body[0] & WRITERS), bool(body[0] & READERS)
                 link.hungry = bool(body[0] & HUNGRY)
+                link.keeps = bool(body[0] & KEEPS)
             body.release()
         view.release()
         if used:
@@ -269,14 +272,16 @@ class Bridge:
         w = local_w > 0 or any(l.beyond_w or l.units for l in others) or (
             has_data and self._target(ring, links) is link)
         r = local_r > 0 or any(l.beyond_r for l in others)
-        h = not has_data and ((local_r > 0 and ring.hungry > 0) or
-                              any(l.hungry and l.beyond_r for l in others))
-        if (w, r, h) != link.told:
+        # hunger matters only to a side that would keep the bytes otherwise
+        h = link.keeps and not has_data and ((local_r > 0 and ring.hungry > 0) or
+                                             any(l.hungry and l.beyond_r for l in others))
+        k = local_r > 0
+        if (w, r, h, k) != link.told:
             if link.chan.room() < _FRAME.size + 1:
                 return
             link.chan.send(_FRAME.pack(b"S", 1) +
-                           bytes([w * WRITERS | r * READERS | h * HUNGRY]))
-            link.told = (w, r, h)
+                           bytes([w * WRITERS | r * READERS | h * HUNGRY | k * KEEPS]))
+            link.told = (w, r, h, k)
 
     def _lost(self, link: Link) -> None:
         peer = link.chan.peer

@@ -30,7 +30,9 @@ fragments: on a lossy link, one lost fragment loses them all); three
 duplicate ACKs resend the first segment at once.  The window grows by one
 segment per ACK and the segment size doubles back after a clean round.
 
-Receiving: out-of-order segments inside the window are kept; the stream
+Receiving: an ACK goes at once for every second segment and anything out
+of order, else it waits up to ACK_DELAY for data going back to carry it;
+out-of-order segments inside the window are kept; the stream
 is delivered in order into `inbuf`, which the user drains with consume();
 the window advertised is what is left of WINDOW, so a slow consumer stops
 its sender (flow control end to end, no unbounded buffering).
@@ -63,6 +65,7 @@ WINDOW = 4 << 20            # bytes a receiver buffers; a sender keeps unacked
 MSS_MAX = 65000             # payload per datagram, when nothing is lost
 MSS_MIN = 1200              # ... and on a lossy path (one IP fragment)
 RTO_MIN, RTO_MAX = 0.02, 1.0
+ACK_DELAY = 0.002           # a lone segment's ACK waits this long for a ride
 PING_EVERY = 1.0
 
 
@@ -94,6 +97,8 @@ class Channel:
         self.ooo: dict[int, bytes] = {}
         self.inbuf = bytearray()
         self.ack_due = False
+        self.ack_at: float | None = None     # a delayed ACK, due then
+        self.unacked_segs = 0
         self.heard, self.spoke = now, now
         self.dead = False
 
@@ -128,8 +133,14 @@ class Channel:
             self._on_data(seq, payload)
 
     def _on_data(self, seq: int, data) -> None:
-        """(data) is a view of the receive buffer: copied once, where it goes."""
-        self.ack_due = True
+        """(data) is a view of the receive buffer: copied once, where it goes.
+        The ACK waits up to ACK_DELAY for data going back to carry it,
+        except for every second segment and for anything out of order."""
+        self.unacked_segs += 1
+        if self.unacked_segs >= 2 or seq != self.rcv_nxt:
+            self.ack_due = True
+        elif self.ack_at is None:
+            self.ack_at = time.monotonic() + ACK_DELAY
         end = seq + len(data)
         if end <= self.rcv_nxt or seq in self.ooo:
             self.ep.stats["duplicate"] += 1
@@ -219,16 +230,19 @@ class Channel:
                 self.rtt_probe = (self.snd_nxt + 1, now)
             self.snd_nxt += self._segment(self.snd_nxt, now)
             self.snd_max = max(self.snd_max, self.snd_nxt)
-            self.ack_due = False        # DATA carries the ACK
+            self._acked()               # DATA carries the ACK
         if self.snd_nxt > self.snd_una and self.timer is None:
             self.timer = now + self.rto
         if self.snd_nxt < end and self.peer_wnd == 0 and self.timer is None:
             self.timer = now + self.rto
-        if self.ack_due:
+        if self.ack_due or (self.ack_at is not None and now >= self.ack_at):
             self.ep.transmit(self, ACK, self.snd_nxt, b"")
-            self.ack_due = False
+            self._acked()
         elif now - self.spoke > PING_EVERY or now - self.heard > PING_EVERY:
             self.ep.transmit(self, PING, self.snd_nxt, b"")
+
+    def _acked(self) -> None:
+        self.ack_due, self.ack_at, self.unacked_segs = False, None, 0
 
     def next_event(self) -> float:
         """When flush() must run next, at the latest (monotonic)."""
@@ -238,6 +252,8 @@ class Channel:
             return self.heard + self.dead_after
         t = min(self.heard + self.dead_after, self.spoke + PING_EVERY,
                 self.heard + PING_EVERY)
+        if self.ack_at is not None:
+            t = min(t, self.ack_at)
         if self.timer is not None:
             t = min(t, self.timer)
         return t
