@@ -1,0 +1,105 @@
+"""The bridge's transport (workers/channel.py), two endpoints in this
+process: bytes arrive in order and exactly once through a relay that
+drops, delays, reorders, duplicates, forges and replays datagrams; forged
+ones are counted; a silent peer is declared dead."""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from workers import channel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def transfer(a, b, ca, cb, data: bytes, timeout: float = 60) -> bytes:
+    got = bytearray()
+    sent = 0
+    deadline = time.monotonic() + timeout
+    while len(got) < len(data):
+        assert time.monotonic() < deadline, f"stalled at {len(got)} of {len(data)} bytes"
+        now = time.monotonic()
+        if sent < len(data) and ca.room() > 0:
+            n = min(ca.room(), len(data) - sent, 256 << 10)
+            ca.send(data[sent:sent + n])
+            sent += n
+        a.flush(now)
+        b.flush(now)
+        select.select([a, b], [], [], 0.002)
+        now = time.monotonic()
+        a.receive(now)
+        b.receive(now)
+        got += cb.inbuf
+        cb.consume(len(cb.inbuf))
+        assert not ca.dead and not cb.dead
+    return bytes(got)
+
+
+@pytest.fixture
+def relay(monkeypatch):
+    port = free_udp_port()
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "relay.py"),
+                          "127.0.0.1", str(port), "drop=0.15", "delay=0.003", "dup=0.1",
+                          "forge=0.05", "replay=0.05"])
+    time.sleep(0.3)
+    monkeypatch.setenv("UNIFORK_TEST_BRIDGE_RELAY", f"127.0.0.1:{port}")
+    yield
+    p.kill()
+    p.wait()
+
+
+def pair(key_b: bytes = b"k" * 32):
+    a = channel.Endpoint(b"k" * 32, dead_after=5)
+    b = channel.Endpoint(key_b, dead_after=5)
+    cid = channel.new_channel_id()
+    return a, b, a.channel(cid, b.address), b.channel(cid)
+
+
+def test_bytes_arrive_in_order_and_once_on_a_clean_path():
+    a, b, ca, cb = pair()
+    data = os.urandom(8 << 20)
+    assert transfer(a, b, ca, cb, data) == data
+    assert a.stats["forged"] == b.stats["forged"] == 0
+
+
+def test_bytes_arrive_in_order_and_once_through_a_bad_network(relay):
+    a, b, ca, cb = pair()
+    data = os.urandom(2 << 20)
+    assert transfer(a, b, ca, cb, data, timeout=120) == data
+    forged = a.stats["forged"] + b.stats["forged"]
+    dup = a.stats["duplicate"] + b.stats["duplicate"]
+    assert forged > 0 and dup > 0         # dropped, and counted
+    assert a.stats["timeouts"] + a.stats["fast_retransmits"] > 0   # losses were repaired
+
+
+def test_datagrams_under_another_key_are_dropped_and_counted():
+    a, b, ca, cb = pair(key_b=b"x" * 32)
+    ca.send(b"hello")
+    for _ in range(20):
+        a.flush(time.monotonic())
+        time.sleep(0.01)
+        b.receive(time.monotonic())
+    assert cb.inbuf == b"" and b.stats["forged"] > 0
+
+
+def test_a_silent_peer_is_declared_dead():
+    a = channel.Endpoint(b"k" * 32, dead_after=0.3)
+    ca = a.channel(channel.new_channel_id(), ("127.0.0.1", free_udp_port()))
+    ca.send(b"anyone?")
+    deadline = time.monotonic() + 5
+    while not ca.dead:
+        assert time.monotonic() < deadline
+        a.flush(time.monotonic())
+        time.sleep(0.02)
