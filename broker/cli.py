@@ -147,8 +147,13 @@ def entry() -> None:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except KeyboardInterrupt:
         rc = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
+    except BrokenPipeError:         # `unifork ps | head`: the reader has gone
+        os._exit(141)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        rc = 141
     os._exit(rc)
 
 
