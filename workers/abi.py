@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 
 ABI_VERSION = 4
+BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
 KERNEL_BASE = 0x100000

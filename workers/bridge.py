@@ -185,6 +185,9 @@ class Bridge:
 
     def _arm(self, ring, links: list[Link]) -> None:
         """Ask the guests for a doorbell when what we wait for may change."""
+        want = abi.BRIDGED | (abi.BRIDGED_TELL if any(l.keeps for l in links) else 0)
+        if ring.bridged != want:        # hunger is news only to a side that keeps bytes
+            ring.bridged = want
         if any(l.units for l in links):
             ring.arm("wr_wait")          # room for a unit
         if self._local(ring, links)[0] == 0:

@@ -208,6 +208,14 @@ class HostRing:
         return self._get(_HEAD) != self._get(_TAIL) or self.writers == 0
 
     @property
+    def bridged(self) -> int:
+        return self._get(_R.offsets["bridged"], _I)
+
+    @bridged.setter
+    def bridged(self, v: int) -> None:
+        self._set(_R.offsets["bridged"], v, _I)
+
+    @property
     def hungry(self) -> int:
         """Guests waiting to read this (bridged) ring while it is empty."""
         return self._get(_R.offsets["hungry"], _I)

@@ -232,16 +232,18 @@ struct uf_ring {
 	volatile uint32_t writers;
 	uint32_t size;              /* capacity in bytes, a power of two */
 	/* A ring whose pipe has ends in other regions (host-written: the
-	 * bridge, see workers/bridge.py): a reader about to wait on it empty
-	 * counts itself in (hungry) and rings the doorbell, so that the bridge
-	 * knows where bytes are wanted. */
-	uint32_t bridged;
+	 * bridge, see workers/bridge.py; UF_BRIDGED_*): a reader about to wait
+	 * on it empty counts itself in (hungry), and rings the doorbell if the
+	 * bridge asks to be told, so that it knows where bytes are wanted. */
+	volatile uint32_t bridged;
 	volatile uint32_t hungry;
 	uint32_t _pad2[11];
 	uint8_t data[];
 };
 
 #define UF_PIPE_BUF         4096  /* writes up to this size are atomic */
+#define UF_BRIDGED          1     /* uf_ring.bridged: the pipe has ends elsewhere */
+#define UF_BRIDGED_TELL     2     /* ... and a reader going hungry rings */
 
 /*
  * The job's shared-memory region: a header page, then UF_SHM_RINGS ring

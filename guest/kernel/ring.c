@@ -188,7 +188,8 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 				return -EAGAIN;
 			} else if (r->bridged) {   /* tell the bridge bytes are wanted here */
 				__atomic_add_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
-				doorbell();
+				if (r->bridged & UF_BRIDGED_TELL)
+					doorbell();
 				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx);
 				__atomic_sub_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
 			} else {
