@@ -163,9 +163,14 @@ class Bridge:
                 self._take_frames(link, ring)
             for link in links:
                 self._ends(link)
-            self._forward(ring, links)
+            # the ring's state, read once for this turn
+            local_r, local_w = self._local(ring, links)
+            target = self._target(links, local_r)
+            self._forward(ring, target)
+            has_data = ring.readable_between_guests()
+            hungry = local_r > 0 and ring.hungry > 0
             for link in list(links):
-                self._tell(ring, link, links)
+                self._tell(link, links, local_r, local_w, target, has_data, hungry)
                 if link.chan.dead:
                     self._lost(link)
                 elif ((link.told is not None and not any(link.told[:2])
@@ -173,7 +178,7 @@ class Bridge:
                       and not link.units and link.chan.idle()):
                     self._drop(link)        # one side has no end left, nor ever will
             if idx in self.links:
-                self._arm(ring, links)
+                self._arm(ring, links, local_r)
         self.ep.flush(now)
 
     def next_event(self) -> float:
@@ -183,14 +188,14 @@ class Bridge:
         return min(self.ep.next_event(), time.monotonic() + 0.05) if self.links \
             else float("inf")
 
-    def _arm(self, ring, links: list[Link]) -> None:
+    def _arm(self, ring, links: list[Link], local_r: int) -> None:
         """Ask the guests for a doorbell when what we wait for may change."""
         want = abi.BRIDGED | (abi.BRIDGED_TELL if any(l.keeps for l in links) else 0)
         if ring.bridged != want:        # hunger is news only to a side that keeps bytes
             ring.bridged = want
         if any(l.units for l in links):
             ring.arm("wr_wait")          # room for a unit
-        if self._local(ring, links)[0] == 0:
+        if local_r == 0:
             ring.arm("rd_wait")          # bytes to forward, and closes
 
     def _take_frames(self, link: Link, ring) -> None:
@@ -245,17 +250,16 @@ class Bridge:
                     atomic_add(address(self.shm.map) + abi.SHM.offsets["used"],
                                -(1 << link.idx))
 
-    def _target(self, ring, links: list[Link]) -> Link | None:
+    @staticmethod
+    def _target(links: list[Link], local_r: int) -> Link | None:
         """Where the ring's bytes go: over the first link with readers
         beyond it, or, while the ring has local readers, with readers
         waiting beyond it; else nowhere (they stay for the local readers)."""
-        local = self._local(ring, links)[0] > 0
         return next((l for l in links if l.beyond_r and not l.chan.dead
-                     and (l.hungry or not local)), None)
+                     and (l.hungry or not local_r)), None)
 
-    def _forward(self, ring, links: list[Link]) -> None:
-        """With no local reader, the ring's bytes go to readers beyond a link."""
-        target = self._target(ring, links)
+    def _forward(self, ring, target: Link | None) -> None:
+        """The ring's bytes, all that is there, to (target)."""
         if target is None or target.chan.room() < MAX_UNIT + _FRAME.size:
             return
         out = target.chan.out           # the frame goes straight into the send buffer
@@ -267,17 +271,18 @@ class Bridge:
         else:
             del out[at:]
 
-    def _tell(self, ring, link: Link, links: list[Link]) -> None:
-        """Tell the far side of (link) whether writers and readers remain on ours."""
-        local_r, local_w = self._local(ring, links)
+    def _tell(self, link: Link, links: list[Link], local_r: int, local_w: int,
+              target: Link | None, has_data: bool, hungry: bool) -> None:
+        """Tell the far side of (link) whether writers and readers remain on
+        ours (bytes still to go to it count as a writer), and whether a
+        reader here waits for bytes."""
         others = [l for l in links if l is not link]
-        has_data = ring.readable_between_guests()
-        w = local_w > 0 or any(l.beyond_w or l.units for l in others) or (
-            has_data and self._target(ring, links) is link)
+        w = local_w > 0 or (has_data and target is link) or any(
+            l.beyond_w or l.units for l in others)
         r = local_r > 0 or any(l.beyond_r for l in others)
         # hunger matters only to a side that would keep the bytes otherwise
-        h = link.keeps and not has_data and ((local_r > 0 and ring.hungry > 0) or
-                                             any(l.hungry and l.beyond_r for l in others))
+        h = link.keeps and not has_data and (
+            hungry or any(l.hungry and l.beyond_r for l in others))
         k = local_r > 0
         if (w, r, h, k) != link.told:
             if link.chan.room() < _FRAME.size + 1:
