@@ -9,6 +9,7 @@ address, datagram) after doing to it, at random, what it was told:
     drop=P       lose it
     forge=P      also send a copy with one byte flipped (its MAC fails)
     replay=P     send it again a second later (a replay: already received)
+    dup_every=N, forge_every=N   ... and also every Nth datagram, for sure
 
     python tests/relay.py IP PORT delay=0.005 dup=0.05 forge=0.01 replay=0.01
 """
@@ -33,7 +34,10 @@ def main() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     sock.bind((ip, int(port)))
     later: list[tuple[float, int, bytes, tuple]] = []
-    n = 0
+    n = count = 0
+
+    def every(opt: str) -> bool:
+        return bool(o.get(opt)) and count % int(o[opt]) == 0
 
     def at(t: float, data: bytes, dst: tuple) -> None:
         nonlocal n
@@ -51,9 +55,10 @@ def main() -> None:
             if random.random() < o.get("drop", 0):
                 continue
             at(now + random.random() * o.get("delay", 0), out, dst)
-            if random.random() < o.get("dup", 0):
+            count += 1
+            if random.random() < o.get("dup", 0) or every("dup_every"):
                 at(now + random.random() * o.get("delay", 0), out, dst)
-            if random.random() < o.get("forge", 0):
+            if random.random() < o.get("forge", 0) or every("forge_every"):
                 bad = bytearray(out)
                 bad[random.randrange(ADDR.size, len(bad))] ^= 0x40
                 at(now, bytes(bad), dst)
