@@ -172,10 +172,13 @@ class Link:
                                                f"{self.fork_wait:g} s"})
             ready.result(10)
             self._send(qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz, pipes)
-            timing["done"] = time.monotonic()
-            self._deliver({"type": "forked", "pid": pid, "host": where["host"],
-                           "tree": pid, "dispatch_ms": 1000 * (timing["placed"] - timing["sent"]),
-                           "fork_ms": 1000 * (timing["done"] - asked)})
+            # The fork's event (the child's host records its "running"): where
+            # it went, and how long placing it and the whole fork took.
+            state.add_event(self.r, self.job_id, {
+                "pid": pid, "ppid": ppid, "state": "placed", "host": where["host"],
+                "dispatch_ms": round(1000 * (timing["placed"] - timing["sent"]), 2),
+                "fork_ms": round(1000 * (time.monotonic() - asked), 2)})
+            self._deliver({"type": "forked", "pid": pid, "host": where["host"], "tree": pid})
         except Exception as err:        # noqa: BLE001 - the parent gets EAGAIN and the reason
             self._deliver({"type": "forked", "pid": pid, "error": str(err) or repr(err)})
 
@@ -229,9 +232,6 @@ class Link:
             raise RuntimeError(f"host {where['host']}: {reply.get('error', 'refused the fork')}")
 
     # -- the end ---------------------------------------------------------------
-    def forking(self) -> bool:
-        return any(t.is_alive() for t in self._forks)
-
     def close(self) -> None:
         if self.closed:
             return

@@ -47,8 +47,10 @@ class Proc:
         self.killed_by: int | None = None    # a signal the host delivered
         self.parked_seq = -1                  # a WAIT request waiting for a child
         self.reaped = False                   # waited for by its parent
-        self.forking = False                  # its VM is being sent to another host
-        self.close_pending = False            # ...and it ended meanwhile
+        # While its VM is sent to another host for a fork: the child's pid and
+        # its pipes' links (bridge.py); the VM is closed only after that.
+        self.sending: tuple[int, list[dict]] | None = None
+        self.close_pending = False            # it ended while its VM was being sent
 
     @property
     def remote(self) -> bool:
@@ -94,7 +96,7 @@ class Job:
         self.mem_mib, self.shm = mem_mib, shm
         self.max_procs, self.slots = max_procs, slots
         self.say = say
-        self.events = events        # events(pid, ppid, state, wstatus): process changes
+        self.events = events        # events(pid, ppid, state, wstatus, tree): changes
         self.procs: dict[int, Proc] = {}
         self.next_pid = 1
         self.pool_size = pool_size
@@ -105,8 +107,6 @@ class Job:
         self.link = link            # cluster.Link when the job spans hosts, else None
         self.tree = tree            # the root pid of this subtree (1: the whole job here)
         self.ended = False          # told that pid 1 has ended (a subtree)
-        self._forking: dict[int, int] = {}   # child pid -> parent pid, forks onto other hosts
-        self._pipes: dict[int, list[dict]] = {}  # child pid -> its pipes' links (bridge.py)
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
 
     @property
@@ -256,10 +256,8 @@ class Job:
         The parent's request stays unanswered until the "forked" message."""
         mem = parent.vm.mem
         parent.parked_seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
-        parent.forking = True
-        pid = self.new_pid()
-        self._forking[pid] = parent.pid
-        pipes = self._pipes[pid] = []
+        pid, pipes = self.new_pid(), []
+        parent.sending = (pid, pipes)
         if self.bridge is not None:     # the child's pipes reach it over a link
             ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
             used = self.shm.used()
@@ -275,11 +273,11 @@ class Job:
     def _forked(self, msg: dict) -> None:
         """A fork onto another host has finished, or failed."""
         pid = msg.get("pid")
-        parent = self.procs.get(self._forking.pop(pid, -1))
-        pipes = self._pipes.pop(pid, [])
+        parent = next((p for p in self.procs.values()
+                       if p.sending is not None and p.sending[0] == pid), None)
         if parent is None:
             return
-        parent.forking = False
+        pipes, parent.sending = parent.sending[1], None
         if "error" in msg and self.bridge is not None:
             for spec in pipes:
                 self.bridge.unlink(spec)
@@ -289,10 +287,6 @@ class Job:
                 self.reply(parent, -errno.EAGAIN)
         else:
             child = self.add_remote(pid, parent.pid, msg["host"], msg["tree"])
-            if self.events:
-                self.events(pid, parent.pid, "placed", None, msg["tree"], host=msg["host"],
-                            dispatch_ms=round(msg["dispatch_ms"], 2),
-                            fork_ms=round(msg["fork_ms"], 2))
             if parent.running:
                 self.reply(parent, child.pid)
             else:               # the parent died meanwhile: pid 1 adopts the child
@@ -333,7 +327,7 @@ class Job:
 
     def _retry_parked_wait(self, parent: Proc) -> None:
         if (parent.running and parent.parked_seq >= 0 and parent.vm is not None
-                and not parent.forking):
+                and parent.sending is None):
             args = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")
             parent.parked_seq = -1
             self._wait(parent, args[0], args[1])
@@ -593,7 +587,7 @@ class Job:
     def close_vm(self, p: Proc) -> None:
         """Free (p)'s VM (its QEMU has exited or is killed), unless a fork
         onto another host still reads it (then when that is over)."""
-        if p.forking:
+        if p.sending is not None:
             p.close_pending = True
             return
         if p.vm is not None:
@@ -618,7 +612,7 @@ class Job:
                     if p.parent_tree is not None:
                         self.link.post(p.parent_tree, {"type": "exit", "pid": p.pid,
                                                        "wstatus": SIGKILL})
-            p.forking = False
+            p.sending = None
             self.close_vm(p)
         if self._pool is not None:
             self._pool.close()

@@ -20,7 +20,7 @@ import random
 import socket
 import time
 
-from broker import placement, state
+from broker import state
 
 from . import abi, elf, fork, transfer
 from .cluster import Link
@@ -187,6 +187,20 @@ def stdio_rings(shm: SharedRegion, mem, bridged: set[int]
     return shm.ring(0), shm.ring(1), shm.ring(2), cut
 
 
+_programs: dict[tuple[str, int], elf.Program] = {}
+
+
+def _program(path: str, mem_mib: int) -> elf.Program:
+    """The parsed image (for execve of itself), once per worker process:
+    parsing is on the fork's critical path."""
+    key = (path, mem_mib)
+    if key not in _programs:
+        with open(path, "rb") as f:
+            _programs[key] = elf.parse(path, f.read(), abi.PIE_BASE,
+                                       Layout(mem_mib << 20).mmap_top)
+    return _programs[key]
+
+
 def _pipe_specs(header: dict) -> dict[int, dict]:
     """The links of the child's pipes, from the fork's header (checked)."""
     out = {}
@@ -210,9 +224,9 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
     def out(stream: str, data: bytes) -> None:
         state.append_output(r, job_id, stream, data)
 
-    def events(p, pp, pstate, wstatus, tree, **extra):
+    def events(p, pp, pstate, wstatus, tree):
         state.set_proc(r, job_id, p, ppid=pp, host=host, state=pstate, wstatus=wstatus,
-                       tree=tree, **extra)
+                       tree=tree)
 
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     link = Link(url, job_id, host, pid, image, fork_wait, address)
@@ -222,8 +236,7 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
     try:
         with conn:
             try:
-                prog = elf.parse(image_path, open(image_path, "rb").read(), abi.PIE_BASE,
-                                 Layout(mem_mib << 20).mmap_top)
+                prog = _program(image_path, mem_mib)
                 abi.BOOT.put(a.vm.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
                 seq = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "req_seq")
                 abi.CTL.put(a.vm.mem, abi.CTL_ADDR, ret=0, val=(0, 0))

@@ -151,13 +151,9 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         for t in pumps:
             t.start()
 
-        def events(pid, ppid, pstate, wstatus, tree, **extra):
-            if pstate == "placed":      # forked onto another host, which records it
-                state.add_event(r, job_id, {"pid": pid, "ppid": ppid, "state": pstate,
-                                            **extra})
-            else:
-                state.set_proc(r, job_id, pid, ppid=ppid, host=host, state=pstate,
-                               wstatus=wstatus, tree=tree)
+        def events(pid, ppid, pstate, wstatus, tree):
+            state.set_proc(r, job_id, pid, ppid=ppid, host=host, state=pstate,
+                           wstatus=wstatus, tree=tree)
 
         from .cluster import Link
         link = Link(app.conf.broker_url, job_id, host, 1, image,
