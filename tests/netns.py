@@ -3,6 +3,9 @@
     with Hosts(["hostA", "hostB"]) as net:
         net.run("hostA", "ip", "addr")          # a command inside hostA
         net.addr["hostA"]                        # its address on the bridge
+        url = net.start_redis(tmp)               # Redis on the hub's address
+        net.start_workers(unifork, url, {"hostA": 2, "hostB": 1}, tmp)
+        net.send_job(url, "hostA", prog, "arg")  # a job on hostA's own queue
 
 The bridge lives in a namespace of its own ("hub"), which also holds
 Redis in the cluster tests; nothing touches the machine's own network.
@@ -12,9 +15,32 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 SUBNET = "10.231.0"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Sends a job to one host's own queue, as plain Celery client code does;
+# prints its stdout (its stderr and "job ID" on stderr), exits with its status.
+SEND = r"""
+import base64, os, sys, uuid
+sys.path.insert(0, sys.argv[1])
+os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
+from broker import state
+from broker.app import RUN_JOB, app, host_queue
+url, host, prog, *args = sys.argv[2:]
+r = state.connect(url)
+sha = state.put_image(r, open(prog, "rb").read())
+job = str(uuid.uuid4())
+state.new_job(r, job, prog, args)
+res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs={
+    "image": sha, "name": os.path.basename(prog), "args": args}).get(timeout=600)
+sys.stdout.buffer.write(base64.b64decode(res["stdout"]))
+sys.stderr.buffer.write(base64.b64decode(res["stderr"]))
+print("job", job, file=sys.stderr)
+sys.exit(res["exit_status"])
+"""
 
 
 def ip(*args: str) -> None:
@@ -59,6 +85,40 @@ class Hosts:
         p = subprocess.Popen(self.cmd(host, *argv), **kw)
         self.procs.append(p)
         return p
+
+    # -- a cluster on these hosts ------------------------------------------
+    def start_redis(self, tmp) -> str:
+        """Redis on the hub's address; its URL."""
+        self.start("hub", "redis-server", "--bind", self.addr["hub"], "--port", "6379",
+                   "--save", "", "--appendonly", "no", "--dir", tmp, "--protected-mode", "no",
+                   stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while self.run("hub", "redis-cli", "-h", self.addr["hub"], "ping").stdout != b"PONG\n":
+            assert time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.05)
+        return f"redis://{self.addr['hub']}:6379/0"
+
+    def start_workers(self, unifork, url: str, slots: dict[str, int], tmp, args=(),
+                      env: dict | None = None) -> list[subprocess.Popen]:
+        """`unifork worker` on each host of (slots), registered and consuming;
+        their logs in (tmp)/HOST.log."""
+        workers = [self.start(host, unifork, "worker", "--host-name", host, "--slots", n,
+                              "--advertise", self.addr[host], "--redis", url, *args,
+                              env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                              stderr=open(os.path.join(tmp, f"{host}.log"), "wb"))
+                   for host, n in slots.items()]
+        deadline = time.monotonic() + 30
+        while self.run("hub", unifork, "hosts", "--redis", url).stdout.count(b" ago") < len(slots):
+            assert time.monotonic() < deadline, "the workers did not register"
+            time.sleep(0.2)
+        time.sleep(2)                   # Celery consumers attach to the queues
+        return workers
+
+    def send_job(self, url: str, host: str, prog, *args, timeout: float = 600
+                 ) -> subprocess.CompletedProcess:
+        """Run (prog) as a job sent to (host)'s own queue (SEND)."""
+        return self.run("hub", sys.executable, "-c", SEND, ROOT, url, host, prog,
+                        *map(str, args), timeout=timeout)
 
     def drop_udp(self, host: str, percent: int) -> None:
         """Lose (percent) % of the UDP datagrams (IP fragments) (host) receives."""

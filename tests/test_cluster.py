@@ -4,7 +4,6 @@ the client API and plain Celery client code.  Both workers are on this
 host's loopback: test_hosts.py has them in network namespaces."""
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import socket

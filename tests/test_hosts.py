@@ -8,9 +8,7 @@ as a broker that redelivers would: every test below also checks that one
 fork makes one child."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -28,26 +26,10 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None or
 def net(tmp_path_factory):
     d = tmp_path_factory.mktemp("hosts")
     with Hosts(list(SLOTS)) as net:
-        url = f"redis://{net.addr['hub']}:6379/0"
-        net.start("hub", "redis-server", "--bind", net.addr["hub"], "--port", "6379",
-                  "--save", "", "--appendonly", "no", "--dir", d, "--protected-mode", "no",
-                  stdout=open(d / "redis.log", "wb"))
-        deadline = time.monotonic() + 10
-        while net.run("hub", "redis-cli", "-h", net.addr["hub"], "ping").stdout != b"PONG\n":
-            assert time.monotonic() < deadline, "redis did not start"
-            time.sleep(0.05)
-        qemu_before, workers = qemu_pids(), []
-        for host, slots in SLOTS.items():
-            workers.append(net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
-                      "--advertise", net.addr[host], "--redis", url,
-                      env={**os.environ, "UNIFORK_TEST_DUPLICATE_FORKS": "1"},
-                      stdout=open(d / f"{host}.out", "wb"), stderr=open(d / f"{host}.log", "wb")))
-        net.url = url
-        deadline = time.monotonic() + 30
-        while hosts(net).count(" ago") < len(SLOTS):
-            assert time.monotonic() < deadline, hosts(net)
-            time.sleep(0.2)
-        time.sleep(2)                   # Celery consumers attach to the queues
+        url = net.url = net.start_redis(d)
+        qemu_before = qemu_pids()
+        workers = net.start_workers(UNIFORK, url, SLOTS, d,
+                                    env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"})
         yield net
         for p in workers:
             p.terminate()

@@ -16,35 +16,12 @@ import time
 import pytest
 
 from conftest import UNIFORK, assert_no_qemu_after, qemu_pids
-from netns import Hosts
+from netns import ROOT, SEND, Hosts
 
 SLOTS = {"hostA": 2, "hostB": 1, "hostC": 1}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None or
                                 shutil.which("ip") is None,
                                 reason="needs redis-server and iproute2 (make setup installs them)")
-
-# Sends a job to one host's own queue, as plain Celery client code does, and
-# prints its output; the job id goes to stderr.
-SEND = r"""
-import base64, os, sys, uuid
-sys.path.insert(0, sys.argv[1])
-os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
-from broker import state
-from broker.app import RUN_JOB, app, host_queue
-url, host, prog, *args = sys.argv[2:]
-r = state.connect(url)
-sha = state.put_image(r, open(prog, "rb").read())
-job = str(uuid.uuid4())
-state.new_job(r, job, prog, args)
-res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs={
-    "image": sha, "name": os.path.basename(prog), "args": args, "timeout": 120}).get(timeout=300)
-sys.stdout.buffer.write(base64.b64decode(res["stdout"]))
-sys.stderr.buffer.write(base64.b64decode(res["stderr"]))
-print("job", job, file=sys.stderr)
-sys.exit(res["exit_status"])
-"""
-
 
 RELAY_PORT = 7399
 NETWORKS = {
@@ -67,27 +44,12 @@ def net(request, tmp_path_factory):
             net.start("hub", sys.executable, os.path.join(ROOT, "tests", "relay.py"),
                       net.addr["hub"], RELAY_PORT, "delay=0.004", "dup=0.05", "forge=0.1",
                       "replay=0.1", "dup_every=7", "forge_every=11")
-        url = f"redis://{net.addr['hub']}:6379/0"
-        net.start("hub", "redis-server", "--bind", net.addr["hub"], "--port", "6379",
-                  "--save", "", "--appendonly", "no", "--dir", d, "--protected-mode", "no",
-                  stdout=open(d / "redis.log", "wb"))
-        deadline = time.monotonic() + 10
-        while net.run("hub", "redis-cli", "-h", net.addr["hub"], "ping").stdout != b"PONG\n":
-            assert time.monotonic() < deadline, "redis did not start"
-            time.sleep(0.05)
-        qemu_before, workers = qemu_pids(), []
-        for host, slots in SLOTS.items():
-            workers.append(net.start(
-                host, UNIFORK, "worker", "--host-name", host, "--slots", slots,
-                "--advertise", net.addr[host], "--redis", url,
-                "--fork-ports", "41000-41009", "--bridge-ports", "42000-42009",
-                env={**os.environ, "UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]},
-                stdout=open(d / f"{host}.out", "wb"), stderr=open(d / f"{host}.log", "wb")))
-        deadline = time.monotonic() + 30
-        while net.run("hub", UNIFORK, "hosts", "--redis", url).stdout.count(b" ago") < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(2)                   # Celery consumers attach to the queues
+        url = net.start_redis(d)
+        qemu_before = qemu_pids()
+        workers = net.start_workers(
+            UNIFORK, url, SLOTS, d, args=("--fork-ports", "41000-41009",
+                                          "--bridge-ports", "42000-42009"),
+            env={"UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]})
         net.url, net.dir = url, d
         yield net
         for p in workers:
@@ -98,8 +60,7 @@ def net(request, tmp_path_factory):
 
 
 def on_hosta(net, prog, *args) -> subprocess.CompletedProcess:
-    return net.run("hub", sys.executable, "-c", SEND, ROOT, net.url, "hostA", prog,
-                   *map(str, args), timeout=300)
+    return net.send_job(net.url, "hostA", prog, *args, timeout=300)
 
 
 def hosts_of(net, got: subprocess.CompletedProcess) -> set[str]:
