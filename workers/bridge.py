@@ -151,10 +151,10 @@ class Bridge:
     # -- the work -------------------------------------------------------------
     def pump(self) -> None:
         """Move what can be moved; call on every turn of the supervisor."""
+        if not self.links:      # no pipe reaches elsewhere: not even a recvfrom
+            return
         now = time.monotonic()
         self.ep.receive(now)
-        if not self.links:
-            return
         for idx, links in list(self.links.items()):
             ring = self.shm.ring(idx)
             for link in links:
