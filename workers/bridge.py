@@ -49,23 +49,24 @@ WRITERS, READERS, HUNGRY, KEEPS = 1, 2, 4, 8
 MAX_UNIT = abi.RING_SIZE
 
 
-def open_bridge(shm: SharedRegion, link, say) -> "Bridge":
+def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
+                say) -> "Bridge":
     """The bridge of a subtree's region, on its host's address: a port from
     UNIFORK_BRIDGE_PORTS=LO-HI (for a firewall) or any free one; a peer that
     is silent for UNIFORK_BRIDGE_TIMEOUT seconds (5) is taken for gone."""
     import os
     import random
     dead_after = float(os.environ.get("UNIFORK_BRIDGE_TIMEOUT", "5"))
-    key = job_key(link.secret, link.job_id)
+    key = job_key(secret, job_id)
     spec = os.environ.get("UNIFORK_BRIDGE_PORTS", "")
     if not spec:
-        return Bridge(shm, key, link.address, 0, dead_after, say)
+        return Bridge(shm, key, address, 0, dead_after, say)
     lo, hi = (int(x) for x in spec.split("-"))
     ports = list(range(lo, hi + 1))
     random.shuffle(ports)
     for port in ports:
         try:
-            return Bridge(shm, key, link.address, port, dead_after, say)
+            return Bridge(shm, key, address, port, dead_after, say)
         except OSError:
             continue
     raise OSError(f"no free UDP port in UNIFORK_BRIDGE_PORTS={spec}")

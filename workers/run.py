@@ -105,7 +105,8 @@ def run(req: RunRequest) -> int:
         bridge = None
         if req.link is not None:
             from .bridge import open_bridge
-            bridge = open_bridge(shm, req.link, lambda msg: sup.say(1, msg))
+            bridge = open_bridge(shm, req.link.secret, req.link.job_id, req.link.address,
+                                 lambda msg: sup.say(1, msg))
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
                   events=req.events, link=req.link, bridge=bridge)
         sup.job = job

@@ -229,10 +229,9 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
                        tree=tree)
 
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    link = Link(url, job_id, host, pid, image, fork_wait, address)
     req = RunRequest(image_path, [], [], mem_mib, stdin=null, name=name, slots=slots,
-                     events=events, link=link)
-    bridge = job = None
+                     events=events)
+    bridge = job = link = None
     try:
         with conn:
             try:
@@ -246,7 +245,8 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
                 sup = Supervisor(req, stdin, stdout, stderr, out=out)
                 if pipes:
                     from .bridge import open_bridge
-                    bridge = open_bridge(a.shm, link, lambda msg: sup.say(pid, msg))
+                    bridge = open_bridge(a.shm, secret, job_id, address,
+                                         lambda msg: sup.say(pid, msg))
                     ends = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "ends")
                     for i, spec in pipes.items():
                         bridge.link_parent(spec, ends[2 * i], ends[2 * i + 1])
@@ -264,6 +264,8 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
                 transfer.send_reply(conn, secret, a.nonce, {"error": why})
                 raise RuntimeError(why) from err
             transfer.send_reply(conn, secret, a.nonce, {"ok": True})
+        # The child runs: now the rest (Redis, a thread) off its critical path.
+        link = Link(url, job_id, host, pid, image, fork_wait, address)
         job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
                   link=link, tree=pid, bridge=bridge)
         job._qmp = a.qmp            # the arrival's QMP thread serves the subtree
@@ -279,7 +281,8 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
         if job is not None:
             job.close()             # closes the link and the bridge
         else:
-            link.close()
+            if link is not None:
+                link.close()
             if bridge is not None:
                 bridge.close()
         os.close(null)
