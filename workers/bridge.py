@@ -99,6 +99,7 @@ class Bridge:
         self.shm = shm
         self.ep = Endpoint(key, address, port, dead_after)
         self.links: dict[int, list[Link]] = {}
+        self._seen: dict[int, tuple] = {}   # each ring's state() as our last look began
         self.say = say or (lambda msg: None)
 
     def fileno(self) -> int:
@@ -119,6 +120,7 @@ class Bridge:
         cid = new_channel_id()
         link = Link(idx, self.ep.channel(cid), child_w > 0, child_r > 0)
         self.links.setdefault(idx, []).append(link)
+        self._seen.pop(idx, None)
         self._ends(link)
         abi.RING.put(self.shm.map, abi.shm_ring_off(idx), bridged=1)
         return {"ring": idx, "cid": cid.hex(), "addr": list(self.address)}
@@ -147,17 +149,24 @@ class Bridge:
         link.vw = link.vr = 1
         abi.SHM.put(self.shm.map, 0, used=self.shm.used() | 1 << idx)
         self.links.setdefault(idx, []).append(link)
+        self._seen.pop(idx, None)
         link.chan.ack_due = True        # say hello: the parent's side learns where we are
 
     # -- the work -------------------------------------------------------------
-    def pump(self) -> None:
-        """Move what can be moved; call on every turn of the supervisor."""
+    def pump(self) -> bool:
+        """Move what can be moved; call on every turn of the supervisor.
+        Whether a ring changed (a guest sleeping on it may be woken)."""
         if not self.links:      # no pipe reaches elsewhere: not even a recvfrom
-            return
+            return False
         now = time.monotonic()
-        self.ep.receive(now)
+        heard = self.ep.receive(now)
+        moved = False
         for idx, links in list(self.links.items()):
             ring = self.shm.ring(idx)
+            before = ring.state()
+            if (before == self._seen.get(idx) and not any(
+                    l.units or l.chan.dead or l.chan.cid in heard for l in links)):
+                continue        # neither the guests nor the far side did anything
             for link in links:
                 while link.units and ring.write_whole(link.units[0]):
                     link.units.pop(0)
@@ -180,7 +189,12 @@ class Bridge:
                     self._drop(link)        # one side has no end left, nor ever will
             if idx in self.links:
                 self._arm(ring, links, local_r)
+            # Next turn, the ring is skipped only if nothing moved since
+            # (before): a guest that wrote while we worked is not missed.
+            self._seen[idx] = before
+            moved = moved or ring.state() != before
         self.ep.flush(now)
+        return moved
 
     def next_event(self) -> float:
         """When pump() must run next, at the latest (monotonic)."""
@@ -310,6 +324,7 @@ class Bridge:
             links.remove(link)
         if not links:
             self.links.pop(link.idx, None)
+            self._seen.pop(link.idx, None)
         self.ep.drop(link.chan.cid)
 
     def close(self) -> None:

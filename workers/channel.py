@@ -311,9 +311,9 @@ class Endpoint:
                 raise
         ch.spoke = time.monotonic()
 
-    def receive(self, now: float) -> bool:
-        """Take every datagram waiting; whether any was for a channel."""
-        got = False
+    def receive(self, now: float) -> set[bytes]:
+        """Take every datagram waiting; the ids of the channels they were for."""
+        got: set[bytes] = set()
         view = memoryview(self._buf)
         while True:
             try:
@@ -343,7 +343,7 @@ class Endpoint:
             if ch.peer is None:
                 ch.peer = addr          # the first authentic datagram says where it is
             ch.on_datagram(kind, seq, ack, wnd, view[HDR.size:n - MAC_SIZE], now)
-            got = True
+            got.add(cid)
 
     def flush(self, now: float) -> None:
         for ch in list(self.channels.values()):

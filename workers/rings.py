@@ -20,6 +20,9 @@ _ENDS = _READERS                # readers | writers << 32: one atomic word
 _FLAG = {"wr_wait": _R.offsets["wr_wait"], "rd_wait": _R.offsets["rd_wait"]}
 _LOCKS = (_R.offsets["wlock"], _R.offsets["rlock"])
 _Q, _I = struct.Struct("<Q"), struct.Struct("<I")
+# head, tail, readers | writers << 32, hungry: what the bridge watches
+_STATE = struct.Struct(f"<Q{_TAIL - 8}xQ{_ENDS - _TAIL - 8}xQ"
+                       f"{_R.offsets['hungry'] - _ENDS - 8}xI")
 _USED = abi.SHM.offsets["used"]
 HOST_LOCKER = 0x7FFFFFFF        # the host's "pid" when it holds a ring's lock
 
@@ -219,6 +222,11 @@ class HostRing:
     def hungry(self) -> int:
         """Guests waiting to read this (bridged) ring while it is empty."""
         return self._get(_R.offsets["hungry"], _I)
+
+    def state(self) -> tuple[int, int, int, int]:
+        """head, tail, the ends word and hungry, in one read: when none of
+        them moved, nothing about the ring changed for the bridge."""
+        return _STATE.unpack_from(self._buf, self._off)
 
     def readable_between_guests(self) -> bool:
         """Bytes are waiting (a sample: never judged corrupt)."""

@@ -164,14 +164,19 @@ class Supervisor:
         if self.req.timeout:
             deadline = time.monotonic() + self.req.timeout
         pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
+        bridge_fd = job.bridge.fileno() if job.bridge is not None else -1
         try:
+            fired: set[int] | None = None   # the fds poll() reported; None: look at all
             while True:
                 if job.changed:
                     polled = self._repoll(poller, polled, sig_r)
-                if job.link is not None:
+                    fired = None
+                if job.link is not None and (fired is None or job.link.fileno() in fired):
                     for msg in job.link.messages():
                         job.on_message(msg)
                 for p in job.live():
+                    if fired is not None and fired.isdisjoint(p.vm.fds):
+                        continue        # nothing from this VM: nothing new about it
                     exited = p.vm.poll() is not None
                     if not exited and p.vm.check_stderr():
                         p.vm.kill()     # QEMU paused a guest it cannot run
@@ -181,19 +186,25 @@ class Supervisor:
                     else:
                         p.vm.take_doorbells()
                         job.service(p)
-                self._pump()
-                if job.bridge is not None:
-                    job.bridge.pump()
-                job.wake_sleepers()
+                # Only the bridge's socket spoke: the pipe bridge's turn alone
+                # (on a pipe between hosts, the round trip is made of these).
+                bridge_only = fired is not None and bridge_fd in fired and len(fired) == 1
+                if not bridge_only:
+                    self._pump()
+                moved = job.bridge.pump() if job.bridge is not None else False
+                if moved or not bridge_only:
+                    job.wake_sleepers()
                 if self._over(pid1) or self.stop_reason:
                     break
                 if job.changed:         # a VM came or went: poll the new set
                     continue
-                self.stdout.arm("rd_wait")
-                self.stderr.arm("rd_wait")
-                if self.stdout.readable() or self.stderr.readable():
-                    continue
-                self._sync_stdin(poller)
+                if not bridge_only:
+                    self.stdout.arm("rd_wait")
+                    self.stderr.arm("rd_wait")
+                    if self.stdout.readable() or self.stderr.readable():
+                        fired = None
+                        continue
+                    self._sync_stdin(poller)
                 wait_ms = None
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -204,7 +215,9 @@ class Supervisor:
                 if job.bridge is not None and job.bridge.active():
                     due = max(0, int((job.bridge.next_event() - time.monotonic()) * 1000) + 1)
                     wait_ms = due if wait_ms is None else min(wait_ms, due)
-                for fd, _ in poller.poll(wait_ms):
+                events = poller.poll(wait_ms)
+                fired = {fd for fd, _ in events} if events else None
+                for fd, _ in events:
                     if fd == self.req.stdin:
                         self.stdin_ready = True
                     elif fd == sig_r:
@@ -249,7 +262,8 @@ class Supervisor:
         if self.job.bridge is not None:
             polled.add(self.job.bridge.fileno())
         for p in self.job.live():
-            polled |= {p.vm.bell.fileno(), p.vm.pidfd, p.vm.stderr_fd}
+            p.vm.fds = frozenset((p.vm.bell.fileno(), p.vm.pidfd, p.vm.stderr_fd))
+            polled |= p.vm.fds
         for fd in polled:
             poller.register(fd, select.POLLIN)
         self.job.changed = False

@@ -58,6 +58,7 @@ class VM:
         self._qmp_sock, self._qmp_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.pid = 0
         self.pidfd = -1
+        self.fds: frozenset[int] = frozenset()  # what the supervisor polls for it
         self.returncode: int | None = None
         self._stderr_r = -1
         self._stderr_buf = b""
@@ -134,7 +135,7 @@ class VM:
     def take_doorbells(self) -> None:
         """Consume the guest's doorbell bytes (they carry no data)."""
         try:
-            while self.bell.recv(4096):
+            while len(self.bell.recv(4096)) == 4096:
                 pass
         except OSError:
             pass
