@@ -1,7 +1,7 @@
 """The bridge's transport (workers/channel.py), two endpoints in this
 process: bytes arrive in order and exactly once through a relay that
 drops, delays, reorders, duplicates, forges and replays datagrams; forged
-ones are counted; a silent peer is declared dead."""
+ones are counted; payloads are encrypted; a silent peer is declared dead."""
 from __future__ import annotations
 
 import os
@@ -92,6 +92,21 @@ def test_datagrams_under_another_key_are_dropped_and_counted():
         time.sleep(0.01)
         b.receive(time.monotonic())
     assert cb.inbuf == b"" and b.stats["forged"] > 0
+
+
+def test_payload_is_encrypted_on_the_wire():
+    sniffer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sniffer.bind(("127.0.0.1", 0))
+    a = channel.Endpoint(b"k" * 32, dead_after=5)
+    ca = a.channel(channel.new_channel_id(), sniffer.getsockname())
+    secret = b"the plaintext of a pipe " * 40
+    ca.send(secret)
+    a.flush(time.monotonic())
+    sniffer.settimeout(5)
+    datagram = sniffer.recv(65536)
+    assert ca.cid in datagram                  # the channel id travels in clear
+    assert len(datagram) >= len(secret) and b"plaintext" not in datagram
+    sniffer.close()
 
 
 def test_a_silent_peer_is_declared_dead():

@@ -73,7 +73,8 @@ def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
 
 
 def job_key(secret: bytes, job_id: str) -> bytes:
-    """The MAC key of a job's bridge datagrams, from the cluster secret."""
+    """The key of a job's bridge datagrams (channel.py derives a key per
+    channel and direction from it), from the cluster secret."""
     return hashlib.blake2b(job_id.encode(), key=secret[:64], digest_size=32,
                            person=b"unifork-pipes").digest()
 

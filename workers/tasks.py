@@ -98,7 +98,7 @@ def _preload(**_) -> None:
     """Import the fork engine in each pool process before the first task needs it."""
     import qemu.qmp  # noqa: F401
 
-    from . import fork, subtree  # noqa: F401
+    from . import bridge, fork, subtree  # noqa: F401
     subtree.spare()
 
 
