@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import redis
@@ -52,16 +53,32 @@ def host_alive_age(r: redis.Redis, name: str) -> float | None:
     return None if beat is None else max(0.0, time.time() - float(beat))
 
 
-def register_host(r: redis.Redis, name: str, slots: int, address: str) -> bool:
-    """Claim (name) for this worker; False if a live worker holds it."""
+def host_alive(r: redis.Redis, name: str, incarnation: str | None = None) -> bool:
+    """Whether host (name) heartbeats and, given its (incarnation) when a
+    process started there, is still the same worker: one restarted under
+    the same name took none of its predecessor's VMs with it."""
+    p = r.pipeline()
+    p.exists(keys.host_alive(name))
+    p.hget(keys.host(name), "incarnation")
+    alive, current = p.execute()
+    return bool(alive) and (not incarnation or
+                            (current.decode() if current else "") == incarnation)
+
+
+def register_host(r: redis.Redis, name: str, slots: int, address: str) -> str | None:
+    """Claim (name) for this worker; its incarnation (a fresh id: a worker
+    restarted under the same name is another one), or None if a live
+    worker holds the name."""
     if not r.set(keys.host_alive(name), time.time(), nx=True, px=int(HEARTBEAT_TTL * 1000)):
-        return False
+        return None
+    incarnation = os.urandom(8).hex()
     p = r.pipeline()
     p.hset(keys.host(name), mapping={"slots": slots, "used": 0, "address": address,
-                                     "draining": 0, "started": time.time()})
+                                     "draining": 0, "started": time.time(),
+                                     "incarnation": incarnation})
     p.sadd(keys.HOSTS, name)
     p.execute()
-    return True
+    return incarnation
 
 
 def heartbeat(r: redis.Redis, name: str) -> None:
@@ -113,6 +130,15 @@ def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes) -> None
 
 def output(r: redis.Redis, job_id: str, stream: str, start: int = 0) -> list[bytes]:
     return r.lrange(keys.job_output(job_id, stream), start, -1)
+
+
+def proc_recorder(r: redis.Redis, job_id: str, host: str, incarnation: str):
+    """A Job's events callback for its processes on (host), worker
+    (incarnation): each change goes into the job's process table."""
+    def record(pid: int, ppid: int, pstate: str, wstatus: int | None, tree: int) -> None:
+        set_proc(r, job_id, pid, ppid=ppid, host=host, incarnation=incarnation,
+                 state=pstate, wstatus=wstatus, tree=tree)
+    return record
 
 
 def set_proc(r: redis.Redis, job_id: str, pid: int, **info) -> None:

@@ -9,6 +9,7 @@ fork makes one child."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -157,6 +158,47 @@ def test_drain_stops_placement_of_forks_on_that_host(net, program):
     job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
     ps = procs(net, job_id)
     assert len(ps) == 4 and all(p["host"] in ("hostA", "hostB") for p in ps.values()), ps
+
+
+def restart_worker(net, host: str, tmp) -> None:
+    """Start (host)'s worker again and again, as a service manager would,
+    until it holds its name (the dead one's heartbeat lasts up to 5 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the restarted worker did not register"
+        p = net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", SLOTS[host],
+                      "--advertise", net.addr[host], "--redis", net.url,
+                      stdout=subprocess.DEVNULL, stderr=open(tmp / f"{host}-again.log", "ab"))
+        try:
+            p.wait(timeout=1)           # "a worker named ... is already alive"
+        except subprocess.TimeoutExpired:
+            return
+
+
+def test_children_on_a_host_whose_worker_restarts_are_reported_killed(net, program,
+                                                                     tmp_path):
+    """A worker killed and restarted at once under the same name took its
+    VMs with it: its heartbeat never lapses long enough to be seen, but the
+    parent still hears that its children there were killed."""
+    job_id = cli(net, "submit", program("spread", "musl"), 3, 10000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.2)
+    home = ps[1]["host"]
+    victim = "hostB" if home == "hostA" else "hostA"
+    lost = sorted(pid for pid, p in ps.items() if p["host"] == victim)
+    assert lost, ps
+    net.kill_host(victim)
+    restart_worker(net, victim, tmp_path)
+    started = time.monotonic()
+    while b"finished" not in cli(net, "ps", job_id).stdout:
+        assert time.monotonic() - started < 60, cli(net, "ps", job_id).stdout.decode()
+        time.sleep(0.2)
+    out = cli(net, "logs", job_id)
+    for pid in lost:
+        assert f"child {pid - 2} killed by 9".encode() in out.stdout, out
+        assert f"(pid {pid}): host {victim} was lost".encode() in out.stderr
 
 
 def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program):

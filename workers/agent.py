@@ -45,11 +45,13 @@ def serve(name: str, slots: int, advertise: str) -> None:
         r = state.connect(app.conf.broker_url)
     except state.Unreachable as err:
         raise AgentError(str(err)) from err
-    if not state.register_host(r, name, slots, advertise):
+    incarnation = state.register_host(r, name, slots, advertise)
+    if incarnation is None:
         age = state.host_alive_age(r, name)
         raise AgentError(f"a worker named {name} is already alive "
                          f"(heartbeat {age or 0:.1f} s ago)")
     os.environ["UNIFORK_HOST_NAME"] = name
+    os.environ["UNIFORK_HOST_INCARNATION"] = incarnation
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(r, name, stop), daemon=True)
     beat.start()

@@ -136,7 +136,7 @@ class Link:
             rec = records.get(pid, {})
             if rec.get("state") in ("exited", "killed"):
                 self._deliver({"type": "exit", "pid": pid, "wstatus": rec.get("wstatus") or 9})
-            elif state.host_alive_age(r, host) is None:
+            elif not state.host_alive(r, host, rec.get("incarnation")):
                 self._deliver({"type": "lost", "pid": pid, "why": f"host {host} was lost"})
             else:
                 continue

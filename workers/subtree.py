@@ -224,9 +224,8 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
     def out(stream: str, data: bytes) -> None:
         state.append_output(r, job_id, stream, data)
 
-    def events(p, pp, pstate, wstatus, tree):
-        state.set_proc(r, job_id, p, ppid=pp, host=host, state=pstate, wstatus=wstatus,
-                       tree=tree)
+    events = state.proc_recorder(r, job_id, host,
+                                 os.environ.get("UNIFORK_HOST_INCARNATION", ""))
 
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     req = RunRequest(image_path, [], [], mem_mib, stdin=null, name=name, slots=slots,

@@ -37,6 +37,11 @@ def host_name() -> str:
     return os.environ.get("UNIFORK_HOST_NAME") or os.uname().nodename
 
 
+def host_incarnation() -> str:
+    """This worker's incarnation (state.register_host), "" outside one."""
+    return os.environ.get("UNIFORK_HOST_INCARNATION", "")
+
+
 class RedisSlots:
     """This host's slots as the cluster sees them (the host's hash in Redis)."""
 
@@ -151,10 +156,7 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         for t in pumps:
             t.start()
 
-        def events(pid, ppid, pstate, wstatus, tree):
-            state.set_proc(r, job_id, pid, ppid=ppid, host=host, state=pstate,
-                           wstatus=wstatus, tree=tree)
-
+        events = state.proc_recorder(r, job_id, host, host_incarnation())
         from .cluster import Link
         link = Link(app.conf.broker_url, job_id, host, 1, image,
                     fork_wait_default() if fork_wait is None else fork_wait, _address(r, host))
