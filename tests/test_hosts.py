@@ -8,6 +8,7 @@ as a broker that redelivers would: every test below also checks that one
 fork makes one child."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -29,8 +30,8 @@ def net(tmp_path_factory):
     with Hosts(list(SLOTS)) as net:
         url = net.url = net.start_redis(d)
         qemu_before = qemu_pids()
-        workers = net.start_workers(UNIFORK, url, SLOTS, d,
-                                    env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"})
+        workers = net.workers = net.start_workers(UNIFORK, url, SLOTS, d,
+                                                  env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"})
         yield net
         for p in workers:
             p.terminate()
@@ -168,10 +169,12 @@ def restart_worker(net, host: str, tmp) -> None:
         assert time.monotonic() < deadline, "the restarted worker did not register"
         p = net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", SLOTS[host],
                       "--advertise", net.addr[host], "--redis", net.url,
+                      env={**os.environ, "UNIFORK_TEST_DUPLICATE_FORKS": "1"},
                       stdout=subprocess.DEVNULL, stderr=open(tmp / f"{host}-again.log", "ab"))
         try:
             p.wait(timeout=1)           # "a worker named ... is already alive"
         except subprocess.TimeoutExpired:
+            net.workers.append(p)
             return
 
 
@@ -199,6 +202,32 @@ def test_children_on_a_host_whose_worker_restarts_are_reported_killed(net, progr
     for pid in lost:
         assert f"child {pid - 2} killed by 9".encode() in out.stdout, out
         assert f"(pid {pid}): host {victim} was lost".encode() in out.stderr
+
+
+def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, program,
+                                                                       tmp_path):
+    """No "end" comes from a host that died: the subtrees elsewhere see
+    its heartbeat lapse, kill their VMs and give back their slots."""
+    job_id = cli(net, "submit", program("spread", "musl"), 3, 60000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.2)
+    home = ps[1]["host"]
+    away = {pid: p["host"] for pid, p in ps.items() if p["host"] != home}
+    assert away, ps
+    net.kill_host(home)
+    deadline = time.monotonic() + 30       # the children sleep for 60 s
+    while any(procs(net, job_id)[pid]["state"] != "killed" for pid in away):
+        assert time.monotonic() < deadline, procs(net, job_id)
+        time.sleep(0.2)
+    for host in set(away.values()):
+        while free_slots(net)[host] != SLOTS[host]:
+            assert time.monotonic() < deadline, hosts(net)
+            time.sleep(0.2)
+    restart_worker(net, home, tmp_path)     # for the next test
+    out = cli(net, "logs", job_id)
+    assert f"pid 1's host {home} was lost".encode() in out.stderr, out
 
 
 def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program):

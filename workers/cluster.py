@@ -12,7 +12,7 @@ through a pipe.  Messages are JSON objects with a "type":
     killall   {sig, sender, init}   signal all ours but (sender), pid 1 if (init)
     adopt     {pid, host, tree, wstatus}   pid 1 takes over an orphan
     reparent  {pid}                 our root's parent is now pid 1
-    end       {}                    pid 1 has ended: stop everything
+    end       {why?}                pid 1 has ended (or its host is lost): stop everything
 
 and two made here: forked {pid, host, tree | error} when a fork onto
 another host has finished, and lost {pid, why} when a remote child's host
@@ -61,6 +61,7 @@ class Link:
         self._inbox: collections.deque[dict] = collections.deque()
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watch: dict[int, str] = {}       # remote children: pid -> host
+        self.pid1_lost = False                # (a subtree) pid 1's host is gone
         self._stop = threading.Event()
         self._forks: list[threading.Thread] = []
         self.r.sadd(keys.job_trees(job_id), tree)
@@ -127,9 +128,10 @@ class Link:
                 self._stop.wait(0.2)
 
     def _check_remote(self, r) -> None:
-        """A remote child whose host is gone, or whose end we missed, is reported."""
+        """A remote child whose host is gone, or whose end we missed, is
+        reported; in a subtree, pid 1's host gone ends the subtree too."""
         watch = dict(self.watch)
-        if not watch:
+        if not watch and (self.tree == 1 or self.pid1_lost):
             return
         records = state.procs(r, self.job_id)
         for pid, host in watch.items():
@@ -141,6 +143,12 @@ class Link:
             else:
                 continue
             self.watch.pop(pid, None)
+        init = records.get(1, {})
+        if (self.tree != 1 and not self.pid1_lost and init.get("state") == "running"
+                and not state.host_alive(r, init.get("host", ""), init.get("incarnation"))):
+            self.pid1_lost = True       # no "end" will come from there
+            self._deliver({"type": "end", "why": f"pid 1's host {init.get('host')} was lost: "
+                                                 "the job is over, its processes here are stopped"})
 
     def lookup(self, pid: int) -> dict | None:
         """Process (pid)'s record in the job (its tree, host, state)."""

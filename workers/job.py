@@ -514,6 +514,8 @@ class Job:
             if kind == "forked":
                 return self._forked(msg)
             if kind == "end":
+                if msg.get("why") and not self.ended:
+                    self.say(self.tree, str(msg["why"]))
                 self.ended = True
                 return
             if kind == "killall":
