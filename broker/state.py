@@ -112,6 +112,33 @@ def new_job(r: redis.Redis, job_id: str, program: str, args: list[str], pipeline
         p.execute()
 
 
+def claim_job(r: redis.Redis, job_id: str, host: str, incarnation: str) -> str:
+    """Take job (job_id) for this worker, as one step: "run" (it is ours
+    now), "done" (it has ended), or "busy": a live worker runs it (a
+    second delivery: the broker hands a job out again when it outlives
+    the visibility timeout, or a client sent it twice).  A job whose
+    worker is gone (dead, or restarted since) is ours to run again."""
+    key = keys.job(job_id)
+    with r.pipeline() as p:
+        while True:
+            try:
+                p.watch(key)
+                status, holder, inc = (v.decode() if v else None for v in
+                                       p.hmget(key, "status", "host", "incarnation"))
+                if status in (JobStatus.FINISHED.value, JobStatus.FAILED.value,
+                              JobStatus.CANCELLED.value):
+                    return "done"
+                if status == JobStatus.RUNNING.value and holder and host_alive(r, holder, inc):
+                    return "busy"
+                p.multi()
+                p.hset(key, mapping={"status": JobStatus.RUNNING.value, "host": host,
+                                     "incarnation": incarnation})
+                p.execute()
+                return "run"
+            except redis.WatchError:
+                continue
+
+
 def set_job(r: redis.Redis, job_id: str, **fields) -> None:
     r.hset(keys.job(job_id), mapping={k: v if isinstance(v, (str, int, float)) else json.dumps(v)
                                       for k, v in fields.items()})

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import UNIFORK, assert_no_qemu_after, qemu_pids
+from conftest import ROOT, UNIFORK, assert_no_qemu_after, qemu_pids
 from netns import Hosts
 
 SLOTS = {"hostA": 2, "hostB": 2, "hostC": 3}
@@ -159,6 +160,40 @@ def test_drain_stops_placement_of_forks_on_that_host(net, program):
     job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
     ps = procs(net, job_id)
     assert len(ps) == 4 and all(p["host"] in ("hostA", "hostB") for p in ps.values()), ps
+
+
+TWICE = r"""
+import base64, os, sys, time, uuid
+sys.path.insert(0, sys.argv[1])
+os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
+from broker import state
+from broker.app import RUN_JOB, app, host_queue
+url, prog, *args = sys.argv[2:]
+r = state.connect(url)
+sha = state.put_image(r, open(prog, "rb").read())
+job = str(uuid.uuid4())
+state.new_job(r, job, prog, args)
+kw = {"image": sha, "name": os.path.basename(prog), "args": args}
+for host in ("hostA", "hostB"):             # one job, delivered twice at once
+    res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs=kw)
+print(job)
+"""
+
+
+def test_a_job_delivered_twice_runs_once(net, program):
+    """Two deliveries of one job at once, to two hosts (a client that
+    sends twice; the broker's redelivery of a job that outlives its
+    visibility timeout): one pid 1 runs, the other delivery is dropped."""
+    got = net.run("hub", sys.executable, "-c", TWICE, str(ROOT), net.url,
+                  program("spread", "musl"), 1, 1500)
+    job_id = got.stdout.decode().split()[-1]
+    started = time.monotonic()
+    while b"finished" not in cli(net, "ps", job_id).stdout:
+        assert time.monotonic() - started < 60, cli(net, "ps", job_id).stdout.decode()
+        time.sleep(0.2)
+    time.sleep(2)                           # the other delivery, had it run
+    out = cli(net, "logs", job_id).stdout
+    assert out.count(b"1 forked") == 1, out
 
 
 def restart_worker(net, host: str, tmp) -> None:

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 
+from celery.exceptions import Ignore
 from celery.signals import worker_process_init
 
 from broker import keys, placement, state
@@ -130,13 +131,13 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
     r = state.connect(app.conf.broker_url)
     job_id = self.request.id
     host = host_name()
-    info = state.job_info(r, job_id)
-    if info and info.get("status") in (JobStatus.FINISHED.value, JobStatus.FAILED.value,
-                                       JobStatus.CANCELLED.value):
-        return _result(r, job_id, info)         # delivered twice: already done
-    if info is None:                            # sent by plain Celery client code
+    if state.job_info(r, job_id) is None:       # sent by plain Celery client code
         state.new_job(r, job_id, name, list(args))
-    state.set_job(r, job_id, status=JobStatus.RUNNING.value, host=host)
+    claim = state.claim_job(r, job_id, host, host_incarnation())
+    if claim == "done":                         # delivered twice: already done
+        return _result(r, job_id, state.job_info(r, job_id))
+    if claim == "busy":                         # delivered twice: it runs elsewhere
+        raise Ignore()
     out_sink: list[bytes] = []
     err_sink: list[bytes] = []
     link = None
