@@ -130,9 +130,17 @@ def claim_job(r: redis.Redis, job_id: str, host: str, incarnation: str) -> str:
                     return "done"
                 if status == JobStatus.RUNNING.value and holder and host_alive(r, holder, inc):
                     return "busy"
+                rerun = status == JobStatus.RUNNING.value and holder
+                trees = [int(t) for t in r.smembers(keys.job_trees(job_id))] if rerun else []
                 p.multi()
                 p.hset(key, mapping={"status": JobStatus.RUNNING.value, "host": host,
                                      "incarnation": incarnation})
+                if rerun:           # its processes died with their host: start afresh
+                    p.delete(keys.job_procs(job_id), keys.job_pids(job_id),
+                             keys.job_trees(job_id), *(keys.job_inbox(job_id, t) for t in trees))
+                    p.rpush(keys.job_output(job_id, "err"),
+                            f"unifork: the job's host {holder} was lost: the job runs again "
+                            f"from the start on {host}\n".encode())
                 p.execute()
                 return "run"
             except redis.WatchError:

@@ -196,6 +196,38 @@ def test_a_job_delivered_twice_runs_once(net, program):
     assert out.count(b"1 forked") == 1, out
 
 
+AGAIN = r"""
+import os, sys, uuid
+sys.path.insert(0, sys.argv[1])
+os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
+from broker import keys, state
+from broker.app import RUN_JOB, app, host_queue
+url, prog, *args = sys.argv[2:]
+r = state.connect(url)
+sha = state.put_image(r, open(prog, "rb").read())
+job = str(uuid.uuid4())
+state.new_job(r, job, prog, args)
+# it ran on a worker that died: the broker hands it out again
+state.set_job(r, job, status="running", host="hostGone", incarnation="0123")
+state.append_output(r, job, "out", b"what the lost run printed\n")
+app.send_task(RUN_JOB, task_id=job, queue=host_queue("hostA"), kwargs={
+    "image": sha, "name": os.path.basename(prog), "args": args}).get(timeout=120)
+print(job)
+"""
+
+
+def test_a_job_whose_host_was_lost_runs_again_when_delivered_again(net, program):
+    got = net.run("hub", sys.executable, "-c", AGAIN, str(ROOT), net.url,
+                  program("spread", "musl"), 1, 10)
+    job_id = got.stdout.decode().split()[-1]
+    out = cli(net, "logs", job_id)
+    assert out.stdout.count(b"1 forked") == 1, out
+    assert out.stdout.startswith(b"what the lost run printed\n")    # nothing is lost
+    assert (b"the job's host hostGone was lost: the job runs again from the start on hostA"
+            in out.stderr), out
+    assert procs(net, job_id)[1]["host"] == "hostA"
+
+
 def restart_worker(net, host: str, tmp) -> None:
     """Start (host)'s worker again and again, as a service manager would,
     until it holds its name (the dead one's heartbeat lasts up to 5 s)."""
