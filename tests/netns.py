@@ -114,6 +114,22 @@ class Hosts:
         time.sleep(2)                   # Celery consumers attach to the queues
         return workers
 
+    def restart_worker(self, unifork, url: str, host: str, slots: int, tmp, args=(),
+                       env: dict | None = None) -> subprocess.Popen:
+        """Start (host)'s worker again and again, as a service manager would,
+        until it holds its name (a killed one's heartbeat lasts up to 5 s)."""
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the restarted worker did not register"
+            p = self.start(host, unifork, "worker", "--host-name", host, "--slots", slots,
+                           "--advertise", self.addr[host], "--redis", url, *args,
+                           env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                           stderr=open(os.path.join(tmp, f"{host}-again.log"), "ab"))
+            try:
+                p.wait(timeout=1)           # "a worker named ... is already alive"
+            except subprocess.TimeoutExpired:
+                return p
+
     def send_job(self, url: str, host: str, prog, *args, timeout: float = 600
                  ) -> subprocess.CompletedProcess:
         """Run (prog) as a job sent to (host)'s own queue (SEND)."""

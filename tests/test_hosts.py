@@ -8,9 +8,7 @@ as a broker that redelivers would: every test below also checks that one
 fork makes one child."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -229,20 +227,8 @@ def test_a_job_whose_host_was_lost_runs_again_when_delivered_again(net, program)
 
 
 def restart_worker(net, host: str, tmp) -> None:
-    """Start (host)'s worker again and again, as a service manager would,
-    until it holds its name (the dead one's heartbeat lasts up to 5 s)."""
-    deadline = time.monotonic() + 30
-    while True:
-        assert time.monotonic() < deadline, "the restarted worker did not register"
-        p = net.start(host, UNIFORK, "worker", "--host-name", host, "--slots", SLOTS[host],
-                      "--advertise", net.addr[host], "--redis", net.url,
-                      env={**os.environ, "UNIFORK_TEST_DUPLICATE_FORKS": "1"},
-                      stdout=subprocess.DEVNULL, stderr=open(tmp / f"{host}-again.log", "ab"))
-        try:
-            p.wait(timeout=1)           # "a worker named ... is already alive"
-        except subprocess.TimeoutExpired:
-            net.workers.append(p)
-            return
+    net.workers.append(net.restart_worker(UNIFORK, net.url, host, SLOTS[host], tmp,
+                                          env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"}))
 
 
 def test_children_on_a_host_whose_worker_restarts_are_reported_killed(net, program,

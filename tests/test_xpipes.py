@@ -46,10 +46,10 @@ def net(request, tmp_path_factory):
                       "replay=0.1", "dup_every=7", "forge_every=11")
         url = net.start_redis(d)
         qemu_before = qemu_pids()
-        workers = net.start_workers(
-            UNIFORK, url, SLOTS, d, args=("--fork-ports", "41000-41009",
-                                          "--bridge-ports", "42000-42009"),
-            env={"UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]})
+        net.worker_args = ("--fork-ports", "41000-41009", "--bridge-ports", "42000-42009")
+        net.worker_env = {"UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]}
+        workers = net.workers = net.start_workers(UNIFORK, url, SLOTS, d, args=net.worker_args,
+                                                  env=net.worker_env)
         net.url, net.dir = url, d
         yield net
         for p in workers:
@@ -88,8 +88,11 @@ def test_pipes_across_hosts_give_the_native_output(net, program, args):
 
 
 @pytest.mark.parametrize("net", ["clean"], indirect=True)
-def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program):
-    """Runs last: it kills a host."""
+@pytest.mark.parametrize("fate", ["restarts", "dies"])
+def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program, fate):
+    """Runs last: it kills a host; which may come back at once (its worker
+    restarted under the same name, on the same ports), with none of the
+    pipe's state: the pipe breaks visibly all the same, nothing resumes."""
     prog = program("xpipes", "musl")
     job = subprocess.Popen(net.cmd("hub", sys.executable, "-c", SEND, ROOT, net.url, "hostA",
                                    prog, "lost"), stdout=subprocess.PIPE,
@@ -108,6 +111,9 @@ def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program):
     time.sleep(0.5)                     # bytes are flowing
     net.kill_host(writer_host)
     t = time.monotonic()
+    if fate == "restarts":
+        net.workers.append(net.restart_worker(UNIFORK, net.url, writer_host, SLOTS[writer_host],
+                                              net.dir, net.worker_args, net.worker_env))
     out, err = job.communicate(timeout=60)
     assert out == b"reader saw end of file: yes\nwriter killed by 9\n", err.decode()
     assert time.monotonic() - t < 15    # the bridge's 3 s, the heartbeat's 5 s
