@@ -22,6 +22,7 @@ encrypted; AES-GCM runs at ~8 GB/s here, nine times faster than the keyed
 BLAKE2b of the first version): each direction of a channel has its own key,
 derived from the job's key and the channel id, and n is its nonce, never
 used twice under a key (a retransmission is a new datagram).
+
 A datagram that does not open (wrong key, altered) is dropped and counted
 ("forged"); one for an unknown channel too ("stale": e.g. a channel of an
 earlier process, or an id altered on the way); DATA
