@@ -70,9 +70,10 @@ def hosts_of(net, got: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.mark.parametrize("args", [("gather", 3, 20000), ("pipeline", 30000),
-                                  ("records", 3, 300), ("epipe",)],
+                                  ("records", 3, 300), ("epipe",), ("nested", 20000)],
                          ids=["fan-out-gather", "three-stage-pipeline",
-                              "writers-on-three-hosts-4096-byte-records", "epipe"])
+                              "writers-on-three-hosts-4096-byte-records", "epipe",
+                              "a-pipe-made-away-from-pid-1"])
 def test_pipes_across_hosts_give_the_native_output(net, program, args):
     prog = program("xpipes", "musl")
     want = subprocess.run([prog, *map(str, args)], capture_output=True, timeout=60)

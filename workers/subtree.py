@@ -265,6 +265,10 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
             transfer.send_reply(conn, secret, a.nonce, {"ok": True})
         # The child runs: now the rest (Redis, a thread) off its critical path.
         link = Link(url, job_id, host, pid, image, fork_wait, address)
+        if bridge is None:      # for the pipes the subtree makes and forks elsewhere
+            from .bridge import open_bridge
+            bridge = open_bridge(a.shm, secret, job_id, address,
+                                 lambda msg: sup.say(pid, msg))
         job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
                   link=link, tree=pid, bridge=bridge)
         job._qmp = a.qmp            # the arrival's QMP thread serves the subtree

@@ -11,6 +11,11 @@
  *                           is torn and counts them per writer
  *   xpipes epipe            a child reads one line and exits; the parent
  *                           writes until EPIPE
+ *   xpipes nested LINES     a child that holds its VM, then a child that makes
+ *                           a pipe of its own and forks a grandchild, which
+ *                           writes LINES numbered lines into it: on a
+ *                           cluster, a pipe made on another host than pid 1's
+ *                           and reaching a third
  *   xpipes lost             a child that holds its VM, then a child that
  *                           writes into a pipe for ever: the parent reads
  *                           until end of file (the test kills the writer's
@@ -209,6 +214,47 @@ epipe(void)
 }
 
 static int
+nested(int lines)
+{
+	pid_t holder = fork();
+	if (holder == 0) {
+		sleep(60);
+		_exit(0);
+	}
+	pid_t c = fork();
+	if (c == 0) {
+		int p[2];
+		pipe(p);
+		if (fork() == 0) {
+			close(p[0]);
+			FILE *f = fdopen(p[1], "w");
+			for (int i = 1; i <= lines; i++)
+				fprintf(f, "line %d\n", i);
+			fclose(f);
+			_exit(0);
+		}
+		close(p[1]);
+		FILE *f = fdopen(p[0], "r");
+		char line[64];
+		long n = 0, sum = 0;
+		while (fgets(line, sizeof line, f)) {
+			n++;
+			sum += atol(line + 5);
+		}
+		printf("grandchild's pipe: %ld lines, sum %ld\n", n, sum);
+		reap_all();
+		_exit(0);
+	}
+	int st;
+	waitpid(c, &st, 0);
+	printf("child %s %d\n", WIFEXITED(st) ? "exited" : "killed by",
+	    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+	kill(holder, SIGKILL);
+	waitpid(holder, &st, 0);
+	return 0;
+}
+
+static int
 lost(void)
 {
 	int p[2];
@@ -255,6 +301,8 @@ main(int argc, char **argv)
 		return records(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 2 && !strcmp(argv[1], "epipe"))
 		return epipe();
+	if (argc == 3 && !strcmp(argv[1], "nested"))
+		return nested(atoi(argv[2]));
 	if (argc == 2 && !strcmp(argv[1], "lost"))
 		return lost();
 	fprintf(stderr, "usage: see the comment at the top\n");
