@@ -111,7 +111,8 @@ class Bridge:
         return self.ep.address
 
     def active(self) -> bool:
-        return bool(self.links)
+        """Links remain, or a dropped one still owes its peer an ACK."""
+        return bool(self.links) or self.ep.lingering()
 
     # -- making links -------------------------------------------------------
     def link_child(self, idx: int, child_r: int, child_w: int) -> dict:
@@ -157,7 +158,7 @@ class Bridge:
     def pump(self) -> bool:
         """Move what can be moved; call on every turn of the supervisor.
         Whether a ring changed (a guest sleeping on it may be woken)."""
-        if not self.links:      # no pipe reaches elsewhere: not even a recvfrom
+        if not self.ep.channels:    # no pipe reaches elsewhere: not even a recvfrom
             return False
         now = time.monotonic()
         heard = self.ep.receive(now)
@@ -201,7 +202,7 @@ class Bridge:
         """When pump() must run next, at the latest (monotonic)."""
         if any(l.units for ls in self.links.values() for l in ls):
             return time.monotonic() + 0.001      # waiting for room in a ring
-        return min(self.ep.next_event(), time.monotonic() + 0.05) if self.links \
+        return min(self.ep.next_event(), time.monotonic() + 0.05) if self.ep.channels \
             else float("inf")
 
     def _arm(self, ring, links: list[Link], local_r: int) -> None:
@@ -293,7 +294,7 @@ class Bridge:
         ours (bytes still to go to it count as a writer), and whether a
         reader here waits for bytes."""
         others = [l for l in links if l is not link]
-        w = local_w > 0 or (has_data and target is link) or any(
+        w = local_w > 0 or (has_data and link.beyond_r) or any(
             l.beyond_w or l.units for l in others)
         r = local_r > 0 or any(l.beyond_r for l in others)
         # hunger matters only to a side that would keep the bytes otherwise

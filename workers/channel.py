@@ -118,6 +118,7 @@ class Channel:
         self.unacked_segs = 0
         self.heard, self.spoke = now, now
         self.dead = False
+        self.closing: float | None = None    # dropped; lingers until then
 
     # -- the user's side -----------------------------------------------------
     def room(self) -> int:
@@ -229,6 +230,11 @@ class Channel:
         """Send what the windows allow, due ACKs and PINGs; retransmit on time."""
         if self.dead:
             return
+        if self.closing is not None:    # dropped: only answer what still comes
+            if self.ack_due and self.peer is not None:
+                self.ep.transmit(self, ACK, self.snd_nxt, b"")
+                self._acked()
+            return
         if now - self.heard > self.dead_after:
             self.dead = True            # (or never heard from at all)
             return
@@ -255,8 +261,9 @@ class Channel:
         if self.ack_due or (self.ack_at is not None and now >= self.ack_at):
             self.ep.transmit(self, ACK, self.snd_nxt, b"")
             self._acked()
-        elif now - self.spoke > PING_EVERY or now - self.heard > PING_EVERY:
-            self.ep.transmit(self, PING, self.snd_nxt, b"")
+        elif now - self.spoke > PING_EVERY or (now - self.heard > PING_EVERY and
+                                               now - self.spoke > PING_EVERY / 4):
+            self.ep.transmit(self, PING, self.snd_nxt, b"")   # (a silent peer: 4 a second)
 
     def _acked(self) -> None:
         self.ack_due, self.ack_at, self.unacked_segs = False, None, 0
@@ -265,10 +272,12 @@ class Channel:
         """When flush() must run next, at the latest (monotonic)."""
         if self.dead:
             return float("inf")
+        if self.closing is not None:
+            return min(self.closing, time.monotonic() if self.ack_due else float("inf"))
         if self.peer is None:
             return self.heard + self.dead_after
         t = min(self.heard + self.dead_after, self.spoke + PING_EVERY,
-                self.heard + PING_EVERY)
+                max(self.heard + PING_EVERY, self.spoke + PING_EVERY / 4))
         if self.ack_at is not None:
             t = min(t, self.ack_at)
         if self.timer is not None:
@@ -308,7 +317,20 @@ class Endpoint:
         return ch
 
     def drop(self, cid: bytes) -> None:
-        self.channels.pop(cid, None)
+        """Its user is done with channel (cid).  It lingers a while to
+        acknowledge what the peer still sends (its last frames, or their
+        retransmissions if our ACK was lost), so that the peer closes too
+        instead of taking our silence for death."""
+        ch = self.channels.get(cid)
+        if ch is not None and ch.closing is None:
+            ch.closing = time.monotonic() + self.dead_after
+            ch.ack_due = ch.ack_due or ch.ack_at is not None
+            ch.out.clear()
+
+    def lingering(self) -> bool:
+        """Some dropped channel still owes its peer an acknowledgement."""
+        return any(ch.closing is not None and (ch.ack_due or ch.ack_at is not None)
+                   for ch in self.channels.values())
 
     def transmit(self, ch: Channel, kind: int, seq: int, payload) -> None:
         ch.sent += 1
@@ -361,11 +383,18 @@ class Endpoint:
             if ch.peer is None:
                 ch.peer = addr          # the first authentic datagram says where it is
             ch.on_datagram(kind, seq, ack, wnd, payload, now)
+            if ch.closing is not None:
+                ch.inbuf.clear()        # nobody reads a dropped channel
+                ch.ack_due = True
+                continue
             got.add(cid)
 
     def flush(self, now: float) -> None:
-        for ch in list(self.channels.values()):
-            ch.flush(now)
+        for cid, ch in list(self.channels.items()):
+            if ch.closing is not None and now >= ch.closing:
+                del self.channels[cid]
+            else:
+                ch.flush(now)
 
     def next_event(self) -> float:
         return min((ch.next_event() for ch in self.channels.values()), default=float("inf"))

@@ -16,6 +16,11 @@
  *                           writes LINES numbered lines into it: on a
  *                           cluster, a pipe made on another host than pid 1's
  *                           and reaching a third
+ *   xpipes late BYTES       a child that holds its VM; a writer that writes
+ *                           BYTES (< 64 KiB: a Linux pipe holds no more) and
+ *                           exits before the reader is forked (as
+ *                           in a shell pipeline of a fast first stage): the
+ *                           reader must get them all
  *   xpipes lost             a child that holds its VM, then a child that
  *                           writes into a pipe for ever: the parent reads
  *                           until end of file (the test kills the writer's
@@ -255,6 +260,48 @@ nested(int lines)
 }
 
 static int
+late(long bytes)
+{
+	int p[2], st;
+	static char buf[65536];
+	pid_t holder = fork();
+	if (holder == 0) {
+		sleep(60);
+		_exit(0);
+	}
+	pipe(p);
+	pid_t w = fork();
+	if (w == 0) {
+		close(p[0]);
+		memset(buf, 'y', sizeof buf);
+		for (long sent = 0; sent < bytes; ) {
+			long n = write(p[1], buf, bytes - sent < (long)sizeof buf ?
+			    bytes - sent : (long)sizeof buf);
+			if (n <= 0)
+				_exit(1);
+			sent += n;
+		}
+		_exit(0);
+	}
+	close(p[1]);
+	waitpid(w, &st, 0);
+	printf("writer exited %d\n", WEXITSTATUS(st));
+	pid_t r = fork();
+	if (r == 0) {
+		long total = 0, n;
+		while ((n = read(p[0], buf, sizeof buf)) > 0)
+			total += n;
+		printf("late reader got %ld bytes\n", total);
+		_exit(0);
+	}
+	close(p[0]);
+	waitpid(r, &st, 0);
+	kill(holder, SIGKILL);
+	waitpid(holder, &st, 0);
+	return 0;
+}
+
+static int
 lost(void)
 {
 	int p[2];
@@ -301,6 +348,8 @@ main(int argc, char **argv)
 		return records(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 2 && !strcmp(argv[1], "epipe"))
 		return epipe();
+	if (argc == 3 && !strcmp(argv[1], "late"))
+		return late(atol(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "nested"))
 		return nested(atoi(argv[2]));
 	if (argc == 2 && !strcmp(argv[1], "lost"))
