@@ -94,6 +94,26 @@ def test_pipes_across_hosts_give_the_native_output(net, program, args):
         assert sum(int(d) for _, d in counts) > 0, got.stderr.decode()
 
 
+SHELL = ("busybox seq 1 20000 | busybox sed s/1/x/ | busybox grep -c x; "
+         "n=$(busybox seq 1 10 | busybox wc -l); echo \"ten: $n\"; "
+         "busybox seq 1 3000 | busybox sort -rn | busybox head -3")
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static is not installed "
+                    "(make setup installs it)")
+def test_a_busybox_shell_pipeline_across_hosts_gives_the_native_output(net):
+    """A real program: Debian's static BusyBox shell, whose pipeline stages
+    (re-executed applets) land on three hosts."""
+    busybox = shutil.which("busybox")
+    want = subprocess.run([busybox, "sh", "-c", SHELL], capture_output=True, timeout=60,
+                          env={"PATH": "/bin:/usr/bin"})
+    got = on_hosta(net, busybox, "sh", "-c", SHELL)
+    assert got.returncode == want.returncode == 0, got.stderr.decode()
+    assert got.stdout == want.stdout, got.stderr.decode()
+    assert b"stopped answering" not in got.stderr
+    assert len(hosts_of(net, got)) == 3
+
+
 @pytest.mark.parametrize("net", ["clean"], indirect=True)
 @pytest.mark.parametrize("fate", ["restarts", "dies"])
 def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program, fate):
