@@ -47,7 +47,10 @@ the window advertised is what is left of WINDOW, so a slow consumer stops
 its sender (flow control end to end, no unbounded buffering).
 
 A channel that hears nothing valid for `dead_after` seconds is dead (its
-user says what that means); idle channels send a PING every second.
+user says what that means); idle channels send a PING every second, a
+silent peer gets one four times a second.  A channel its user drops
+lingers `dead_after` seconds, acknowledging what its peer still sends, so
+that the peer too sees its last words arrive and closes.
 
 For tests only: UNIFORK_TEST_BRIDGE_RELAY=IP:PORT sends every datagram to
 a relay (tests/relay.py) that delays, reorders, duplicates, forges and

@@ -214,7 +214,8 @@ def _pipe_specs(header: dict) -> dict[int, dict]:
     return out
 
 
-def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
+def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
+              image_path: str,
               name: str, pid: int, ppid: int, parent_tree: int, mem_mib: int,
               secret: bytes, fork_wait: float, image: str, address: str, slots) -> None:
     """Make the child from the parent's stream and supervise its subtree
@@ -224,8 +225,11 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
     def out(stream: str, data: bytes) -> None:
         state.append_output(r, job_id, stream, data)
 
-    events = state.proc_recorder(r, job_id, host,
-                                 os.environ.get("UNIFORK_HOST_INCARNATION", ""))
+    events = state.proc_recorder(r, job_id, host, incarnation)
+
+    def make_bridge():
+        from .bridge import open_bridge
+        return open_bridge(a.shm, secret, job_id, address, lambda msg: sup.say(pid, msg))
 
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     req = RunRequest(image_path, [], [], mem_mib, stdin=null, name=name, slots=slots,
@@ -243,9 +247,7 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
                 stdin, stdout, stderr, cut = stdio_rings(a.shm, a.vm.mem, set(pipes))
                 sup = Supervisor(req, stdin, stdout, stderr, out=out)
                 if pipes:
-                    from .bridge import open_bridge
-                    bridge = open_bridge(a.shm, secret, job_id, address,
-                                         lambda msg: sup.say(pid, msg))
+                    bridge = make_bridge()
                     ends = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "ends")
                     for i, spec in pipes.items():
                         bridge.link_parent(spec, ends[2 * i], ends[2 * i + 1])
@@ -266,9 +268,7 @@ def run_child(r, url: str, a: Arrival, host: str, job_id: str, image_path: str,
         # The child runs: now the rest (Redis, a thread) off its critical path.
         link = Link(url, job_id, host, pid, image, fork_wait, address)
         if bridge is None:      # for the pipes the subtree makes and forks elsewhere
-            from .bridge import open_bridge
-            bridge = open_bridge(a.shm, secret, job_id, address,
-                                 lambda msg: sup.say(pid, msg))
+            bridge = make_bridge()
         job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
                   link=link, tree=pid, bridge=bridge)
         job._qmp = a.qmp            # the arrival's QMP thread serves the subtree

@@ -227,9 +227,9 @@ def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppi
         arrival = subtree.arrival(mem_mib, address)
         placement.place(r, ticket, arrival.where(host, address))
         from .cluster import cluster_secret
-        subtree.run_child(r, app.conf.broker_url, arrival, host, job, cached_image(r, image), name,
-                  pid, ppid, parent_tree, mem_mib, cluster_secret(r), fork_wait, image,
-                  address, RedisSlots(r, host))
+        subtree.run_child(r, app.conf.broker_url, arrival, host, host_incarnation(), job,
+                          cached_image(r, image), name, pid, ppid, parent_tree, mem_mib,
+                          cluster_secret(r), fork_wait, image, address, RedisSlots(r, host))
         return "done"
     except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
         if arrival is not None and arrival.adopted:
