@@ -105,8 +105,10 @@ def hosts(r: redis.Redis) -> list[dict]:
 # -- jobs ---------------------------------------------------------------------
 def new_job(r: redis.Redis, job_id: str, program: str, args: list[str], pipeline=None) -> None:
     p = pipeline or r.pipeline()
-    p.hset(keys.job(job_id), mapping={"status": JobStatus.QUEUED.value, "program": program,
-                                      "args": json.dumps(args), "submitted": time.time()})
+    # (a job another delivery has claimed meanwhile keeps its status)
+    p.hsetnx(keys.job(job_id), "status", JobStatus.QUEUED.value)
+    p.hset(keys.job(job_id), mapping={"program": program, "args": json.dumps(args),
+                                      "submitted": time.time()})
     p.zadd(keys.JOBS, {job_id: time.time()})
     if pipeline is None:
         p.execute()
