@@ -21,9 +21,10 @@ import time
 SUBNET = "10.231.0"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Sends a job to one host's own queue, as plain Celery client code does;
-# prints its stdout (its stderr and "job ID" on stderr), exits with its status.
-SEND = r"""
+# A script's start (run as `python -c JOB+BODY ROOT URL HOST PROG ARGS...`):
+# PROG stored in Redis and a job made for it, as plain Celery client code
+# does; BODY sends it (kwargs are the task's).
+JOB = r"""
 import base64, os, sys, uuid
 sys.path.insert(0, sys.argv[1])
 os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
@@ -34,8 +35,13 @@ r = state.connect(url)
 sha = state.put_image(r, open(prog, "rb").read())
 job = str(uuid.uuid4())
 state.new_job(r, job, prog, args)
-res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs={
-    "image": sha, "name": os.path.basename(prog), "args": args}).get(timeout=600)
+kwargs = {"image": sha, "name": os.path.basename(prog), "args": args}
+"""
+
+# Sends the job to HOST's own queue; prints its stdout (its stderr and
+# "job ID" on stderr), exits with its status.
+SEND = JOB + r"""
+res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs=kwargs).get(timeout=600)
 sys.stdout.buffer.write(base64.b64decode(res["stdout"]))
 sys.stderr.buffer.write(base64.b64decode(res["stderr"]))
 print("job", job, file=sys.stderr)
@@ -101,34 +107,43 @@ class Hosts:
     def start_workers(self, unifork, url: str, slots: dict[str, int], tmp, args=(),
                       env: dict | None = None) -> list[subprocess.Popen]:
         """`unifork worker` on each host of (slots), registered and consuming;
-        their logs in (tmp)/HOST.log."""
-        workers = [self.start(host, unifork, "worker", "--host-name", host, "--slots", n,
-                              "--advertise", self.addr[host], "--redis", url, *args,
-                              env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                              stderr=open(os.path.join(tmp, f"{host}.log"), "wb"))
-                   for host, n in slots.items()]
+        their logs in (tmp)/HOST.log.  They are in self.workers."""
+        self._worker_setup = (unifork, url, slots, tmp, args, env)
+        self.workers = [self._worker(host, "wb") for host in slots]
         deadline = time.monotonic() + 30
         while self.run("hub", unifork, "hosts", "--redis", url).stdout.count(b" ago") < len(slots):
             assert time.monotonic() < deadline, "the workers did not register"
             time.sleep(0.2)
         time.sleep(2)                   # Celery consumers attach to the queues
-        return workers
+        return self.workers
 
-    def restart_worker(self, unifork, url: str, host: str, slots: int, tmp, args=(),
-                       env: dict | None = None) -> subprocess.Popen:
-        """Start (host)'s worker again and again, as a service manager would,
-        until it holds its name (a killed one's heartbeat lasts up to 5 s)."""
+    def _worker(self, host: str, log_mode: str) -> subprocess.Popen:
+        unifork, url, slots, tmp, args, env = self._worker_setup
+        return self.start(host, unifork, "worker", "--host-name", host, "--slots", slots[host],
+                          "--advertise", self.addr[host], "--redis", url, *args,
+                          env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                          stderr=open(os.path.join(tmp, f"{host}.log"), log_mode))
+
+    def restart_worker(self, host: str) -> None:
+        """Start (host)'s worker again, as start_workers did, and again, as a
+        service manager would, until it holds its name (a killed worker's
+        heartbeat lasts up to 5 s)."""
         deadline = time.monotonic() + 30
         while True:
             assert time.monotonic() < deadline, "the restarted worker did not register"
-            p = self.start(host, unifork, "worker", "--host-name", host, "--slots", slots,
-                           "--advertise", self.addr[host], "--redis", url, *args,
-                           env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                           stderr=open(os.path.join(tmp, f"{host}-again.log"), "ab"))
+            p = self._worker(host, "ab")
             try:
                 p.wait(timeout=1)           # "a worker named ... is already alive"
             except subprocess.TimeoutExpired:
-                return p
+                self.workers.append(p)
+                return
+
+    def stop_workers(self) -> None:
+        """Stop every worker (as a service manager does: SIGTERM) and wait."""
+        for p in self.workers:
+            p.terminate()
+        for p in self.workers:
+            p.wait(timeout=30)
 
     def send_job(self, url: str, host: str, prog, *args, timeout: float = 600
                  ) -> subprocess.CompletedProcess:

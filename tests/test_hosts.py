@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import ROOT, UNIFORK, assert_no_qemu_after, qemu_pids
-from netns import Hosts
+from netns import JOB, Hosts
 
 SLOTS = {"hostA": 2, "hostB": 2, "hostC": 3}
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None or
@@ -29,13 +29,9 @@ def net(tmp_path_factory):
     with Hosts(list(SLOTS)) as net:
         url = net.url = net.start_redis(d)
         qemu_before = qemu_pids()
-        workers = net.workers = net.start_workers(UNIFORK, url, SLOTS, d,
-                                                  env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"})
+        net.start_workers(UNIFORK, url, SLOTS, d, env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"})
         yield net
-        for p in workers:
-            p.terminate()
-        for p in workers:
-            p.wait(timeout=30)
+        net.stop_workers()
         assert_no_qemu_after(qemu_before)
 
 
@@ -62,10 +58,7 @@ def test_jobs_land_on_whichever_host_has_a_free_slot(net, program):
            for _ in range(sum(SLOTS.values()))]
     placed: dict[str, int] = {}
     for job_id in ids:
-        deadline = time.monotonic() + 120
-        while b"finished" not in cli(net, "ps", job_id).stdout:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_finished(net, job_id, 120)
         host = cli(net, "ps", job_id).stdout.decode().splitlines()[2].split()[2]
         placed[host] = placed.get(host, 0) + 1
         assert cli(net, "logs", job_id).stdout == b"ready\nslept\n"
@@ -89,6 +82,31 @@ def free_slots(net) -> dict[str, int]:
 
 def duplicates(net) -> int:
     return int(redis(net, "hget", "unifork:stats:forks", "duplicate").strip() or 0)
+
+
+def script(net, body: str, host: str, prog, *args) -> str:
+    """Run netns.JOB + (body) for a job of (prog) meant for (host); the job's id."""
+    got = net.run("hub", sys.executable, "-c", JOB + body + "\nprint(job)\n", ROOT, net.url,
+                  host, prog, *args)
+    assert got.returncode == 0, got.stderr.decode()
+    return got.stdout.decode().split()[-1]
+
+
+def wait_finished(net, job_id: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while b"finished" not in (ps := cli(net, "ps", job_id).stdout):
+        assert time.monotonic() < deadline, ps.decode()
+        time.sleep(0.2)
+
+
+def spread_running(net, program, sleep_ms: int) -> tuple[str, dict[int, dict]]:
+    """A job of pid 1 and 3 children that sleep (sleep_ms), once all 4 run."""
+    job_id = cli(net, "submit", program("spread", "musl"), 3, sleep_ms).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.2)
+    return job_id, ps
 
 
 def test_children_run_on_every_host_and_their_statuses_and_output_come_back(net, program):
@@ -160,64 +178,27 @@ def test_drain_stops_placement_of_forks_on_that_host(net, program):
     assert len(ps) == 4 and all(p["host"] in ("hostA", "hostB") for p in ps.values()), ps
 
 
-TWICE = r"""
-import base64, os, sys, time, uuid
-sys.path.insert(0, sys.argv[1])
-os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
-from broker import state
-from broker.app import RUN_JOB, app, host_queue
-url, prog, *args = sys.argv[2:]
-r = state.connect(url)
-sha = state.put_image(r, open(prog, "rb").read())
-job = str(uuid.uuid4())
-state.new_job(r, job, prog, args)
-kw = {"image": sha, "name": os.path.basename(prog), "args": args}
-for host in ("hostA", "hostB"):             # one job, delivered twice at once
-    res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs=kw)
-print(job)
-"""
-
-
 def test_a_job_delivered_twice_runs_once(net, program):
     """Two deliveries of one job at once, to two hosts (a client that
     sends twice; the broker's redelivery of a job that outlives its
     visibility timeout): one pid 1 runs, the other delivery is dropped."""
-    got = net.run("hub", sys.executable, "-c", TWICE, str(ROOT), net.url,
-                  program("spread", "musl"), 1, 1500)
-    job_id = got.stdout.decode().split()[-1]
-    started = time.monotonic()
-    while b"finished" not in cli(net, "ps", job_id).stdout:
-        assert time.monotonic() - started < 60, cli(net, "ps", job_id).stdout.decode()
-        time.sleep(0.2)
+    job_id = script(net, """
+for host in ("hostA", "hostB"):
+    app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs=kwargs)""",
+                    "hostA", program("spread", "musl"), 1, 1500)
+    wait_finished(net, job_id)
     time.sleep(2)                           # the other delivery, had it run
     out = cli(net, "logs", job_id).stdout
     assert out.count(b"1 forked") == 1, out
 
 
-AGAIN = r"""
-import os, sys, uuid
-sys.path.insert(0, sys.argv[1])
-os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
-from broker import keys, state
-from broker.app import RUN_JOB, app, host_queue
-url, prog, *args = sys.argv[2:]
-r = state.connect(url)
-sha = state.put_image(r, open(prog, "rb").read())
-job = str(uuid.uuid4())
-state.new_job(r, job, prog, args)
+def test_a_job_whose_host_was_lost_runs_again_when_delivered_again(net, program):
+    job_id = script(net, """
 # it ran on a worker that died: the broker hands it out again
 state.set_job(r, job, status="running", host="hostGone", incarnation="0123")
-state.append_output(r, job, "out", b"what the lost run printed\n")
-app.send_task(RUN_JOB, task_id=job, queue=host_queue("hostA"), kwargs={
-    "image": sha, "name": os.path.basename(prog), "args": args}).get(timeout=120)
-print(job)
-"""
-
-
-def test_a_job_whose_host_was_lost_runs_again_when_delivered_again(net, program):
-    got = net.run("hub", sys.executable, "-c", AGAIN, str(ROOT), net.url,
-                  program("spread", "musl"), 1, 10)
-    job_id = got.stdout.decode().split()[-1]
+state.append_output(r, job, "out", b"what the lost run printed\\n")
+app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs=kwargs).get(timeout=120)""",
+                    "hostA", program("spread", "musl"), 1, 10)
     out = cli(net, "logs", job_id)
     assert out.stdout.count(b"1 forked") == 1, out
     assert out.stdout.startswith(b"what the lost run printed\n")    # nothing is lost
@@ -226,46 +207,10 @@ def test_a_job_whose_host_was_lost_runs_again_when_delivered_again(net, program)
     assert procs(net, job_id)[1]["host"] == "hostA"
 
 
-def restart_worker(net, host: str, tmp) -> None:
-    net.workers.append(net.restart_worker(UNIFORK, net.url, host, SLOTS[host], tmp,
-                                          env={"UNIFORK_TEST_DUPLICATE_FORKS": "1"}))
-
-
-def test_children_on_a_host_whose_worker_restarts_are_reported_killed(net, program,
-                                                                     tmp_path):
-    """A worker killed and restarted at once under the same name took its
-    VMs with it: its heartbeat never lapses long enough to be seen, but the
-    parent still hears that its children there were killed."""
-    job_id = cli(net, "submit", program("spread", "musl"), 3, 10000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
-        assert time.monotonic() < deadline, ps
-        time.sleep(0.2)
-    home = ps[1]["host"]
-    victim = "hostB" if home == "hostA" else "hostA"
-    lost = sorted(pid for pid, p in ps.items() if p["host"] == victim)
-    assert lost, ps
-    net.kill_host(victim)
-    restart_worker(net, victim, tmp_path)
-    started = time.monotonic()
-    while b"finished" not in cli(net, "ps", job_id).stdout:
-        assert time.monotonic() - started < 60, cli(net, "ps", job_id).stdout.decode()
-        time.sleep(0.2)
-    out = cli(net, "logs", job_id)
-    for pid in lost:
-        assert f"child {pid - 2} killed by 9".encode() in out.stdout, out
-        assert f"(pid {pid}): host {victim} was lost".encode() in out.stderr
-
-
-def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, program,
-                                                                       tmp_path):
+def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, program):
     """No "end" comes from a host that died: the subtrees elsewhere see
     its heartbeat lapse, kill their VMs and give back their slots."""
-    job_id = cli(net, "submit", program("spread", "musl"), 3, 60000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
-        assert time.monotonic() < deadline, ps
-        time.sleep(0.2)
+    job_id, ps = spread_running(net, program, 60000)
     home = ps[1]["host"]
     away = {pid: p["host"] for pid, p in ps.items() if p["host"] != home}
     assert away, ps
@@ -278,28 +223,27 @@ def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, pro
         while free_slots(net)[host] != SLOTS[host]:
             assert time.monotonic() < deadline, hosts(net)
             time.sleep(0.2)
-    restart_worker(net, home, tmp_path)     # for the next test
+    net.restart_worker(home)                # for the next tests
     out = cli(net, "logs", job_id)
     assert f"pid 1's host {home} was lost".encode() in out.stderr, out
 
 
-def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program):
+@pytest.mark.parametrize("fate", ["restarts", "dies"])
+def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program, fate):
     """Runs last (hostC drained): pid 1 and children on hostA and hostB;
-    every process of the other host is killed, as if it lost power."""
-    job_id = cli(net, "submit", program("spread", "musl"), 3, 10000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
-        assert time.monotonic() < deadline, ps
-        time.sleep(0.2)
+    every process of the other host is killed, as if it lost power.  Its
+    worker may come back at once under the same name (a service manager's
+    restart): its heartbeat then never lapses long enough to be seen, but
+    the children died with the old worker all the same."""
+    job_id, ps = spread_running(net, program, 10000)
     home = ps[1]["host"]
     dead = "hostB" if home == "hostA" else "hostA"
     lost = sorted(pid for pid, p in ps.items() if p["host"] == dead)
     assert lost, ps
     net.kill_host(dead)
-    started = time.monotonic()
-    while b"finished" not in cli(net, "ps", job_id).stdout:
-        assert time.monotonic() - started < 60
-        time.sleep(0.2)
+    if fate == "restarts":
+        net.restart_worker(dead)
+    wait_finished(net, job_id)
     out = cli(net, "logs", job_id)
     for pid in lost:
         assert f"child {pid - 2} killed by 9".encode() in out.stdout, out

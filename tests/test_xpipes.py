@@ -46,16 +46,12 @@ def net(request, tmp_path_factory):
                       "replay=0.1", "dup_every=7", "forge_every=11")
         url = net.start_redis(d)
         qemu_before = qemu_pids()
-        net.worker_args = ("--fork-ports", "41000-41009", "--bridge-ports", "42000-42009")
-        net.worker_env = {"UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]}
-        workers = net.workers = net.start_workers(UNIFORK, url, SLOTS, d, args=net.worker_args,
-                                                  env=net.worker_env)
-        net.url, net.dir = url, d
+        net.start_workers(UNIFORK, url, SLOTS, d,
+                          args=("--fork-ports", "41000-41009", "--bridge-ports", "42000-42009"),
+                          env={"UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]})
+        net.url = url
         yield net
-        for p in workers:
-            p.terminate()
-        for p in workers:
-            p.wait(timeout=30)
+        net.stop_workers()
         assert_no_qemu_after(qemu_before)
 
 
@@ -139,8 +135,7 @@ def test_a_reader_sees_end_of_file_when_the_writers_host_dies(net, program, fate
     net.kill_host(writer_host)
     t = time.monotonic()
     if fate == "restarts":
-        net.workers.append(net.restart_worker(UNIFORK, net.url, writer_host, SLOTS[writer_host],
-                                              net.dir, net.worker_args, net.worker_env))
+        net.restart_worker(writer_host)
     out, err = job.communicate(timeout=60)
     assert out == b"reader saw end of file: yes\nwriter killed by 9\n", err.decode()
     assert time.monotonic() - t < 15    # the bridge's 3 s, the heartbeat's 5 s

@@ -57,6 +57,26 @@ full_read(int fd, char *buf, int n)
 	return got;
 }
 
+/* A child that holds its VM (on a cluster, its host's slot) until released. */
+static pid_t
+hold(void)
+{
+	pid_t h = fork();
+	if (h == 0) {
+		sleep(60);
+		_exit(0);
+	}
+	return h;
+}
+
+static void
+release(pid_t holder)
+{
+	int st;
+	kill(holder, SIGKILL);
+	waitpid(holder, &st, 0);
+}
+
 static void
 reap_all(void)
 {
@@ -221,11 +241,7 @@ epipe(void)
 static int
 nested(int lines)
 {
-	pid_t holder = fork();
-	if (holder == 0) {
-		sleep(60);
-		_exit(0);
-	}
+	pid_t holder = hold();
 	pid_t c = fork();
 	if (c == 0) {
 		int p[2];
@@ -254,8 +270,7 @@ nested(int lines)
 	waitpid(c, &st, 0);
 	printf("child %s %d\n", WIFEXITED(st) ? "exited" : "killed by",
 	    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-	kill(holder, SIGKILL);
-	waitpid(holder, &st, 0);
+	release(holder);
 	return 0;
 }
 
@@ -264,11 +279,7 @@ late(long bytes)
 {
 	int p[2], st;
 	static char buf[65536];
-	pid_t holder = fork();
-	if (holder == 0) {
-		sleep(60);
-		_exit(0);
-	}
+	pid_t holder = hold();
 	pipe(p);
 	pid_t w = fork();
 	if (w == 0) {
@@ -296,8 +307,7 @@ late(long bytes)
 	}
 	close(p[0]);
 	waitpid(r, &st, 0);
-	kill(holder, SIGKILL);
-	waitpid(holder, &st, 0);
+	release(holder);
 	return 0;
 }
 
@@ -306,11 +316,7 @@ lost(void)
 {
 	int p[2];
 	static char buf[4096];
-	pid_t holder = fork();
-	if (holder == 0) {
-		sleep(60);
-		_exit(0);
-	}
+	pid_t holder = hold();
 	pipe(p);
 	pid_t w = fork();
 	if (w == 0) {
@@ -331,8 +337,7 @@ lost(void)
 	waitpid(w, &st, 0);
 	printf("writer %s %d\n", WIFSIGNALED(st) ? "killed by" : "exited", WIFSIGNALED(st) ?
 	    WTERMSIG(st) : WEXITSTATUS(st));
-	kill(holder, SIGKILL);
-	waitpid(holder, &st, 0);
+	release(holder);
 	return 0;
 }
 
