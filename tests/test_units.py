@@ -70,3 +70,30 @@ def test_host_ring_wraps_and_reports_waiters():
     assert data == b"a" * 400 + (bytes(range(256)) * 4)[:624]
     assert ring.space() == 1024
     ring.release()
+
+
+def test_a_bridged_supervisor_runs_at_raised_priority_and_what_it_starts_does_not():
+    import os
+    import subprocess
+    import threading
+    from workers import run
+    seen = {}
+
+    def body():                     # a thread of its own: pytest's keeps its priority
+        old = run._raise_priority()
+        if old is None:
+            seen["refused"] = True
+            return
+        seen["raised"] = os.getpriority(os.PRIO_PROCESS, 0)
+        seen["slice"] = run._SCHED_ATTR.unpack(run._sched_attr(None))[5]
+        seen["child"] = subprocess.run(["sh", "-c", "cut -d' ' -f19 /proc/self/stat"],
+                                       capture_output=True, text=True).stdout.strip()
+        run._sched_attr(old)
+        seen["restored"] = os.getpriority(os.PRIO_PROCESS, 0)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if seen.get("refused"):
+        pytest.skip("this machine refuses a negative nice to us (not root)")
+    assert seen == {"raised": -20, "slice": 100_000, "child": "0", "restored": 0}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import sys
 
 from . import abi, elf
@@ -50,6 +51,48 @@ def host_max_vms() -> int:
         return max(1, int(os.environ.get("UNIFORK_HOST_MAX_VMS", "64")))
     except ValueError:
         return 64
+
+
+def _raise_priority() -> bytes | None:
+    """A supervisor that carries pipes to other hosts relays both ways of
+    every round trip while the guests waiting for the answer spin on the
+    CPUs: let it take a CPU from a spinning guest as soon as it wakes.  At
+    nice UNIFORK_BRIDGE_NICE (default -20; 0: as is) with a short time
+    slice (100 us, which lets a waking task preempt under EEVDF, Linux
+    6.12+): bench/xpipe.py's round trip 1.09 -> 0.77 ms against the nice
+    alone.  (Not SCHED_FIFO: that halved its throughput, starving the
+    softirqs that move the datagrams.)  With RESET_ON_FORK, the QEMUs and
+    threads it starts run as usual.  What to restore, or None."""
+    try:
+        nice = max(-20, min(0, int(os.environ.get("UNIFORK_BRIDGE_NICE", "-20"))))
+    except ValueError:
+        nice = -20
+    if nice == 0:
+        return None
+    old = _sched_attr(None)
+    if old is None or struct.unpack_from("<I", old, 4)[0] != os.SCHED_OTHER:
+        return None
+    return old if _sched_attr(_SCHED_ATTR.pack(
+        _SCHED_ATTR.size, os.SCHED_OTHER, _RESET_ON_FORK, nice, 0, 100_000, 0, 0)) else None
+
+
+# struct sched_attr (size, policy, flags, nice, priority, runtime, deadline, period)
+_SCHED_ATTR = struct.Struct("<IIQiIQQQ")
+_RESET_ON_FORK = 1
+_SYS_SCHED_SETATTR, _SYS_SCHED_GETATTR = 314, 315     # x86-64
+
+
+def _sched_attr(new: bytes | None) -> bytes | None:
+    """sched_setattr(2) on this thread with (new), or sched_getattr(2) if
+    None; the attributes read, (new) once set, or None if refused."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(new or _SCHED_ATTR.size, _SCHED_ATTR.size)
+    if new is None:
+        ok = libc.syscall(_SYS_SCHED_GETATTR, 0, buf, _SCHED_ATTR.size, 0) == 0
+    else:
+        ok = libc.syscall(_SYS_SCHED_SETATTR, 0, buf, 0) == 0
+    return buf.raw if ok else None
 
 
 def _signame(sig: int) -> str:
@@ -165,6 +208,7 @@ class Supervisor:
             deadline = time.monotonic() + self.req.timeout
         pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
         bridge_fd = job.bridge.fileno() if job.bridge is not None else -1
+        priority = _raise_priority() if job.bridge is not None else None
         try:
             fired: set[int] | None = None   # the fds poll() reported; None: look at all
             while True:
@@ -226,6 +270,8 @@ class Supervisor:
                         except OSError:
                             pass
         finally:
+            if priority is not None:
+                _sched_attr(priority)
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)

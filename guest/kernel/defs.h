@@ -71,7 +71,25 @@ long ring_avail(int idx);
 // wait.c
 void doorbell(void);
 void sleep_until(uint64_t tsc_deadline);
-void wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring);
+void wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring,
+    uint64_t spin_ns);
+/*
+ * How long to spin before halting.  A halt costs the sleeper a wake-up
+ * relayed by the host and an interrupt handled in ring 0, which PVM
+ * emulates: 0.5-1 ms here.  Measured with bench/pipes.py: a 100 us spin
+ * lets streaming and ping-pong fall into halts (100 MB/s, 520 us round
+ * trips); 200 us keeps them in the fast path (2.7 GB/s, 7 us).
+ *
+ * An answer through a pipe between hosts comes through two workers and the
+ * network, in more than SPIN_NS: a ping-pong there halted on every
+ * exchange.  So a reader of small messages on a bridged ring spins longer
+ * (SPIN_FAR_NS; bench/xpipe.py's round trip 1.25 -> 0.77 ms together with
+ * the workers' priority, run.py); a bulk reader or a writer does not: its
+ * spinning would take the CPU from the worker that moves its bytes
+ * (bench/xpipe.py's throughput fell by 40%).
+ */
+#define SPIN_NS        200000
+#define SPIN_FAR_NS    2000000
 
 // clock.c
 void clock_init(void);

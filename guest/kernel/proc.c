@@ -63,7 +63,7 @@ host_call(int req, long a0, long a1, long a2, long a3)
 	CTL->req = (uint32_t)req;
 	__atomic_store_n(&CTL->req_seq, seq, __ATOMIC_RELEASE);
 	doorbell();
-	wait_until(replied, &seq, 0, UF_SLEEP_REPLY, -1);
+	wait_until(replied, &seq, 0, UF_SLEEP_REPLY, -1, SPIN_NS);
 	CTL->req = UF_REQ_NONE;
 	return CTL->ret;
 }

@@ -15,6 +15,10 @@
 
 #define SHM ((volatile struct uf_shm *)BOOT->shm_base)
 
+/* Whether this process's last read of each ring took a small message: a
+ * reader that waits for one on a bridged ring spins longer (SPIN_FAR_NS). */
+static uint8_t small_reads[UF_SHM_RINGS];
+
 volatile struct uf_ring *
 shm_ring(int idx)
 {
@@ -143,7 +147,7 @@ ring_write(int idx, const void *buf, size_t n, int nonblock)
 		if (!can_write(&w)) {
 			if (nonblock)
 				return done ? (long)done : -EAGAIN;
-			wait_until(can_write, &w, &r->wr_wait, UF_SLEEP_WRITE, idx);
+			wait_until(can_write, &w, &r->wr_wait, UF_SLEEP_WRITE, idx, SPIN_NS);
 			continue;
 		}
 		lock(&r->wlock);
@@ -190,10 +194,11 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 				__atomic_add_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
 				if (r->bridged & UF_BRIDGED_TELL)
 					doorbell();
-				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx);
+				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx,
+				    small_reads[idx] ? SPIN_FAR_NS : SPIN_NS);
 				__atomic_sub_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
 			} else {
-				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx);
+				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx, SPIN_NS);
 			}
 			continue;
 		}
@@ -211,6 +216,7 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 		__atomic_store_n(&r->tail, tail + chunk, __ATOMIC_RELEASE);
 		unlock(&r->rlock);
 		wake(&r->wr_wait);
+		small_reads[idx] = chunk <= UF_PIPE_BUF;
 		return (long)chunk;
 	}
 }

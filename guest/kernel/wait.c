@@ -33,25 +33,18 @@ sleep_until(uint64_t tsc_deadline)
 	gate(GATE_HALT, (long)tsc_deadline, 0);
 }
 
-/*
- * How long to spin before halting.  A halt costs the sleeper a wake-up
- * relayed by the host and an interrupt handled in ring 0, which PVM
- * emulates: 0.5-1 ms here.  Measured with bench/pipes.py: a 100 us spin
- * lets streaming and ping-pong fall into halts (100 MB/s, 520 us round
- * trips); 200 us keeps them in the fast path (2.7 GB/s, 7 us).
- */
-#define SPIN_NS        200000
 #define SLEEP_SLICE_NS 100000000ULL    /* re-check at least every 100 ms */
 
 /*
- * Wait until ready(arg) holds: spin SPIN_NS, then halt with (what, ring)
+ * Wait until ready(arg) holds: spin (spin_ns), then halt with (what, ring)
  * published in the control page and (flag), the ring's wait flag, raised
  * so that the side that changes the ring rings the doorbell.
  */
 void
-wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring)
+wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring,
+    uint64_t spin_ns)
 {
-	uint64_t spin_end = rdtsc() + ns_to_tsc(SPIN_NS);
+	uint64_t spin_end = rdtsc() + ns_to_tsc(spin_ns);
 
 	while (!ready(arg)) {
 		if (rdtsc() < spin_end) {
