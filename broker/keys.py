@@ -30,6 +30,11 @@ def job(job_id: str) -> str:            # hash: status, program, host, exit_stat
 
 
 JOBS = f"{PREFIX}jobs"                  # sorted set of job ids by submission time
+RUNNING = f"{PREFIX}running"            # set of the job ids a worker has claimed, until they end
+
+
+def job_rescue(job_id: str, incarnation: str) -> str:   # string: one worker re-sends a lost run
+    return f"{PREFIX}job:{job_id}:rescue:{incarnation}"
 
 
 def job_output(job_id: str, stream: str) -> str:   # list of chunks, stream: out|err

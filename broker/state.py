@@ -114,12 +114,15 @@ def new_job(r: redis.Redis, job_id: str, program: str, args: list[str], pipeline
         p.execute()
 
 
-def claim_job(r: redis.Redis, job_id: str, host: str, incarnation: str) -> str:
+def claim_job(r: redis.Redis, job_id: str, host: str, incarnation: str,
+              request: dict | None = None) -> str:
     """Take job (job_id) for this worker, as one step: "run" (it is ours
     now), "done" (it has ended), or "busy": a live worker runs it (a
     second delivery: the broker hands a job out again when it outlives
     the visibility timeout, or a client sent it twice).  A job whose
-    worker is gone (dead, or restarted since) is ours to run again."""
+    worker is gone (dead, or restarted since) is ours to run again.
+    (request), the task's arguments, is kept to send the job again if this
+    worker is lost (lost_jobs)."""
     key = keys.job(job_id)
     with r.pipeline() as p:
         while True:
@@ -137,6 +140,9 @@ def claim_job(r: redis.Redis, job_id: str, host: str, incarnation: str) -> str:
                 p.multi()
                 p.hset(key, mapping={"status": JobStatus.RUNNING.value, "host": host,
                                      "incarnation": incarnation})
+                if request is not None:
+                    p.hset(key, "request", json.dumps(request))
+                p.sadd(keys.RUNNING, job_id)
                 if rerun:           # its processes died with their host: start afresh
                     p.delete(keys.job_procs(job_id), keys.job_pids(job_id),
                              keys.job_trees(job_id), *(keys.job_inbox(job_id, t) for t in trees))
@@ -147,6 +153,23 @@ def claim_job(r: redis.Redis, job_id: str, host: str, incarnation: str) -> str:
                 return "run"
             except redis.WatchError:
                 continue
+
+
+def lost_jobs(r: redis.Redis) -> list[tuple[str, str, str, dict]]:
+    """The jobs claimed by a worker that is gone (its heartbeat lapsed, or
+    it was restarted since): (job id, its host, that worker's incarnation,
+    the task's arguments).  The broker would hand such a job out again only
+    after its visibility timeout (an hour with Redis)."""
+    lost = []
+    for raw in r.smembers(keys.RUNNING):
+        job_id = raw.decode()
+        status, holder, inc, request = (v.decode() if v else None for v in r.hmget(
+            keys.job(job_id), "status", "host", "incarnation", "request"))
+        if status != JobStatus.RUNNING.value:
+            r.srem(keys.RUNNING, job_id)        # it ended (or expired) meanwhile
+        elif holder and request and not host_alive(r, holder, inc):
+            lost.append((job_id, holder, inc or "", json.loads(request)))
+    return lost
 
 
 def set_job(r: redis.Redis, job_id: str, **fields) -> None:
@@ -199,7 +222,9 @@ def procs(r: redis.Redis, job_id: str) -> dict[int, dict]:
 
 
 def expire_job(r: redis.Redis, job_id: str) -> None:
+    """The job has ended: its records stay for a while."""
     p = r.pipeline()
+    p.srem(keys.RUNNING, job_id)
     trees = [int(t) for t in r.smembers(keys.job_trees(job_id))]
     for k in (keys.job(job_id), keys.job_output(job_id, "out"), keys.job_output(job_id, "err"),
               keys.job_procs(job_id), keys.job_events(job_id), keys.job_pids(job_id),

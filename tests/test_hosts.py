@@ -228,6 +228,27 @@ def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, pro
     assert f"pid 1's host {home} was lost".encode() in out.stderr, out
 
 
+def test_a_job_whose_host_dies_is_sent_again_at_once_and_runs_elsewhere(net, program):
+    """The broker would hand the job out again only after an hour (its
+    visibility timeout): a live worker sees the host lapse and sends it."""
+    job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.1)
+    home = ps[1]["host"]
+    net.kill_host(home)
+    try:
+        wait_finished(net, job_id, within=60)
+    finally:
+        net.restart_worker(home)            # for the next tests
+    out = cli(net, "logs", job_id)
+    assert f"the job's host {home} was lost: the job runs again from the start on".encode() \
+        in out.stderr, out
+    assert procs(net, job_id)[1]["host"] != home
+    assert out.stdout.endswith(b"child 0 exited 10\n1 forked\n"), out   # the second run's
+
+
 @pytest.mark.parametrize("fate", ["restarts", "dies"])
 def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program, fate):
     """Runs last (hostC drained): pid 1 and children on hostA and hostB;

@@ -9,11 +9,14 @@ running processes finish.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 from broker import keys, state
-from broker.app import FORKS_QUEUE, JOBS_QUEUE, app, host_queue
+from broker.app import FORKS_QUEUE, JOBS_QUEUE, RUN_JOB, app, host_queue
+
+log = logging.getLogger("unifork.worker")
 
 HEARTBEAT_EVERY = 1.0
 
@@ -27,11 +30,27 @@ def _heartbeat(r, name: str, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_EVERY):
         try:
             state.heartbeat(r, name)
+            rescue_lost_jobs(r, name)
             if not draining and r.hget(keys.host(name), "draining") == b"1":
                 draining = True
                 _stop_taking(name)
         except Exception:           # noqa: BLE001 - Redis hiccup: try again next beat
             pass
+
+
+def rescue_lost_jobs(r, name: str) -> list[str]:
+    """Send again each job whose worker is lost (state.lost_jobs), once
+    per lost run whichever worker sees it first: the worker that takes it
+    runs it again from the start (state.claim_job).  Without this, the
+    broker would hand it out only after its visibility timeout, an hour.
+    The ids of the jobs sent."""
+    sent = []
+    for job_id, holder, inc, request in state.lost_jobs(r):
+        if r.set(keys.job_rescue(job_id, inc), name, nx=True, ex=24 * 3600):
+            log.warning("job %s: its host %s was lost: sending it again", job_id, holder)
+            app.send_task(RUN_JOB, task_id=job_id, queue=JOBS_QUEUE, kwargs=request)
+            sent.append(job_id)
+    return sent
 
 
 def serve(name: str, slots: int, advertise: str) -> None:

@@ -133,7 +133,12 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
     host = host_name()
     if state.job_info(r, job_id) is None:       # sent by plain Celery client code
         state.new_job(r, job_id, name, list(args))
-    claim = state.claim_job(r, job_id, host, host_incarnation())
+    if program is not None:                     # kept by content, like a submitted one
+        image, program = state.put_image(r, base64.b64decode(program)), None
+    request = {"image": image, "name": name, "args": list(args), "env": list(env),
+               "stdin": stdin, "mem_mib": mem_mib, "max_procs": max_procs,
+               "timeout": timeout, "fork_wait": fork_wait}
+    claim = state.claim_job(r, job_id, host, host_incarnation(), request)
     if claim == "done":                         # delivered twice: already done
         return _result(r, job_id, state.job_info(r, job_id))
     if claim == "busy":                         # delivered twice: it runs elsewhere
@@ -142,8 +147,6 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
     err_sink: list[bytes] = []
     link = None
     try:
-        if program is not None:
-            image = state.put_image(r, base64.b64decode(program))
         if not image:
             raise BadProgram("run_job needs image (a sha256) or program (base64)")
         path = cached_image(r, image)
