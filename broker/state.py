@@ -159,16 +159,23 @@ def lost_jobs(r: redis.Redis) -> list[tuple[str, str, str, dict]]:
     """The jobs claimed by a worker that is gone (its heartbeat lapsed, or
     it was restarted since): (job id, its host, that worker's incarnation,
     the task's arguments).  The broker would hand such a job out again only
-    after its visibility timeout (an hour with Redis)."""
+    after its visibility timeout (an hour with Redis).  Such a job that was
+    cancelled is marked so here: nobody else is left to."""
     lost = []
     for raw in r.smembers(keys.RUNNING):
         job_id = raw.decode()
-        status, holder, inc, request = (v.decode() if v else None for v in r.hmget(
-            keys.job(job_id), "status", "host", "incarnation", "request"))
+        status, holder, inc, request, cancel = (v.decode() if v else None for v in r.hmget(
+            keys.job(job_id), "status", "host", "incarnation", "request", "cancel"))
         if status != JobStatus.RUNNING.value:
             r.srem(keys.RUNNING, job_id)        # it ended (or expired) meanwhile
-        elif holder and request and not host_alive(r, holder, inc):
-            lost.append((job_id, holder, inc or "", json.loads(request)))
+        elif holder and not host_alive(r, holder, inc):
+            if cancel == "1":                   # nobody is left to end it: we do
+                append_output(r, job_id, "err", f"unifork: the job's host {holder} was "
+                              "lost after the job was cancelled\n".encode())
+                set_job(r, job_id, status=JobStatus.CANCELLED.value, exit_status=143)
+                expire_job(r, job_id)
+            elif request:
+                lost.append((job_id, holder, inc or "", json.loads(request)))
     return lost
 
 

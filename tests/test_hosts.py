@@ -215,6 +215,7 @@ def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, pro
     away = {pid: p["host"] for pid, p in ps.items() if p["host"] != home}
     assert away, ps
     net.kill_host(home)
+    cli(net, "cancel", job_id)              # (else it runs again: next test)
     deadline = time.monotonic() + 30       # the children sleep for 60 s
     while any(procs(net, job_id)[pid]["state"] != "killed" for pid in away):
         assert time.monotonic() < deadline, procs(net, job_id)
@@ -226,6 +227,10 @@ def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, pro
     net.restart_worker(home)                # for the next tests
     out = cli(net, "logs", job_id)
     assert f"pid 1's host {home} was lost".encode() in out.stderr, out
+    deadline = time.monotonic() + 30
+    while b"cancelled" not in (ps := cli(net, "ps", job_id).stdout):     # not "running"
+        assert time.monotonic() < deadline, ps.decode()
+        time.sleep(0.2)
 
 
 def test_a_job_whose_host_dies_is_sent_again_at_once_and_runs_elsewhere(net, program):
