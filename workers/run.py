@@ -320,6 +320,9 @@ class Supervisor:
         vm = p.vm
         vm.wait()
         self._drain_log(p)
+        # What it wrote goes out before its end is told (to a parent on
+        # another host, which may print next): the order a reader expects.
+        self._pump_output()
         self.job.reap(p)
         if p.pid == 1:
             self.pid1_qemu_rc = vm.returncode
@@ -395,6 +398,12 @@ class Supervisor:
 
     # -- output --------------------------------------------------------------
     def _pump(self) -> None:
+        self._pump_output()
+        for p in self.job.live():
+            self._drain_log(p)
+        self._feed()
+
+    def _pump_output(self) -> None:
         for ring, name in ((self.stdout, "stdout"), (self.stderr, "stderr")):
             data, _ = ring.read()
             if data:
@@ -403,9 +412,6 @@ class Supervisor:
                 self.out_fds[id(ring)] = -1
                 self.say(1, f"the job's {name} ring was overwritten by a guest: "
                          f"its {name} is discarded from here on")
-        for p in self.job.live():
-            self._drain_log(p)
-        self._feed()
 
     def _drain_log(self, p: Proc) -> None:
         if p.vm.log.corrupt:
