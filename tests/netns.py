@@ -38,9 +38,10 @@ state.new_job(r, job, prog, args)
 kwargs = {"image": sha, "name": os.path.basename(prog), "args": args}
 """
 
-# Sends the job to HOST's own queue; prints its stdout (its stderr and
-# "job ID" on stderr), exits with its status.
+# Sends the job, our stdin its stdin, to HOST's own queue; prints its stdout
+# (its stderr and "job ID" on stderr), exits with its status.
 SEND = JOB + r"""
+kwargs["stdin"] = base64.b64encode(sys.stdin.buffer.read()).decode()
 res = app.send_task(RUN_JOB, task_id=job, queue=host_queue(host), kwargs=kwargs).get(timeout=600)
 sys.stdout.buffer.write(base64.b64decode(res["stdout"]))
 sys.stderr.buffer.write(base64.b64decode(res["stderr"]))
@@ -145,11 +146,11 @@ class Hosts:
         for p in self.workers:
             p.wait(timeout=30)
 
-    def send_job(self, url: str, host: str, prog, *args, timeout: float = 600
-                 ) -> subprocess.CompletedProcess:
-        """Run (prog) as a job sent to (host)'s own queue (SEND)."""
+    def send_job(self, url: str, host: str, prog, *args, timeout: float = 600,
+                 stdin: bytes = b"") -> subprocess.CompletedProcess:
+        """Run (prog) as a job sent to (host)'s own queue (SEND), (stdin) its stdin."""
         return self.run("hub", sys.executable, "-c", SEND, ROOT, url, host, prog,
-                        *map(str, args), timeout=timeout)
+                        *map(str, args), timeout=timeout, input=stdin)
 
     def drop_udp(self, host: str, percent: int) -> None:
         """Lose (percent) % of the UDP datagrams (IP fragments) (host) receives."""

@@ -90,6 +90,18 @@ def test_pipes_across_hosts_give_the_native_output(net, program, args):
         assert sum(int(d) for _, d in counts) > 0, got.stderr.decode()
 
 
+def test_a_child_on_another_host_reads_the_jobs_stdin(net, program):
+    """pid 1 keeps its stdin open and never reads it; its child, on another
+    host, reads all of it (the stdin ring is bridged like a pipe)."""
+    prog = program("xpipes", "musl")
+    data = bytes(range(256)) * 1000 + b"the end\n"
+    want = subprocess.run([prog, "stdin"], input=data, capture_output=True, timeout=60)
+    got = net.send_job(net.url, "hostA", prog, "stdin", timeout=300, stdin=data)
+    assert got.returncode == want.returncode == 0, got.stderr.decode()
+    assert got.stdout == want.stdout, got.stderr.decode()
+    assert len(hosts_of(net, got)) > 1
+
+
 SHELL = ("busybox seq 1 20000 | busybox sed s/1/x/ | busybox grep -c x; "
          "n=$(busybox seq 1 10 | busybox wc -l); echo \"ten: $n\"; "
          "busybox seq 1 3000 | busybox sort -rn | busybox head -3")

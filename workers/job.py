@@ -258,10 +258,10 @@ class Job:
         parent.parked_seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
         pid, pipes = self.new_pid(), []
         parent.sending = (pid, pipes)
-        if self.bridge is not None:     # the child's pipes reach it over a link
+        if self.bridge is not None:     # the child's pipes (and stdin) reach it over a link
             ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
             used = self.shm.used()
-            for i in range(3, abi.SHM_RINGS):
+            for i in (0, *range(3, abi.SHM_RINGS)):     # (each host pumps its own output)
                 r, w = ends[2 * i], ends[2 * i + 1]
                 if (r or w) and used >> i & 1:
                     pipes.append(self.bridge.link_child(i, r, w))

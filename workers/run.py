@@ -364,6 +364,11 @@ class Supervisor:
             except KeyError:
                 pass
 
+    def stdin_elsewhere(self) -> None:
+        """The stdin ring is not ours to write: on a host other than pid
+        1's, the job's stdin comes through the pipe bridge."""
+        self.stdin_eof = True
+
     def _stdin_done(self) -> None:
         if not self.stdin_eof:
             self.stdin_eof = True

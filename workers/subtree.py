@@ -7,11 +7,12 @@ parent's RAM and device state read from that socket (transfer.py), and
 then the child runs as the root of a subtree that this worker supervises
 until its last process here ends (cluster.py says how subtrees talk).
 
-The child keeps what it inherited where it can: its stdout and stderr
-(and its children's) go to the job's output; its stdin reads end of file;
-a pipe whose other ends are on the parent's host is not carried across
-(that is the UDP bridge's work): reading it gives end of file, writing it
-EPIPE, and the job's stderr says so once.
+The child keeps what it inherited: its stdout and stderr (and its
+children's) go to the job's output from here; its stdin and its pipes
+reach it over the pipe bridge (bridge.py), which links each ring it holds
+to the same ring in this subtree's region.  A pipe no link carries (none
+should remain) reads end of file and fails writes with EPIPE, and the
+job's stderr says so once.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from . import abi, elf, fork, transfer
 from .cluster import Link
 from .job import Job
 from .layout import Layout
-from .rings import HostRing, SharedRegion
+from .rings import SharedRegion
 from .run import RunRequest, Supervisor
 from .vm import VM
 
@@ -165,17 +166,16 @@ def _ran_and_ended(vm: VM) -> bool:
         abi.State.EXITED, abi.State.KILLED)
 
 
-def stdio_rings(shm: SharedRegion, mem, bridged: set[int]
-                ) -> tuple[HostRing, HostRing, HostRing, list[int]]:
+def stdio_rings(shm: SharedRegion, mem, bridged: set[int]) -> list[int]:
     """Rings in this host's region for what the child holds: the job's stdio
     (0, 1, 2) with this host's ends, and the pipes it inherited that no
-    link carries (bridged: those the bridge makes).  Returns the stdio
-    rings and the cut pipes."""
+    link carries (bridged: those the bridge makes, stdin among them when
+    the child holds it).  Returns the cut pipes."""
     ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
     used, cut = 0, []
     for i in range(abi.SHM_RINGS):
         r, w = ends[2 * i], ends[2 * i + 1]
-        if i > 2 and (not (r or w) or i in bridged):
+        if i in bridged or i > 2 and not (r or w):
             continue
         host_r, host_w = (0, 1) if i == 0 else (1, 0) if i < 3 else (0, 0)
         abi.RING.put(shm.map, abi.shm_ring_off(i), size=abi.RING_SIZE,
@@ -184,7 +184,7 @@ def stdio_rings(shm: SharedRegion, mem, bridged: set[int]
         if i > 2:
             cut.append(i)
     abi.SHM.put(shm.map, 0, used=used)
-    return shm.ring(0), shm.ring(1), shm.ring(2), cut
+    return cut
 
 
 _programs: dict[tuple[str, int], elf.Program] = {}
@@ -207,7 +207,7 @@ def _pipe_specs(header: dict) -> dict[int, dict]:
     for spec in header.get("pipes", []):
         try:
             idx, cid, addr = int(spec["ring"]), bytes.fromhex(spec["cid"]), spec["addr"]
-            if 3 <= idx < abi.SHM_RINGS and len(cid) == 16:
+            if (idx == 0 or 3 <= idx < abi.SHM_RINGS) and len(cid) == 16:
                 out[idx] = {"ring": idx, "cid": spec["cid"], "addr": [str(addr[0]), int(addr[1])]}
         except (KeyError, TypeError, ValueError, IndexError):
             raise transfer.TransferError("a malformed pipe link in the fork header")
@@ -244,13 +244,15 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
                 abi.CTL.put(a.vm.mem, abi.CTL_ADDR, ret=0, val=(0, 0))
                 abi.CTL.put(a.vm.mem, abi.CTL_ADDR, rep_seq=seq)
                 pipes = _pipe_specs(header)
-                stdin, stdout, stderr, cut = stdio_rings(a.shm, a.vm.mem, set(pipes))
-                sup = Supervisor(req, stdin, stdout, stderr, out=out)
+                cut = stdio_rings(a.shm, a.vm.mem, set(pipes))
                 if pipes:
                     bridge = make_bridge()
                     ends = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "ends")
                     for i, spec in pipes.items():
                         bridge.link_parent(spec, ends[2 * i], ends[2 * i + 1])
+                sup = Supervisor(req, *(a.shm.ring(i) for i in range(3)), out=out)
+                if 0 in pipes:
+                    sup.stdin_elsewhere()       # the job's stdin comes over its link
                 tsc_khz = abi.BOOT.get(a.vm.mem, abi.BOOT_ADDR, "tsc_khz")
                 resume = int(header["tsc"]) + int((time.monotonic() - arrived) * tsc_khz * 1000)
                 try:

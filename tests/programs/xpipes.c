@@ -21,6 +21,10 @@
  *                           exits before the reader is forked (as
  *                           in a shell pipeline of a fast first stage): the
  *                           reader must get them all
+ *   xpipes stdin            a child that holds its VM, then a child that
+ *                           reads the program's stdin to end of file and
+ *                           prints its size and a checksum; the parent keeps
+ *                           its own stdin open and does not read it
  *   xpipes lost             a child that holds its VM, then a child that
  *                           writes into a pipe for ever: the parent reads
  *                           until end of file (the test kills the writer's
@@ -312,6 +316,28 @@ late(long bytes)
 }
 
 static int
+readstdin(void)
+{
+	static char buf[65536];
+	pid_t holder = hold();
+	pid_t r = fork();
+	if (r == 0) {
+		unsigned long total = 0, sum = 0;
+		long n;
+		while ((n = read(0, buf, sizeof buf)) > 0)
+			for (long i = 0; i < n; i++, total++)
+				sum = sum * 31 + (unsigned char)buf[i];
+		printf("stdin: %lu bytes, checksum %lx\n", total, sum);
+		_exit(n < 0);
+	}
+	int st;
+	waitpid(r, &st, 0);
+	printf("reader exited %d\n", WEXITSTATUS(st));
+	release(holder);
+	return 0;
+}
+
+static int
 lost(void)
 {
 	int p[2];
@@ -357,6 +383,8 @@ main(int argc, char **argv)
 		return late(atol(argv[2]));
 	if (argc == 3 && !strcmp(argv[1], "nested"))
 		return nested(atoi(argv[2]));
+	if (argc == 2 && !strcmp(argv[1], "stdin"))
+		return readstdin();
 	if (argc == 2 && !strcmp(argv[1], "lost"))
 		return lost();
 	fprintf(stderr, "usage: see the comment at the top\n");
