@@ -1,8 +1,8 @@
 """An unmodified, real multi-process program: BusyBox (Debian's static
 build).  Its shell forks for pipelines and subshells and re-runs its own
 image for each applet; every process is a VM, and the output must be the
-native run's.  Not yet: background jobs (ash's `wait` sleeps in sigsuspend
-until its SIGCHLD handler runs: signal handlers are not run)."""
+native run's.  Background jobs need signal handlers: ash's `wait` sleeps
+in sigsuspend until its SIGCHLD handler runs."""
 from __future__ import annotations
 
 import shutil
@@ -24,6 +24,10 @@ SCRIPTS = {
                  "if busybox false; then echo no; else echo false is false; fi",
     "kill": "busybox sleep 30 & p=$!; kill -TERM $p; wait $p; echo killed status $?",
     "stdin": "while read line; do echo got $line; done",
+    "background": "busybox sleep 0.2 & echo started; wait; echo done; "
+                  "for i in 1 2 3; do (busybox sleep 0.1; exit $i) & done; wait; echo all done",
+    "trap": 'trap "echo caught TERM" TERM; kill -TERM $$; echo after; '
+            'trap "echo bye" EXIT; exit 3',
 }
 
 

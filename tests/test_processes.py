@@ -1,6 +1,7 @@
 """Multi-process programs run as one VM per process, with output and status
 identical to the native run: fork, wait, kill, orphans, pipes, dup2,
-execve of the program's own image, limits, and misbehaving guests."""
+execve of the program's own image, signal handlers, limits, and
+misbehaving guests."""
 from __future__ import annotations
 
 import time
@@ -10,7 +11,7 @@ import pytest
 from conftest import LIBCS, native, qemu_pids, status, unifork
 
 PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths",
-            "execfast", "forkrandom", "adopt"]
+            "execfast", "forkrandom", "adopt", "signals"]
 
 
 @pytest.mark.parametrize("libc", LIBCS)

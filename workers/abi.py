@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000

@@ -370,17 +370,18 @@ class Job:
             if sig in STOPPING:
                 return self._say_once(t.pid, f"signal {sig}: stopping a process is not "
                                       "supported; ignored")
-            if ctl["sig_blocked"] & bit:        # pending until it unblocks it
+            blocked, caught = ctl["sig_blocked"] & bit, ctl["sig_caught"] & bit
+            if not blocked and (ctl["sig_ignored"] & bit or
+                                (sig in DEFAULT_IGNORED and not caught)):
+                return
+            if blocked or caught:       # the guest takes it: pending, or its handler
                 if not ctl["sig_posted"] & bit:
                     from .cpu import address, atomic_add
                     atomic_add(address(t.vm.mem) + abi.CTL_ADDR
                                + abi.CTL.offsets["sig_posted"], bit)
+                if not blocked:
+                    t.vm.wake()         # out of a halt, to give way to it
                 return
-            if ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not ctl["sig_caught"] & bit):
-                return
-            if ctl["sig_caught"] & bit:
-                self._say_once(t.pid, f"signal {sig}: running signal handlers is not "
-                               "supported; taking the default action")
             if sig in DEFAULT_IGNORED:
                 return
         t.killed_by = sig
@@ -473,6 +474,7 @@ class Job:
                     continue
                 ring.release_locks(p.pid)
         self.changed = True
+        self._sigchld(p)
         for c in list(self.procs.values()):
             if c.ppid == p.pid:
                 self._to_init(c)
@@ -547,9 +549,16 @@ class Job:
         except (KeyError, ValueError, TypeError):
             pass
 
+    def _sigchld(self, child: Proc) -> None:
+        """(child) has ended: SIGCHLD to its parent, if it is here."""
+        parent = self.procs.get(child.ppid)
+        if parent is not None and parent.running and not parent.remote and parent.vm:
+            self.signal(parent, SIGCHLD)
+
     def remote_ended(self, p: Proc, wstatus: int) -> None:
         """Remote process (p) has ended with (wstatus)."""
         p.wstatus = wstatus
+        self._sigchld(p)
         if self.link is not None:
             self.link.watch.pop(p.pid, None)
         if p.ppid not in self.procs:

@@ -36,7 +36,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      4
+#define UF_ABI_VERSION      5
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -186,10 +186,12 @@ struct uf_ctl {
 	uint64_t _pad3[4];
 	/* Guest-written: signal dispositions, bit (sig - 1), for kill(). */
 	uint64_t sig_ignored;       /* SIG_IGN, or default-ignore */
-	uint64_t sig_caught;        /* a handler (not run: default action) */
+	uint64_t sig_caught;        /* a handler */
 	uint64_t sig_blocked;
-	/* Host-written (atomic OR): signals sent by others while blocked here;
-	 * the guest takes them (atomic exchange) when it unblocks them. */
+	/* Host-written (atomic OR): signals sent by others that are blocked or
+	 * caught here (then the host wakes the guest too); the guest takes
+	 * them (atomic exchange) and runs their handlers at its next return
+	 * from a system call (a blocking one gives way: EINTR or restart). */
 	uint64_t sig_posted;
 	uint64_t _pad4[4];
 	/* Guest-written: ring ends this process holds: [ring][0 read, 1 write].

@@ -21,6 +21,22 @@ struct trapframe {
 	uint64_t rip, cs, rflags, rsp, ss;
 };
 
+/*
+ * The program's registers at a system call, as syscall_entry pushes them
+ * at the top of the system-call stack, and pops them on the way back (a
+ * signal handler's entry and rt_sigreturn rewrite them).  rcx holds the
+ * return rip, r11 the flags; the rsp is sys_user_rsp.
+ */
+struct uregs {
+	uint64_t rax, r9, r8, r10, rdx, rsi, rdi, r11, rcx;
+	uint64_t r15, r14, r13, r12, rbp, rbx;
+};
+_Static_assert(sizeof(struct uregs) == 15 * 8, "uregs: entry.S pushes 15");
+extern struct uregs sys_uregs;     /* at the top of the system-call stack */
+extern uint8_t sys_stack_top[];
+extern uint64_t sys_user_rsp;
+#define UREGS (&sys_uregs)
+
 // main.c
 extern uint32_t cpu_features;   /* CPUF_* */
 #define CPUF_RDRAND    (1u << 0)
@@ -46,9 +62,17 @@ long syscall_dispatch(long nr, long a0, long a1, long a2, long a3, long a4, long
 void proc_init(void);
 void proc_exit(int status) __attribute__((noreturn));
 void proc_kill(int sig) __attribute__((noreturn));
-void proc_sigpipe(void);
 long sys_arch_prctl(long code, long addr);
 void random_fork(void);
+
+// signal.c
+int  signal_pending(void);
+void signal_raise(int sig);
+void signal_wait(void);
+void signal_exec(void);
+void signal_fork(void);
+void proc_sigpipe(void);
+long signal_return(long nr, long ret);
 
 // vm.c
 void vm_init(void);
@@ -71,7 +95,7 @@ long ring_avail(int idx);
 // wait.c
 void doorbell(void);
 void sleep_until(uint64_t tsc_deadline);
-void wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring,
+int  wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring,
     uint64_t spin_ns);
 /*
  * How long to spin before halting.  A halt costs the sleeper a wake-up

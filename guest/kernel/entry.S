@@ -21,12 +21,21 @@
  * so a single saved-rsp slot and a single syscall stack suffice.
  * Linux preserves every register but rax, rcx and r11; the C code is built
  * with -mgeneral-regs-only, so the SSE registers are never touched.
+ * All the program's registers are pushed (struct uregs in defs.h) and
+ * popped back, so that a signal handler's entry and rt_sigreturn can
+ * rewrite them (signal.c).
  */
 	.globl syscall_entry
 syscall_entry:
 	movq %rsp, sys_user_rsp(%rip)
 	leaq sys_stack_top(%rip), %rsp
 	cld
+	pushq %rbx
+	pushq %rbp
+	pushq %r12
+	pushq %r13
+	pushq %r14
+	pushq %r15
 	pushq %rcx
 	pushq %r11
 	pushq %rdi
@@ -35,7 +44,7 @@ syscall_entry:
 	pushq %r10
 	pushq %r8
 	pushq %r9
-	pushq %rax                      /* keeps the stack 16-byte aligned */
+	pushq %rax
 	movq %r10, %rcx                 /* 4th argument, C convention */
 	pushq %r9                       /* 7th C argument: the 6th syscall arg */
 	movq %r8, %r9
@@ -43,7 +52,7 @@ syscall_entry:
 	movq %rdx, %rcx
 	movq %rsi, %rdx
 	movq %rdi, %rsi
-	movq %rax, %rdi                 /* syscall_dispatch(nr, a0..a5) */
+	movq %rax, %rdi                 /* syscall_dispatch(nr, a0..a5): 16 pushes, aligned */
 	call syscall_dispatch
 	addq $16, %rsp
 	popq %r9
@@ -56,6 +65,12 @@ syscall_entry:
 	popq %rdi
 	popq %r11
 	popq %rcx
+	popq %r15
+	popq %r14
+	popq %r13
+	popq %r12
+	popq %rbp
+	popq %rbx
 	jz 1f
 	/*
 	 * CPL 3 (PVM): sysretq would #GP.  Restore the flags from our own
@@ -212,6 +227,9 @@ sys_user_rsp:
 	.quad 0
 	.p2align 12
 sys_stack:
-	.skip 32768
+	.skip 32768 - 15 * 8
+	.globl sys_uregs                /* struct uregs: syscall_entry's pushes */
+sys_uregs:
+	.skip 15 * 8
 	.globl sys_stack_top
 sys_stack_top:

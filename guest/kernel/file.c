@@ -519,6 +519,8 @@ do_poll(long fdsp, unsigned long nfds, int64_t timeout_ns)
 		uint64_t now = clock_mono_ns();
 		if (n || (timeout_ns >= 0 && now - start >= (uint64_t)timeout_ns))
 			return n;
+		if (signal_pending())
+			return -ERESTARTNOHAND;
 		uint64_t slice = now - start < 200000 ? 0 : 2000000;   /* spin, then 2 ms */
 		if (timeout_ns >= 0 && start + (uint64_t)timeout_ns - now < slice)
 			slice = start + (uint64_t)timeout_ns - now;

@@ -29,6 +29,11 @@
 #define SIGWINCH 28
 #define NSIG     64
 
+/* A blocking call a signal interrupted (never seen by the program:
+ * signal_return makes them EINTR or a restart of the call). */
+#define ERESTARTSYS    512      /* restart if the handler has SA_RESTART */
+#define ERESTARTNOHAND 514      /* EINTR if a handler ran */
+
 #define SIG_DFL  0UL
 #define SIG_IGN  1UL
 

@@ -7,7 +7,6 @@
 #include "x86.h"
 
 uint32_t cpu_features;
-extern uint8_t sys_stack_top[];
 void user_start(void);
 
 extern uint64_t gdt[];

@@ -1,10 +1,8 @@
 /*
  * proc.c: this process and its relatives.  fork, wait, kill of others and
  * execve are requests to the host (struct uf_ctl), which clones the VM,
- * keeps the job's process table and lays out new images.  Signal
- * dispositions and the mask are recorded here and published in the
- * control page, so that the host can act on kill(); a signal takes its
- * default action (running handlers is not supported yet, and says so).
+ * keeps the job's process table and lays out new images.  Signals
+ * themselves are signal.c's.
  */
 #include "defs.h"
 #include "linux.h"
@@ -30,10 +28,7 @@
 #define P_PID  1
 #define P_PGID 2
 
-extern uint64_t sys_user_rsp;
 
-static struct k_sigaction actions[NSIG + 1];
-static uint64_t sigmask, sigpending;
 static uint64_t clear_tid;
 
 void
@@ -92,65 +87,6 @@ proc_kill(int sig)
 		;
 }
 
-/* Signals whose default action is to do nothing. */
-static int
-default_ignored(int sig)
-{
-	return sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH || sig == SIGCONT;
-}
-
-/* Tell the host how each signal would be received here (for kill()). */
-static void
-publish_signals(void)
-{
-	uint64_t ign = 0, caught = 0;
-	for (int sig = 1; sig <= NSIG; sig++) {
-		uint64_t h = actions[sig].handler, bit = 1UL << (sig - 1);
-		if (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig)))
-			ign |= bit;
-		else if (h != SIG_DFL)
-			caught |= bit;
-	}
-	CTL->sig_ignored = ign;
-	CTL->sig_caught = caught;
-	CTL->sig_blocked = sigmask;
-}
-
-/* Act on (sig) sent to this process, now that it is not blocked. */
-static void
-deliver(int sig)
-{
-	uint64_t h = actions[sig].handler;
-
-	if (sig == SIGSTOP || sig == SIGTSTP)
-		return;         /* no job control: stopping is not supported */
-	if (sig != SIGKILL && (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig))))
-		return;
-	if (sig != SIGKILL && h != SIG_DFL)
-		kprintf("signal %d: running signal handlers is not supported; "
-		    "taking the default action\n", sig);
-	if (default_ignored(sig))
-		return;
-	proc_kill(sig);
-}
-
-static void
-raise_sig(int sig)
-{
-	if (sig != SIGKILL && sig != SIGSTOP && (sigmask & (1UL << (sig - 1)))) {
-		sigpending |= 1UL << (sig - 1);
-		return;
-	}
-	deliver(sig);
-}
-
-/* A write found no reader: SIGPIPE, unless ignored (then EPIPE). */
-void
-proc_sigpipe(void)
-{
-	raise_sig(SIGPIPE);
-}
-
 long
 sys_exit_group(long status)
 {
@@ -179,12 +115,12 @@ sys_kill(long pid_, long sig_)
 		return -EINVAL;
 	if (pid == BOOT->pid) {
 		if (sig)
-			raise_sig((int)sig);
+			signal_raise((int)sig);
 		return 0;
 	}
 	long r = host_call(UF_REQ_KILL, pid, sig, 0, 0);
 	if (r == 0 && sig && (pid == 0 || pid < -1))
-		raise_sig((int)sig);    /* the group includes this process */
+		signal_raise((int)sig); /* the group includes this process */
 	return r;
 }
 
@@ -200,67 +136,6 @@ long
 sys_tkill(long tid, long sig)
 {
 	return sys_kill(tid, sig);
-}
-
-long
-sys_rt_sigaction(long sig_, long act, long oact, long size)
-{
-	long sig = (int)sig_;
-
-	if (size != 8)
-		return -EINVAL;
-	if (sig < 1 || sig > NSIG)
-		return -EINVAL;
-	if (act && (sig == SIGKILL || sig == SIGSTOP))
-		return -EINVAL;
-	if (act && !user_ok((uint64_t)act, sizeof(struct k_sigaction)))
-		return -EFAULT;
-	if (oact && !user_ok((uint64_t)oact, sizeof(struct k_sigaction)))
-		return -EFAULT;
-	if (oact)
-		*(struct k_sigaction *)oact = actions[sig];
-	if (act) {
-		actions[sig] = *(const struct k_sigaction *)act;
-		publish_signals();
-	}
-	return 0;
-}
-
-long
-sys_rt_sigprocmask(long how_, long set, long oset, long size)
-{
-	long how = (int)how_;
-
-	if (size != 8)
-		return -EINVAL;
-	if (set && !user_ok((uint64_t)set, 8))
-		return -EFAULT;
-	if (oset && !user_ok((uint64_t)oset, 8))
-		return -EFAULT;
-	if (oset)
-		*(uint64_t *)oset = sigmask;
-	if (set) {
-		uint64_t s = *(const uint64_t *)set;
-		switch (how) {
-		case 0: sigmask |= s; break;            /* SIG_BLOCK */
-		case 1: sigmask &= ~s; break;           /* SIG_UNBLOCK */
-		case 2: sigmask = s; break;             /* SIG_SETMASK */
-		default: return -EINVAL;
-		}
-		sigmask &= ~((1UL << (SIGKILL - 1)) | (1UL << (SIGSTOP - 1)));
-		CTL->sig_blocked = sigmask;
-		/* Signals others sent while they were blocked (musl's fork blocks
-		 * all of them around the call: a kill right after fork lands here). */
-		sigpending |= __atomic_exchange_n(&CTL->sig_posted, 0, __ATOMIC_SEQ_CST);
-		uint64_t ready = sigpending & ~sigmask;
-		for (int sig = 1; ready; sig++, ready >>= 1) {
-			if (ready & 1) {
-				sigpending &= ~(1UL << (sig - 1));
-				deliver(sig);
-			}
-		}
-	}
-	return 0;
 }
 
 /* fork, vfork and clone used as fork: the host clones this VM. */
@@ -284,6 +159,7 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 	if (pid == 0) {                 /* the child, in its own VM */
 		BOOT->tsc_adjust = BOOT->tsc_resume - (int64_t)rdtsc();
 		random_fork();
+		signal_fork();
 		if (flags & CLONE_CHILD_SETTID)
 			*(int *)ctid = (int)BOOT->pid;
 		if (flags & CLONE_CHILD_CLEARTID)
@@ -378,10 +254,7 @@ sys_execve(long path, long argv, long envp)
 	long r = host_call(UF_REQ_EXEC, path, argv, envp, 0);
 	if (r < 0)
 		return r;
-	for (int sig = 1; sig <= NSIG; sig++)
-		if (actions[sig].handler != SIG_IGN)
-			actions[sig] = (struct k_sigaction){ 0, 0, 0, 0 };
-	publish_signals();
+	signal_exec();
 	clear_tid = 0;
 	file_exec();
 	vm_init();

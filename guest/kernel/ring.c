@@ -129,8 +129,9 @@ can_read(void *p)
  * Write (n) bytes from (buf) to ring (idx).  A write of up to UF_PIPE_BUF
  * bytes goes in whole, after waiting for room for all of it; a longer one
  * goes in pieces that others' writes may separate.  Blocks until all is
- * written, unless (nonblock).  Returns the count written, -EAGAIN, or
- * -EPIPE when no reader is left (the caller raises SIGPIPE).
+ * written, unless (nonblock).  Returns the count written, -EAGAIN, -EPIPE
+ * when no reader is left (the caller raises SIGPIPE), or -ERESTARTSYS
+ * when a signal came before anything was written.
  */
 long
 ring_write(int idx, const void *buf, size_t n, int nonblock)
@@ -147,7 +148,8 @@ ring_write(int idx, const void *buf, size_t n, int nonblock)
 		if (!can_write(&w)) {
 			if (nonblock)
 				return done ? (long)done : -EAGAIN;
-			wait_until(can_write, &w, &r->wr_wait, UF_SLEEP_WRITE, idx, SPIN_NS);
+			if (wait_until(can_write, &w, &r->wr_wait, UF_SLEEP_WRITE, idx, SPIN_NS))
+				return done ? (long)done : -ERESTARTSYS;
 			continue;
 		}
 		lock(&r->wlock);
@@ -173,7 +175,7 @@ ring_write(int idx, const void *buf, size_t n, int nonblock)
 /*
  * Read up to (n) bytes from ring (idx) into (buf).  Blocks until at least
  * one byte is there or every writer has closed (returns 0: EOF), unless
- * (nonblock): -EAGAIN.
+ * (nonblock): -EAGAIN; a signal meanwhile: -ERESTARTSYS.
  */
 long
 ring_read(int idx, void *buf, size_t n, int nonblock)
@@ -194,11 +196,14 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 				__atomic_add_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
 				if (r->bridged & UF_BRIDGED_TELL)
 					doorbell();
-				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx,
-				    small_reads[idx] ? SPIN_FAR_NS : SPIN_NS);
+				int stop = wait_until(can_read, (void *)r, &r->rd_wait,
+				    UF_SLEEP_READ, idx, small_reads[idx] ? SPIN_FAR_NS : SPIN_NS);
 				__atomic_sub_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
-			} else {
-				wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ, idx, SPIN_NS);
+				if (stop)
+					return -ERESTARTSYS;
+			} else if (wait_until(can_read, (void *)r, &r->rd_wait, UF_SLEEP_READ,
+			    idx, SPIN_NS)) {
+				return -ERESTARTSYS;
 			}
 			continue;
 		}

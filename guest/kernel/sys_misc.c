@@ -132,13 +132,29 @@ sys_time(long tp)
 	return t;
 }
 
-/* Sleep until the monotonic clock reads (end_ns). */
-static void
+/* Sleep until the monotonic clock reads (end_ns), or a signal may be
+ * taken: what was left (ns), 0 if none. */
+static uint64_t
 sleep_mono(uint64_t end_ns)
 {
 	uint64_t now;
-	while ((now = clock_mono_ns()) < end_ns)
+	while ((now = clock_mono_ns()) < end_ns) {
+		if (signal_pending())
+			return end_ns - now;
+		CTL->asleep = UF_SLEEP_TIMER;
 		sleep_until(rdtsc() + ns_to_tsc(end_ns - now));
+		CTL->asleep = UF_SLEEP_NONE;
+	}
+	return 0;
+}
+
+static long
+slept(uint64_t left, long rem)
+{
+	if (rem && user_ok((uint64_t)rem, sizeof(struct timespec)))
+		*(struct timespec *)rem = (struct timespec){ (int64_t)(left / 1000000000),
+		    (int64_t)(left % 1000000000) };
+	return left ? -ERESTARTNOHAND : 0;
 }
 
 static long
@@ -160,10 +176,7 @@ sys_nanosleep(long req, long rem)
 	long e = get_ts(req, &ns);
 	if (e)
 		return e;
-	sleep_mono(clock_mono_ns() + ns);
-	if (rem && user_ok((uint64_t)rem, sizeof(struct timespec)))
-		*(struct timespec *)rem = (struct timespec){ 0, 0 };
-	return 0;
+	return slept(sleep_mono(clock_mono_ns() + ns), rem);
 }
 
 long
@@ -177,10 +190,7 @@ sys_clock_nanosleep(long clk, long flags, long req, long rem)
 		return e;
 	if (flags & TIMER_ABSTIME)
 		ns = ns > now ? ns - now : 0;
-	sleep_mono(clock_mono_ns() + ns);
-	if (rem && !(flags & TIMER_ABSTIME) && user_ok((uint64_t)rem, sizeof(struct timespec)))
-		*(struct timespec *)rem = (struct timespec){ 0, 0 };
-	return 0;
+	return slept(sleep_mono(clock_mono_ns() + ns), flags & TIMER_ABSTIME ? 0 : rem);
 }
 
 /*
@@ -329,14 +339,6 @@ sys_sched_getaffinity(long pid, long n, long mask)
 }
 
 long sys_sigaltstack(long ss, long old) { (void)ss; (void)old; return 0; }
-
-/* pause: no signal can interrupt us (handlers are not run), so: forever. */
-long
-sys_pause(void)
-{
-	for (;;)
-		sleep_until(0);
-}
 
 /*
  * prctl: the process's name (PR_SET_NAME/PR_GET_NAME), and options that

@@ -2,7 +2,8 @@
  * syscall.c: the system-call table, on the Linux x86-64 numbers.  Each
  * sys_X checks its arguments (the program is not trusted to pass good
  * pointers) and returns a result or -errno.  A number with no entry returns
- * -ENOSYS and is logged once, by number and name.
+ * -ENOSYS and is logged once, by number and name.  On the way out, a
+ * signal may be taken (signal.c).
  */
 #include "defs.h"
 #include "linux.h"
@@ -35,9 +36,13 @@ static uint64_t logged[512 / 64];
 long
 syscall_dispatch(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 {
+	long ret = -ENOSYS;
+
 	CTL->syscalls++;
-	if ((uint64_t)nr < NSYS && table[nr])
-		return table[nr](a0, a1, a2, a3, a4, a5);
+	if ((uint64_t)nr < NSYS && table[nr]) {
+		ret = table[nr](a0, a1, a2, a3, a4, a5);
+		return signal_return(nr, ret);
+	}
 	if ((uint64_t)nr < 512 && !(logged[nr / 64] & (1UL << (nr % 64)))) {
 		logged[nr / 64] |= 1UL << (nr % 64);
 		const char *name = (uint64_t)nr < NSYSNAMES && syscall_names[nr] ?
@@ -46,5 +51,5 @@ syscall_dispatch(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 	} else if ((uint64_t)nr >= 512) {
 		kprintf("unsupported system call %ld: returning ENOSYS\n", nr);
 	}
-	return -ENOSYS;
+	return signal_return(nr, ret);
 }

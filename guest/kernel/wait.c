@@ -38,15 +38,20 @@ sleep_until(uint64_t tsc_deadline)
 /*
  * Wait until ready(arg) holds: spin (spin_ns), then halt with (what, ring)
  * published in the control page and (flag), the ring's wait flag, raised
- * so that the side that changes the ring rings the doorbell.
+ * so that the side that changes the ring rings the doorbell.  Returns 0,
+ * or -1 when a signal may be taken first (never while waiting for the
+ * host's reply to a request: that cannot be called back).
  */
-void
+int
 wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring,
     uint64_t spin_ns)
 {
 	uint64_t spin_end = rdtsc() + ns_to_tsc(spin_ns);
+	int interruptible = what != UF_SLEEP_REPLY;     /* a host request is not */
 
 	while (!ready(arg)) {
+		if (interruptible && signal_pending())
+			return -1;
 		if (rdtsc() < spin_end) {
 			cpu_relax();
 			continue;
@@ -60,4 +65,5 @@ wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, i
 			sleep_until(rdtsc() + ns_to_tsc(SLEEP_SLICE_NS));
 		CTL->asleep = UF_SLEEP_NONE;
 	}
+	return 0;
 }

@@ -1,0 +1,382 @@
+/*
+ * signal.c: signals.  Dispositions and the mask live here and are published
+ * in the control page, so that the host acts on a kill() from another
+ * process as this process would: it kills the VM for a fatal default
+ * action, drops an ignored signal, and posts a caught or blocked one in
+ * CTL->sig_posted and wakes us.
+ *
+ * A caught signal runs its handler on the way out of a system call
+ * (signal_return, called by syscall_dispatch): on the program's stack goes
+ * the frame Linux lays out (struct rt_sigframe: the registers at the call,
+ * the mask, the SSE state), and the call "returns" into the handler, which
+ * returns through its restorer to rt_sigreturn, which puts it all back.
+ * A blocking call interrupted by a signal returns EINTR, or starts again
+ * after the handler with SA_RESTART.  A program computing without system
+ * calls gets a signal from elsewhere at its next system call.
+ */
+#include "defs.h"
+#include "linux.h"
+#include "x86.h"
+
+#define SA_SIGINFO   0x00000004UL
+#define SA_ONSTACK   0x08000000UL
+#define SA_RESTART   0x10000000UL
+#define SA_NODEFER   0x40000000UL
+#define SA_RESETHAND 0x80000000UL
+
+#define BIT(sig)     (1UL << ((sig) - 1))
+#define UNBLOCKABLE  (BIT(SIGKILL) | BIT(SIGSTOP))
+
+static struct k_sigaction actions[NSIG + 1];
+static uint64_t sigmask, sigpending;
+static uint64_t saved_mask;     /* rt_sigsuspend's caller's mask, to restore */
+static int mask_saved;
+
+/* The frame a handler finds (Linux x86-64's struct rt_sigframe). */
+struct sigcontext64 {
+	uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+	uint64_t rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags;
+	uint16_t cs, gs, fs, ss;
+	uint64_t err, trapno, oldmask, cr2;
+	uint64_t fpstate;               /* the fxsave area, 16-byte aligned */
+	uint64_t reserved[8];
+};
+
+struct ucontext64 {
+	uint64_t uc_flags, uc_link;
+	uint64_t ss_sp;
+	int32_t  ss_flags, pad;
+	uint64_t ss_size;
+	struct sigcontext64 mc;
+	uint64_t uc_sigmask;
+};
+
+struct rt_sigframe {
+	uint64_t pretcode;              /* the restorer: the handler's return */
+	struct ucontext64 uc;
+	int32_t  info[32];              /* siginfo: signo, errno, code, ... */
+};
+
+_Static_assert(sizeof(struct sigcontext64) == 256, "sigcontext layout");
+_Static_assert(sizeof(struct rt_sigframe) == 440, "rt_sigframe layout");
+
+#define FXSAVE_SIZE 512
+
+static int
+default_ignored(int sig)
+{
+	return sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH || sig == SIGCONT;
+}
+
+/* Tell the host how each signal would be received here (for kill()). */
+static void
+publish(void)
+{
+	uint64_t ign = 0, caught = 0;
+	for (int sig = 1; sig <= NSIG; sig++) {
+		uint64_t h = actions[sig].handler;
+		if (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig)))
+			ign |= BIT(sig);
+		else if (h != SIG_DFL)
+			caught |= BIT(sig);
+	}
+	CTL->sig_ignored = ign;
+	CTL->sig_caught = caught;
+	CTL->sig_blocked = sigmask;
+}
+
+/* Signals waiting, ours and those the host posted, that may be taken now. */
+static uint64_t
+ready(void)
+{
+	if (CTL->sig_posted)
+		sigpending |= __atomic_exchange_n(&CTL->sig_posted, 0, __ATOMIC_SEQ_CST);
+	return sigpending & ~sigmask;
+}
+
+/* Whether a blocking call should give way to a signal (EINTR). */
+int
+signal_pending(void)
+{
+	return ready() != 0;
+}
+
+/* (sig) is raised in this process (kill of itself, SIGPIPE). */
+void
+signal_raise(int sig)
+{
+	uint64_t h = actions[sig].handler;
+	if (sig == SIGKILL)
+		proc_kill(sig);
+	if (!(sigmask & BIT(sig)) && (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig))))
+		return;
+	sigpending |= BIT(sig);
+	if (!(sigmask & BIT(sig)) && h == SIG_DFL && sig != SIGSTOP && sig != SIGTSTP)
+		proc_kill(sig);         /* fatal at once, as on Linux */
+}
+
+/* After execve: handlers are gone (the code is), ignored stays ignored. */
+void
+signal_exec(void)
+{
+	for (int sig = 1; sig <= NSIG; sig++)
+		if (actions[sig].handler != SIG_IGN)
+			actions[sig] = (struct k_sigaction){ 0, 0, 0, 0 };
+	publish();
+}
+
+/* In a fork child: nothing is pending (Linux clears it too). */
+void
+signal_fork(void)
+{
+	sigpending = 0;
+	CTL->sig_posted = 0;
+}
+
+static void
+save_fpu(void *area)
+{
+	__asm__ volatile("fxsave64 (%0)" : : "r"(area) : "memory");
+}
+
+static void
+restore_fpu(const void *area)
+{
+	__asm__ volatile("fxrstor64 (%0)" : : "r"(area) : "memory");
+}
+
+/*
+ * Build (sig)'s frame on the program's stack and make the system call
+ * return into its handler; (ret) is what the call returned, kept in the
+ * frame for the program to resume with.  False if the stack is unusable
+ * (the process is then killed, as Linux does with SIGSEGV).
+ */
+static int
+push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
+{
+	struct uregs *u = UREGS;
+	uint64_t sp = (sys_user_rsp - 128 - FXSAVE_SIZE) & ~63UL;    /* below the red zone */
+	uint64_t fp = sp;
+	sp = ((sp - sizeof(struct rt_sigframe)) & ~15UL) - 8;       /* as after a call */
+	if (!user_ok(sp, fp + FXSAVE_SIZE - sp))
+		return 0;
+	struct rt_sigframe *f = (struct rt_sigframe *)sp;
+	memset(f, 0, sizeof *f);
+	save_fpu((void *)fp);
+	f->pretcode = a->restorer;
+	struct sigcontext64 *mc = &f->uc.mc;
+	mc->r8 = u->r8; mc->r9 = u->r9; mc->r10 = u->r10; mc->r11 = u->r11;
+	mc->r12 = u->r12; mc->r13 = u->r13; mc->r14 = u->r14; mc->r15 = u->r15;
+	mc->rdi = u->rdi; mc->rsi = u->rsi; mc->rbp = u->rbp; mc->rbx = u->rbx;
+	mc->rdx = u->rdx; mc->rax = (uint64_t)ret; mc->rcx = u->rcx;
+	mc->rsp = sys_user_rsp; mc->rip = u->rcx; mc->eflags = u->r11;
+	mc->cs = SEL_UCODE; mc->ss = SEL_UDATA;
+	mc->oldmask = old_mask;
+	mc->fpstate = fp;
+	f->uc.ss_flags = 2;             /* SS_DISABLE: no alternate stack */
+	f->uc.uc_sigmask = old_mask;
+	f->info[0] = sig;               /* si_code 0: SI_USER */
+	/* into the handler: handler(sig, &info, &uc), as if called from the restorer */
+	u->rdi = (uint64_t)sig;
+	u->rsi = (uint64_t)&f->info;
+	u->rdx = (uint64_t)&f->uc;
+	u->rcx = a->handler;
+	u->r11 &= ~(1UL << 10);         /* DF clear, as the ABI wants */
+	sys_user_rsp = sp;
+	return 1;
+}
+
+/*
+ * On the way out of every system call: take one signal that may be taken
+ * now.  (ret) is the call's result; -ERESTARTSYS from a blocking call that
+ * a signal interrupted becomes EINTR, or a restart of the call after the
+ * handler (SA_RESTART) or when no handler runs.  Returns the value the
+ * program sees in rax now.
+ */
+long
+signal_return(long nr, long ret)
+{
+	uint64_t r = ready();
+	int restart = nr != __NR_rt_sigreturn && (ret == -ERESTARTSYS || ret == -ERESTARTNOHAND);
+	uint64_t old_mask = mask_saved ? saved_mask : sigmask;
+	mask_saved = 0;
+
+	for (int sig = 1; r; sig++, r >>= 1) {
+		if (!(r & 1))
+			continue;
+		sigpending &= ~BIT(sig);
+		struct k_sigaction *a = &actions[sig];
+		if (a->handler == SIG_IGN || (a->handler == SIG_DFL && default_ignored(sig)))
+			continue;
+		if (a->handler == SIG_DFL) {
+			if (sig == SIGSTOP || sig == SIGTSTP)
+				continue;       /* no job control: stopping is not supported */
+			proc_kill(sig);
+		}
+		long resume = ret;
+		if (restart)
+			resume = ret == -ERESTARTSYS && (a->flags & SA_RESTART) ? nr : -EINTR;
+		if (resume == nr)
+			UREGS->rcx -= 2;        /* back onto the `syscall` instruction */
+		if (!push_frame(sig, a, resume, old_mask))
+			proc_kill(SIGSEGV);
+		sigmask |= a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig));
+		sigmask &= ~UNBLOCKABLE;
+		if (a->flags & SA_RESETHAND)
+			*a = (struct k_sigaction){ 0, 0, 0, 0 };
+		publish();
+		return 0;
+	}
+	sigmask = old_mask;             /* (rt_sigsuspend's, when no handler ran) */
+	CTL->sig_blocked = sigmask;
+	if (restart && ret == -ERESTARTSYS) {
+		UREGS->rcx -= 2;        /* nothing to run: the call goes on */
+		return nr;
+	}
+	return restart ? -EINTR : ret;
+}
+
+/* The handler has returned (through its restorer): resume the program. */
+long
+sys_rt_sigreturn(void)
+{
+	struct uregs *u = UREGS;
+	uint64_t at = sys_user_rsp - 8;         /* the handler's ret popped pretcode */
+	struct rt_sigframe *f = (struct rt_sigframe *)at;
+	if (!user_ok(at, sizeof *f))
+		proc_kill(SIGSEGV);
+	struct sigcontext64 *mc = &f->uc.mc;
+	if (mc->rip >= 0x800000000000UL || mc->rsp >= 0x800000000000UL)
+		proc_kill(SIGSEGV);
+	if (mc->fpstate) {
+		if ((mc->fpstate & 15) || !user_ok(mc->fpstate, FXSAVE_SIZE) ||
+		    (*(uint32_t *)(mc->fpstate + 24) & ~0xffffU))   /* MXCSR: #GP */
+			proc_kill(SIGSEGV);
+		restore_fpu((const void *)mc->fpstate);
+	}
+	u->r8 = mc->r8; u->r9 = mc->r9; u->r10 = mc->r10;
+	u->r12 = mc->r12; u->r13 = mc->r13; u->r14 = mc->r14; u->r15 = mc->r15;
+	u->rdi = mc->rdi; u->rsi = mc->rsi; u->rbp = mc->rbp; u->rbx = mc->rbx;
+	u->rdx = mc->rdx; u->rcx = mc->rip;
+	u->r11 = (mc->eflags & 0xdd5) | 0x202;  /* the program's flags, IF on */
+	sys_user_rsp = mc->rsp;
+	sigmask = f->uc.uc_sigmask & ~UNBLOCKABLE;
+	publish();
+	return (long)mc->rax;
+}
+
+long
+sys_rt_sigaction(long sig_, long act, long oact, long size)
+{
+	long sig = (int)sig_;
+
+	if (size != 8)
+		return -EINVAL;
+	if (sig < 1 || sig > NSIG)
+		return -EINVAL;
+	if (act && (sig == SIGKILL || sig == SIGSTOP))
+		return -EINVAL;
+	if (act && !user_ok((uint64_t)act, sizeof(struct k_sigaction)))
+		return -EFAULT;
+	if (oact && !user_ok((uint64_t)oact, sizeof(struct k_sigaction)))
+		return -EFAULT;
+	if (oact)
+		*(struct k_sigaction *)oact = actions[sig];
+	if (act) {
+		struct k_sigaction a = *(const struct k_sigaction *)act;
+		if (a.handler > SIG_IGN && !user_ok(a.handler, 1))
+			return -EFAULT;
+		if (a.flags & SA_ONSTACK) {
+			static int said;
+			if (!said++)
+				kprintf("sigaction: SA_ONSTACK: handlers run on the "
+				    "program's stack (no alternate stacks)\n");
+		}
+		actions[sig] = a;
+		publish();
+	}
+	return 0;
+}
+
+long
+sys_rt_sigprocmask(long how_, long set, long oset, long size)
+{
+	long how = (int)how_;
+
+	if (size != 8)
+		return -EINVAL;
+	if (set && !user_ok((uint64_t)set, 8))
+		return -EFAULT;
+	if (oset && !user_ok((uint64_t)oset, 8))
+		return -EFAULT;
+	if (oset)
+		*(uint64_t *)oset = sigmask;
+	if (set) {
+		uint64_t s = *(const uint64_t *)set;
+		switch (how) {
+		case 0: sigmask |= s; break;            /* SIG_BLOCK */
+		case 1: sigmask &= ~s; break;           /* SIG_UNBLOCK */
+		case 2: sigmask = s; break;             /* SIG_SETMASK */
+		default: return -EINVAL;
+		}
+		sigmask &= ~UNBLOCKABLE;
+		CTL->sig_blocked = sigmask;
+		/* what was waiting behind the mask is taken on the way out */
+	}
+	return 0;
+}
+
+long
+sys_rt_sigpending(long set, long size)
+{
+	if (size != 8)
+		return -EINVAL;
+	if (!user_ok((uint64_t)set, 8))
+		return -EFAULT;
+	ready();
+	*(uint64_t *)set = sigpending & sigmask;
+	return 0;
+}
+
+/* Wait, with (mask) for a mask, until a signal is taken: always EINTR. */
+long
+sys_rt_sigsuspend(long mask, long size)
+{
+	if (size != 8)
+		return -EINVAL;
+	if (!user_ok((uint64_t)mask, 8))
+		return -EFAULT;
+	saved_mask = sigmask;
+	mask_saved = 1;
+	sigmask = *(const uint64_t *)mask & ~UNBLOCKABLE;
+	CTL->sig_blocked = sigmask;
+	signal_wait();
+	return -ERESTARTNOHAND;
+}
+
+long
+sys_pause(void)
+{
+	signal_wait();
+	return -ERESTARTNOHAND;
+}
+
+/* Halt until a signal may be taken (the host wakes us when it posts one). */
+void
+signal_wait(void)
+{
+	while (!signal_pending()) {
+		CTL->asleep = UF_SLEEP_TIMER;     /* (the host wakes us to post) */
+		mfence();
+		if (!signal_pending())
+			sleep_until(rdtsc() + ns_to_tsc(100000000));
+		CTL->asleep = UF_SLEEP_NONE;
+	}
+}
+
+/* A write found no reader: SIGPIPE (the write returns EPIPE). */
+void
+proc_sigpipe(void)
+{
+	signal_raise(SIGPIPE);
+}
