@@ -104,14 +104,16 @@ def test_a_child_on_another_host_reads_the_jobs_stdin(net, program):
 
 SHELL = ("busybox seq 1 20000 | busybox sed s/1/x/ | busybox grep -c x; "
          "n=$(busybox seq 1 10 | busybox wc -l); echo \"ten: $n\"; "
-         "busybox seq 1 3000 | busybox sort -rn | busybox head -3")
+         "busybox seq 1 3000 | busybox sort -rn | busybox head -3; "
+         "busybox sleep 0.3 & busybox sleep 0.2 & wait; echo waited for background jobs")
 
 
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static is not installed "
                     "(make setup installs it)")
 def test_a_busybox_shell_pipeline_across_hosts_gives_the_native_output(net):
     """A real program: Debian's static BusyBox shell, whose pipeline stages
-    (re-executed applets) land on three hosts."""
+    (re-executed applets) land on three hosts; its background jobs too
+    (their SIGCHLD crosses hosts to the shell's handler)."""
     busybox = shutil.which("busybox")
     want = subprocess.run([busybox, "sh", "-c", SHELL], capture_output=True, timeout=60,
                           env={"PATH": "/bin:/usr/bin"})
