@@ -184,7 +184,9 @@ async def clone(parent: VM, child: VM, pid: int, ppid: int,
         copied = copy_ram(parent.ram_fd, child.ram_fd, parent.layout.ram_size)
         abi.BOOT.put(child.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
         seq = abi.CTL.get(child.mem, abi.CTL_ADDR, "req_seq")
-        abi.CTL.put(child.mem, abi.CTL_ADDR, ret=0, val=(0, 0))
+        # (nothing the parent had pending is the child's: it may be sent
+        # signals of its own as soon as the parent hears of it)
+        abi.CTL.put(child.mem, abi.CTL_ADDR, ret=0, val=(0, 0), sig_posted=0)
         abi.CTL.put(child.mem, abi.CTL_ADDR, rep_seq=seq)
     except BaseException:
         await _cont(pq)

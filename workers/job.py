@@ -371,18 +371,28 @@ class Job:
                 return self._say_once(t.pid, f"signal {sig}: stopping a process is not "
                                       "supported; ignored")
             blocked, caught = ctl["sig_blocked"] & bit, ctl["sig_caught"] & bit
-            if not blocked and (ctl["sig_ignored"] & bit or
-                                (sig in DEFAULT_IGNORED and not caught)):
+            ignored = ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not caught)
+            if not blocked and ignored:
                 return
             if blocked or caught:       # the guest takes it: pending, or its handler
                 if not ctl["sig_posted"] & bit:
                     from .cpu import address, atomic_add
                     atomic_add(address(t.vm.mem) + abi.CTL_ADDR
                                + abi.CTL.offsets["sig_posted"], bit)
-                if not blocked:
+                if blocked:
+                    # It may have unblocked it as we posted, and looked for
+                    # posted signals just before: then it is ours to act on.
+                    ctl = abi.CTL.read(t.vm.mem, abi.CTL_ADDR)
+                    if ctl["sig_blocked"] & bit:
+                        return
+                    caught = ctl["sig_caught"] & bit
+                    ignored = ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not caught)
+                if caught:
                     t.vm.wake()         # out of a halt, to give way to it
-                return
-            if sig in DEFAULT_IGNORED:
+                    return
+                if ignored:
+                    return
+            elif sig in DEFAULT_IGNORED:
                 return
         t.killed_by = sig
         t.vm.kill()

@@ -125,12 +125,13 @@ signal_exec(void)
 	publish();
 }
 
-/* In a fork child: nothing is pending (Linux clears it too). */
+/* In a fork child: nothing of the parent's is pending (Linux clears it
+ * too).  The host cleared sig_posted as it made the child: what is there
+ * now was sent to the child since. */
 void
 signal_fork(void)
 {
 	sigpending = 0;
-	CTL->sig_posted = 0;
 }
 
 static void
