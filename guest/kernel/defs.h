@@ -73,6 +73,7 @@ void signal_exec(void);
 void signal_fork(void);
 void proc_sigpipe(void);
 long signal_return(long nr, long ret);
+void signal_mask_for_call(uint64_t mask);
 
 // vm.c
 void vm_init(void);

@@ -541,9 +541,11 @@ sys_poll(long fdsp, unsigned long nfds, int timeout_ms)
 }
 
 long
-sys_ppoll(long fdsp, unsigned long nfds, long tsp)
+sys_ppoll(long fdsp, unsigned long nfds, long tsp, long mask, long masksize)
 {
 	int64_t t = -1;
+	if (mask && (masksize != 8 || !user_ok((uint64_t)mask, 8)))
+		return masksize != 8 ? -EINVAL : -EFAULT;
 	if (tsp) {
 		if (!user_ok((uint64_t)tsp, sizeof(struct timespec)))
 			return -EFAULT;
@@ -552,5 +554,7 @@ sys_ppoll(long fdsp, unsigned long nfds, long tsp)
 			return -EINVAL;
 		t = ts->tv_sec * 1000000000 + ts->tv_nsec;
 	}
+	if (mask)               /* for the call only, as rt_sigsuspend does */
+		signal_mask_for_call(*(const uint64_t *)mask);
 	return do_poll(fdsp, nfds, t);
 }

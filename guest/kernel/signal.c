@@ -339,6 +339,17 @@ sys_rt_sigpending(long set, long size)
 	return 0;
 }
 
+/* (mask) is the mask until this system call returns (and its handler,
+ * if a signal comes, returns): rt_sigsuspend's, ppoll's. */
+void
+signal_mask_for_call(uint64_t mask)
+{
+	saved_mask = sigmask;
+	mask_saved = 1;
+	sigmask = mask & ~UNBLOCKABLE;
+	CTL->sig_blocked = sigmask;
+}
+
 /* Wait, with (mask) for a mask, until a signal is taken: always EINTR. */
 long
 sys_rt_sigsuspend(long mask, long size)
@@ -347,10 +358,7 @@ sys_rt_sigsuspend(long mask, long size)
 		return -EINVAL;
 	if (!user_ok((uint64_t)mask, 8))
 		return -EFAULT;
-	saved_mask = sigmask;
-	mask_saved = 1;
-	sigmask = *(const uint64_t *)mask & ~UNBLOCKABLE;
-	CTL->sig_blocked = sigmask;
+	signal_mask_for_call(*(const uint64_t *)mask);
 	signal_wait();
 	return -ERESTARTNOHAND;
 }

@@ -6,9 +6,12 @@
  *               when unblocked, SSE state kept across a handler, SIGCHLD
  *               caught in sigsuspend, a blocked read interrupted (EINTR)
  *               and restarted (SA_RESTART) by a signal from the parent, a
- *               nanosleep cut short, SA_RESETHAND
+ *               nanosleep cut short, ppoll's mask for the call,
+ *               SA_RESETHAND
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -153,6 +156,20 @@ main(void)
 	kill(c, SIGTERM);
 	waitpid(c, &st, 0);
 	printf("sleeper exited %d\n", WEXITSTATUS(st));
+
+	handle(SIGUSR1, on_sig, 0);
+	sigprocmask(SIG_BLOCK, &set, &old);     /* (set: SIGCHLD) */
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	caught = 0;
+	raise(SIGUSR1);
+	struct timespec second = { 1, 0 };
+	int r = ppoll(NULL, 0, &second, &none);
+	sigprocmask(SIG_BLOCK, NULL, &pend);
+	printf("ppoll with an empty mask: %s, handler saw %d, SIGUSR1 blocked again: %d\n",
+	    r < 0 && errno == EINTR ? "EINTR" : "no signal", caught, sigismember(&pend, SIGUSR1));
+	sigprocmask(SIG_SETMASK, &old, NULL);
 
 	handle(SIGUSR1, on_sig, SA_RESETHAND);
 	caught = 0;
