@@ -60,3 +60,13 @@ def test_syscalls_answer_like_linux_under_tcg(program):
     prog = program("sysinfo", "musl")
     got = unifork("run", prog, env=TCG)
     assert got.stdout == native(prog).stdout
+
+
+@pytest.mark.tcg
+@pytest.mark.parametrize("libc", ["musl", "glibc"])
+def test_signal_handlers_match_native_under_tcg(program, libc):
+    """There the system calls run at CPL 0 and return with sysretq, and
+    without a TSC-deadline timer a sleep spins: it must still give way."""
+    prog = program("signals", libc)
+    got = unifork("run", prog, env=TCG, timeout=120)
+    assert got.stdout == native(prog).stdout, got.stderr.decode()

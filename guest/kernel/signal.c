@@ -259,7 +259,9 @@ sys_rt_sigreturn(void)
 	u->r12 = mc->r12; u->r13 = mc->r13; u->r14 = mc->r14; u->r15 = mc->r15;
 	u->rdi = mc->rdi; u->rsi = mc->rsi; u->rbp = mc->rbp; u->rbx = mc->rbx;
 	u->rdx = mc->rdx; u->rcx = mc->rip;
-	u->r11 = (mc->eflags & 0xdd5) | 0x202;  /* the program's flags, IF on */
+	/* its arithmetic flags and DF; never IF (the program runs with
+	 * interrupts off: they are taken in the halt gate only) nor TF */
+	u->r11 = (mc->eflags & 0xcd5) | 0x2;
 	sys_user_rsp = mc->rsp;
 	sigmask = f->uc.uc_sigmask & ~UNBLOCKABLE;
 	publish();

@@ -26,7 +26,12 @@ void
 sleep_until(uint64_t tsc_deadline)
 {
 	if (tsc_deadline && !(cpu_features & CPUF_DEADLINE)) {
-		while (rdtsc() < tsc_deadline)     /* no timer to wake us */
+		/* No timer to wake us (TCG): spin a slice at most, so that the
+		 * caller re-checks what it waits for, and give way to a signal. */
+		uint64_t end = rdtsc() + ns_to_tsc(1000000);
+		if (end > tsc_deadline)
+			end = tsc_deadline;
+		while (rdtsc() < end && !signal_pending())
 			cpu_relax();
 		return;
 	}
