@@ -74,6 +74,7 @@ void signal_fork(void);
 void proc_sigpipe(void);
 long signal_return(long nr, long ret);
 void signal_mask_for_call(uint64_t mask);
+uint64_t signal_alarm_tsc(void);
 
 // vm.c
 void vm_init(void);

@@ -12,7 +12,9 @@
  * returns through its restorer to rt_sigreturn, which puts it all back.
  * A blocking call interrupted by a signal returns EINTR, or starts again
  * after the handler with SA_RESTART.  A program computing without system
- * calls gets a signal from elsewhere at its next system call.
+ * calls gets a signal from elsewhere at its next system call, and so its
+ * SIGALRM (alarm, setitimer's ITIMER_REAL: a deadline kept here, which
+ * every sleep wakes for).
  */
 #include "defs.h"
 #include "linux.h"
@@ -31,6 +33,8 @@ static struct k_sigaction actions[NSIG + 1];
 static uint64_t sigmask, sigpending;
 static uint64_t saved_mask;     /* rt_sigsuspend's caller's mask, to restore */
 static int mask_saved;
+static uint64_t alarm_ns;       /* monotonic time of the next SIGALRM (0: none) */
+static uint64_t alarm_every_ns; /* then again every so often (0: once) */
 
 /* The frame a handler finds (Linux x86-64's struct rt_sigframe). */
 struct sigcontext64 {
@@ -85,10 +89,34 @@ publish(void)
 	CTL->sig_blocked = sigmask;
 }
 
+/* The alarm has rung: SIGALRM is pending, and the next one set. */
+static void
+check_alarm(void)
+{
+	if (!alarm_ns)
+		return;
+	uint64_t now = clock_mono_ns();
+	if (now < alarm_ns)
+		return;
+	sigpending |= BIT(SIGALRM);
+	alarm_ns = alarm_every_ns ? now + alarm_every_ns - (now - alarm_ns) % alarm_every_ns : 0;
+}
+
+/* The TSC at which the alarm rings (0: none): sleeps wake for it. */
+uint64_t
+signal_alarm_tsc(void)
+{
+	if (!alarm_ns)
+		return 0;
+	uint64_t now = clock_mono_ns();
+	return rdtsc() + (alarm_ns > now ? ns_to_tsc(alarm_ns - now) : 0);
+}
+
 /* Signals waiting, ours and those the host posted, that may be taken now. */
 static uint64_t
 ready(void)
 {
+	check_alarm();
 	if (CTL->sig_posted)
 		sigpending |= __atomic_exchange_n(&CTL->sig_posted, 0, __ATOMIC_SEQ_CST);
 	return sigpending & ~sigmask;
@@ -132,6 +160,7 @@ void
 signal_fork(void)
 {
 	sigpending = 0;
+	alarm_ns = alarm_every_ns = 0;  /* alarms are not inherited either */
 }
 
 static void
@@ -383,6 +412,75 @@ signal_wait(void)
 			sleep_until(rdtsc() + ns_to_tsc(100000000));
 		CTL->asleep = UF_SLEEP_NONE;
 	}
+}
+
+/* alarm(seconds): SIGALRM then; the seconds left of the previous one. */
+long
+sys_alarm(long seconds)
+{
+	uint64_t now = clock_mono_ns();
+	long left = alarm_ns > now ? (long)((alarm_ns - now + 999999999) / 1000000000) : 0;
+	alarm_ns = seconds ? now + (uint64_t)(unsigned)seconds * 1000000000 : 0;
+	alarm_every_ns = 0;
+	return left;
+}
+
+struct itimerval { struct timeval interval, value; };
+#define ITIMER_REAL 0
+
+static void
+to_timeval(uint64_t ns, struct timeval *tv)
+{
+	tv->tv_sec = (int64_t)(ns / 1000000000);
+	tv->tv_usec = (int64_t)(ns % 1000000000 / 1000);
+}
+
+static long
+itimer_get(struct itimerval *cur)
+{
+	uint64_t now = clock_mono_ns();
+	to_timeval(alarm_ns > now ? alarm_ns - now : (alarm_ns ? 1000 : 0), &cur->value);
+	to_timeval(alarm_every_ns, &cur->interval);
+	return 0;
+}
+
+/* Only ITIMER_REAL (the other two count CPU time, which nothing here does). */
+long
+sys_getitimer(long which, long cur)
+{
+	if ((int)which != ITIMER_REAL)
+		return -EINVAL;
+	if (!user_ok((uint64_t)cur, sizeof(struct itimerval)))
+		return -EFAULT;
+	return itimer_get((struct itimerval *)cur);
+}
+
+long
+sys_setitimer(long which, long new, long old)
+{
+	if ((int)which != ITIMER_REAL) {
+		static int said;
+		if (!said++)
+			kprintf("setitimer(%d): only ITIMER_REAL is supported: EINVAL\n", (int)which);
+		return -EINVAL;
+	}
+	if (!user_ok((uint64_t)new, sizeof(struct itimerval)) ||
+	    (old && !user_ok((uint64_t)old, sizeof(struct itimerval))))
+		return -EFAULT;
+	const struct itimerval *n = (const struct itimerval *)new;
+	if (n->value.tv_sec < 0 || n->value.tv_usec < 0 || n->value.tv_usec >= 1000000 ||
+	    n->interval.tv_sec < 0 || n->interval.tv_usec < 0 || n->interval.tv_usec >= 1000000)
+		return -EINVAL;
+	struct itimerval was;
+	itimer_get(&was);
+	uint64_t value = (uint64_t)n->value.tv_sec * 1000000000 + (uint64_t)n->value.tv_usec * 1000;
+	uint64_t every = (uint64_t)n->interval.tv_sec * 1000000000 +
+	    (uint64_t)n->interval.tv_usec * 1000;
+	alarm_ns = value ? clock_mono_ns() + value : 0;
+	alarm_every_ns = value ? every : 0;
+	if (old)
+		*(struct itimerval *)old = was;
+	return 0;
 }
 
 /* A write found no reader: SIGPIPE (the write returns EPIPE). */

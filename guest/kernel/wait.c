@@ -25,6 +25,9 @@ doorbell(void)
 void
 sleep_until(uint64_t tsc_deadline)
 {
+	uint64_t alarm = signal_alarm_tsc();    /* a pending alarm wakes us too */
+	if (alarm && (!tsc_deadline || alarm < tsc_deadline))
+		tsc_deadline = alarm;
 	if (tsc_deadline && !(cpu_features & CPUF_DEADLINE)) {
 		/* No timer to wake us (TCG): spin a slice at most, so that the
 		 * caller re-checks what it waits for, and give way to a signal. */

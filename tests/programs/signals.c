@@ -7,7 +7,8 @@
  *               caught in sigsuspend, a blocked read interrupted (EINTR)
  *               and restarted (SA_RESTART) by a signal from the parent, a
  *               nanosleep cut short, ppoll's mask for the call,
- *               SA_RESETHAND
+ *               timers (alarm, setitimer: one shot, interval, a read
+ *               that times out), SA_RESETHAND
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,15 +16,17 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t caught, info_signo, chld;
+static volatile sig_atomic_t caught, info_signo, chld, alarms;
 
 static void on_sig(int sig) { caught = sig; }
 static void on_info(int sig, siginfo_t *si, void *uc) { (void)uc; caught = sig; info_signo = si->si_signo; }
 static void on_chld(int sig) { (void)sig; chld++; }
+static void on_alarm(int sig) { (void)sig; alarms++; }
 
 /* A handler that uses the SSE registers itself. */
 static void
@@ -170,6 +173,28 @@ main(void)
 	printf("ppoll with an empty mask: %s, handler saw %d, SIGUSR1 blocked again: %d\n",
 	    r < 0 && errno == EINTR ? "EINTR" : "no signal", caught, sigismember(&pend, SIGUSR1));
 	sigprocmask(SIG_SETMASK, &old, NULL);
+
+	handle(SIGALRM, on_alarm, 0);
+	printf("alarm(5) then alarm(0): %u s were left\n", (alarm(5), alarm(0)));
+	struct itimerval it = { { 0, 0 }, { 0, 100000 } }, cur;
+	setitimer(ITIMER_REAL, &it, NULL);
+	getitimer(ITIMER_REAL, &cur);
+	printf("setitimer 100 ms: armed %d\n", cur.it_value.tv_sec == 0 && cur.it_value.tv_usec > 0);
+	pause();
+	printf("pause: SIGALRM %d time(s)\n", (int)alarms);
+	it = (struct itimerval){ { 0, 20000 }, { 0, 20000 } };
+	setitimer(ITIMER_REAL, &it, NULL);
+	while (alarms < 4)
+		pause();
+	it = (struct itimerval){ { 0, 0 }, { 0, 0 } };
+	setitimer(ITIMER_REAL, &it, NULL);
+	printf("interval timer: %d SIGALRMs in all\n", (int)alarms);
+	int quiet[2];
+	pipe(quiet);                    /* nobody writes: a read that times out */
+	it = (struct itimerval){ { 0, 0 }, { 0, 50000 } };
+	setitimer(ITIMER_REAL, &it, NULL);
+	r = read(quiet[0], &b, 1);
+	printf("read with a 50 ms timer: %s\n", r < 0 && errno == EINTR ? "EINTR" : "???");
 
 	handle(SIGUSR1, on_sig, SA_RESETHAND);
 	caught = 0;
