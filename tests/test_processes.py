@@ -1,6 +1,6 @@
 """Multi-process programs run as one VM per process, with output and status
 identical to the native run: fork, wait, kill, orphans, pipes, dup2,
-execve of the program's own image, signal handlers, limits, and
+execve of the program's own image, signal handlers, select, limits, and
 misbehaving guests."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import LIBCS, native, qemu_pids, status, unifork
 
 PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths",
-            "execfast", "forkrandom", "adopt", "signals"]
+            "execfast", "forkrandom", "adopt", "signals", "selects"]
 
 
 @pytest.mark.parametrize("libc", LIBCS)

@@ -82,7 +82,14 @@ int  user_ok(uint64_t addr, uint64_t len);
 int  user_str_ok(const char *s, size_t max);
 
 // file.c
+#define NFD      256            /* descriptors per process */
+#define POLLIN   0x001
+#define POLLOUT  0x004
+#define POLLERR  0x008
+#define POLLHUP  0x010
+#define POLLNVAL 0x020
 void file_init(void);
+short poll_events(int fd, short want);
 void file_close_all(void);
 void file_exec(void);
 

@@ -11,7 +11,6 @@
 #include "x86.h"
 
 #define NFILE 64
-#define NFD   256
 
 enum { FT_NONE, FT_READ, FT_WRITE, FT_NULL };
 
@@ -456,14 +455,8 @@ sys_open(long path, int flags, int mode)
 	return sys_openat(AT_FDCWD, path, flags, mode);
 }
 
-/* The events (POLLIN...) that are true of descriptor (fd) now. */
-#define POLLIN   0x001
-#define POLLOUT  0x004
-#define POLLERR  0x008
-#define POLLHUP  0x010
-#define POLLNVAL 0x020
-
-static short
+/* The events (POLL*, defs.h) that are true of descriptor (fd) now. */
+short
 poll_events(int fd, short want)
 {
 	struct file *f = getfile(fd);
@@ -493,68 +486,3 @@ poll_events(int fd, short want)
 	return POLLNVAL;
 }
 
-struct pollfd { int fd; short events, revents; };
-
-/*
- * poll and ppoll: wait until one of the descriptors is ready, or the
- * timeout (ns; -1: none) passes.  The wait spins briefly, then halts in
- * short slices: a wake-up for one of several rings is not tracked.
- */
-static long
-do_poll(long fdsp, unsigned long nfds, int64_t timeout_ns)
-{
-	struct pollfd *pfd = (struct pollfd *)fdsp;
-	uint64_t start = clock_mono_ns();
-
-	if (nfds > NFD)
-		return -EINVAL;
-	if (nfds && !user_ok((uint64_t)fdsp, nfds * sizeof(*pfd)))
-		return -EFAULT;
-	for (;;) {
-		long n = 0;
-		for (unsigned long i = 0; i < nfds; i++) {
-			pfd[i].revents = pfd[i].fd < 0 ? 0 : poll_events(pfd[i].fd, pfd[i].events);
-			n += pfd[i].revents != 0;
-		}
-		uint64_t now = clock_mono_ns();
-		if (n || (timeout_ns >= 0 && now - start >= (uint64_t)timeout_ns))
-			return n;
-		if (signal_pending())
-			return -ERESTARTNOHAND;
-		uint64_t slice = now - start < 200000 ? 0 : 2000000;   /* spin, then 2 ms */
-		if (timeout_ns >= 0 && start + (uint64_t)timeout_ns - now < slice)
-			slice = start + (uint64_t)timeout_ns - now;
-		if (slice) {
-			CTL->asleep = UF_SLEEP_TIMER;
-			sleep_until(rdtsc() + ns_to_tsc(slice));
-			CTL->asleep = UF_SLEEP_NONE;
-		} else {
-			__asm__ volatile("pause");
-		}
-	}
-}
-
-long
-sys_poll(long fdsp, unsigned long nfds, int timeout_ms)
-{
-	return do_poll(fdsp, nfds, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000);
-}
-
-long
-sys_ppoll(long fdsp, unsigned long nfds, long tsp, long mask, long masksize)
-{
-	int64_t t = -1;
-	if (mask && (masksize != 8 || !user_ok((uint64_t)mask, 8)))
-		return masksize != 8 ? -EINVAL : -EFAULT;
-	if (tsp) {
-		if (!user_ok((uint64_t)tsp, sizeof(struct timespec)))
-			return -EFAULT;
-		const struct timespec *ts = (const struct timespec *)tsp;
-		if (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000)
-			return -EINVAL;
-		t = ts->tv_sec * 1000000000 + ts->tv_nsec;
-	}
-	if (mask)               /* for the call only, as rt_sigsuspend does */
-		signal_mask_for_call(*(const uint64_t *)mask);
-	return do_poll(fdsp, nfds, t);
-}
