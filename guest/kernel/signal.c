@@ -244,10 +244,12 @@ signal_return(long nr, long ret)
 			proc_kill(sig);
 		}
 		long resume = ret;
-		if (restart)
-			resume = ret == -ERESTARTSYS && (a->flags & SA_RESTART) ? nr : -EINTR;
-		if (resume == nr)
+		if (restart && ret == -ERESTARTSYS && (a->flags & SA_RESTART)) {
+			resume = nr;            /* the call again, after the handler: */
 			UREGS->rcx -= 2;        /* back onto the `syscall` instruction */
+		} else if (restart) {
+			resume = -EINTR;
+		}
 		if (!push_frame(sig, a, resume, old_mask))
 			proc_kill(SIGSEGV);
 		sigmask |= a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig));
