@@ -28,6 +28,8 @@ SCRIPTS = {
                   "for i in 1 2 3; do (busybox sleep 0.1; exit $i) & done; wait; echo all done",
     "trap": 'trap "echo caught TERM" TERM; kill -TERM $$; echo after; '
             'trap "echo bye" EXIT; exit 3',
+    "timeout": 'busybox timeout 1 busybox sleep 5; echo "timed out: $?"; '
+               'busybox timeout 5 busybox true; echo "in time: $?"',
 }
 
 
@@ -40,3 +42,4 @@ def test_busybox_shell_matches_native(name):
                   input=stdin, timeout=120)
     assert got.stdout == want.stdout, got.stderr.decode()
     assert status(got) == status(want)
+    assert b"unsupported system call" not in got.stderr, got.stderr.decode()

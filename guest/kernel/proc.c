@@ -99,6 +99,29 @@ long
 sys_getppid(void) { return BOOT->ppid; }
 long
 sys_getuid(void)  { return BOOT->uid; }
+
+/*
+ * Process groups and sessions: the job is one of each, led by pid 1 (so
+ * kill(0) and kill(-pgid) reach the whole job).  setpgid and setsid
+ * succeed and change nothing: a shell or `timeout` that makes a group of
+ * its own still works, its group just stays the job's.
+ */
+long
+sys_getpgid(long pid)   { return (int)pid < 0 ? -ESRCH : 1; }
+long
+sys_getpgrp(void)       { return 1; }
+long
+sys_getsid(long pid)    { return (int)pid < 0 ? -ESRCH : 1; }
+long
+sys_setsid(void)        { return BOOT->pid; }
+
+long
+sys_setpgid(long pid, long pgid)
+{
+	if ((int)pid < 0 || (int)pgid < 0)
+		return -EINVAL;
+	return 0;
+}
 long
 sys_getgid(void)  { return BOOT->gid; }
 

@@ -243,6 +243,33 @@ sys_getrandom(long buf, long n, long flags)
 	return n;
 }
 
+/* sysinfo: this VM's memory and uptime (sort and others size buffers by it). */
+struct sysinfo_ {
+	int64_t uptime;
+	uint64_t loads[3], totalram, freeram, sharedram, bufferram, totalswap, freeswap;
+	uint16_t procs, pad;
+	uint32_t pad2;
+	uint64_t totalhigh, freehigh;
+	uint32_t mem_unit;
+	char _f[4];
+};
+_Static_assert(sizeof(struct sysinfo_) == 112, "struct sysinfo");
+
+long
+sys_sysinfo(long p)
+{
+	if (!user_ok((uint64_t)p, sizeof(struct sysinfo_)))
+		return -EFAULT;
+	struct sysinfo_ *si = (struct sysinfo_ *)p;
+	memset(si, 0, sizeof *si);
+	si->uptime = (int64_t)(clock_mono_ns() / 1000000000);
+	si->totalram = BOOT->ram_size;
+	si->freeram = BOOT->stack_low > BOOT->brk ? BOOT->stack_low - BOOT->brk : 0;
+	si->procs = 1;
+	si->mem_unit = 1;
+	return 0;
+}
+
 long
 sys_uname(long p)
 {
