@@ -100,6 +100,7 @@ void ring_ends(int idx, int dr, int dw, int quiet);
 long ring_write(int idx, const void *buf, size_t n, int nonblock);
 long ring_read(int idx, void *buf, size_t n, int nonblock);
 long ring_avail(int idx);
+size_t ring_room(int idx);
 
 // wait.c
 void doorbell(void);

@@ -100,6 +100,43 @@ sys_write(int fd, long buf, long n)
 	return io_result(ring_write(f->ring, (void *)buf, (size_t)n, f->flags & O_NONBLOCK));
 }
 
+/*
+ * sendfile: from a pipe (or /dev/null) to a pipe, through a buffer here
+ * (there are no files to map), as much as one read gives.  No offsets:
+ * pipes have none (ESPIPE).  What is read is all written: a non-blocking
+ * write end is read for no more than it has room for, and a blocking write
+ * waits out a signal (which is taken as the call returns).
+ */
+long
+sys_sendfile(int out, int in, long offp, long count)
+{
+	static uint8_t buf[65536];
+	struct file *fi = getfile(in), *fo = getfile(out);
+
+	if (!fi || !fo || (fi->type != FT_READ && fi->type != FT_NULL) ||
+	    (fo->type != FT_WRITE && fo->type != FT_NULL))
+		return -EBADF;
+	if (offp)
+		return -ESPIPE;
+	if (count < 0)
+		return -EINVAL;
+	if (fi->type == FT_NULL || count == 0)
+		return 0;
+	size_t want = MIN((size_t)count, sizeof buf);
+	if (fo->type == FT_WRITE && (fo->flags & O_NONBLOCK)) {
+		want = MIN(want, ring_room(fo->ring));
+		if (want == 0)
+			return -EAGAIN;
+	}
+	long n = ring_read(fi->ring, buf, want, fi->flags & O_NONBLOCK);
+	if (n <= 0 || fo->type == FT_NULL)
+		return n;
+	long w;
+	while ((w = ring_write(fo->ring, buf, (size_t)n, fo->flags & O_NONBLOCK)) == -ERESTARTSYS)
+		;
+	return io_result(w);
+}
+
 static long
 check_iov(const struct iovec *iov, long cnt)
 {

@@ -226,6 +226,14 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 	}
 }
 
+/* Bytes ring (idx) has room for now. */
+size_t
+ring_room(int idx)
+{
+	volatile struct uf_ring *r = shm_ring(idx);
+	return r->size - (r->head - r->tail);
+}
+
 /* Bytes waiting in ring (idx), for FIONREAD. */
 long
 ring_avail(int idx)
