@@ -54,9 +54,10 @@ def host_max_vms() -> int:
 
 
 def _raise_priority() -> bytes | None:
-    """A supervisor that carries pipes to other hosts relays both ways of
-    every round trip while the guests waiting for the answer spin on the
-    CPUs: let it take a CPU from a spinning guest as soon as it wakes.  At
+    """A supervisor that carries pipes to other hosts (from their first
+    link on) relays both ways of every round trip while the guests waiting
+    for the answer spin on the CPUs: let it take a CPU from a spinning
+    guest as soon as it wakes.  At
     nice UNIFORK_BRIDGE_NICE (default -20; 0: as is) with a short time
     slice (100 us, which lets a waking task preempt under EEVDF, Linux
     6.12+): bench/xpipe.py's round trip 1.09 -> 0.77 ms against the nice
@@ -208,7 +209,8 @@ class Supervisor:
             deadline = time.monotonic() + self.req.timeout
         pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
         bridge_fd = job.bridge.fileno() if job.bridge is not None else -1
-        priority = _raise_priority() if job.bridge is not None else None
+        priority = None     # raised once a pipe reaches another host (a link)
+        raise_when_linked = job.bridge is not None
         try:
             fired: set[int] | None = None   # the fds poll() reported; None: look at all
             while True:
@@ -236,6 +238,9 @@ class Supervisor:
                 if not bridge_only:
                     self._pump()
                 moved = job.bridge.pump() if job.bridge is not None else False
+                if raise_when_linked and job.bridge.links:
+                    raise_when_linked = False
+                    priority = _raise_priority()
                 if moved or not bridge_only:
                     job.wake_sleepers()
                 if self._over(pid1) or self.stop_reason:
