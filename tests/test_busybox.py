@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="busybox-static is not i
 SCRIPTS = {
     "pipelines": "echo hello world | busybox tr a-z A-Z; busybox seq 1 200 | busybox sort -rn "
                  "| busybox head -3; busybox seq 1 1000 | busybox wc -l; "
-                 "busybox seq 1 30000 | busybox cat | busybox cat | busybox md5sum",
+                 "busybox seq 1 30000 | busybox cat | busybox cat | busybox md5sum; "
+                 # more than a pipe holds, read late: cat's sendfile waits for room
+                 "busybox seq 1 400000 | busybox cat | (busybox sleep 0.3; busybox md5sum)",
     "substitution": 'n=$(busybox seq 1 10 | busybox wc -l); echo "ten: $n"; '
                     'echo "nested: $(echo $(echo deep))"',
     "subshells": "(echo in a subshell; exit 7); echo status $?; "

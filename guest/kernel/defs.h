@@ -12,6 +12,7 @@
 #define PAGE_UP(x)   (((x) + UF_PAGE_SIZE - 1) & ~(UF_PAGE_SIZE - 1))
 #define PAGE_DOWN(x) ((x) & ~(UF_PAGE_SIZE - 1))
 #define MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define MAX(a, b)    ((a) > (b) ? (a) : (b))
 
 /* The frame entry.S pushes for an exception or interrupt. */
 struct trapframe {
@@ -74,7 +75,11 @@ void signal_fork(void);
 void proc_sigpipe(void);
 long signal_return(long nr, long ret);
 void signal_mask_for_call(uint64_t mask);
+long signal_user_set(long p, long size, uint64_t *set);
 uint64_t signal_alarm_tsc(void);
+
+// sys_misc.c
+long user_timespec_ns(long p, uint64_t *ns);
 
 // vm.c
 void vm_init(void);
@@ -101,6 +106,7 @@ long ring_write(int idx, const void *buf, size_t n, int nonblock);
 long ring_read(int idx, void *buf, size_t n, int nonblock);
 long ring_avail(int idx);
 size_t ring_room(int idx);
+long ring_wait_room(int idx);
 
 // wait.c
 void doorbell(void);

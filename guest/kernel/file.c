@@ -103,9 +103,9 @@ sys_write(int fd, long buf, long n)
 /*
  * sendfile: from a pipe (or /dev/null) to a pipe, through a buffer here
  * (there are no files to map), as much as one read gives.  No offsets:
- * pipes have none (ESPIPE).  What is read is all written: a non-blocking
- * write end is read for no more than it has room for, and a blocking write
- * waits out a signal (which is taken as the call returns).
+ * pipes have none (ESPIPE).  What is read is all written: the output is
+ * waited for first (a signal then interrupts before anything is taken),
+ * and the input read for no more than the room it has.
  */
 long
 sys_sendfile(int out, int in, long offp, long count)
@@ -123,14 +123,20 @@ sys_sendfile(int out, int in, long offp, long count)
 	if (fi->type == FT_NULL || count == 0)
 		return 0;
 	size_t want = MIN((size_t)count, sizeof buf);
-	if (fo->type == FT_WRITE && (fo->flags & O_NONBLOCK)) {
-		want = MIN(want, ring_room(fo->ring));
-		if (want == 0)
-			return -EAGAIN;
+	if (fo->type == FT_WRITE) {
+		long e = fo->flags & O_NONBLOCK ? (ring_room(fo->ring) ? 0 : -EAGAIN) :
+		    ring_wait_room(fo->ring);
+		if (e)
+			return e;
+		/* (no room at all: no reader left, and the write says EPIPE) */
+		want = MIN(want, MAX(ring_room(fo->ring), 1));
 	}
 	long n = ring_read(fi->ring, buf, want, fi->flags & O_NONBLOCK);
 	if (n <= 0 || fo->type == FT_NULL)
 		return n;
+	/* Room for all of it, unless another writer took it meanwhile: then
+	 * this write waits, and a signal must not cut it off (it is taken
+	 * as the call returns): what was read is written. */
 	long w;
 	while ((w = ring_write(fo->ring, buf, (size_t)n, fo->flags & O_NONBLOCK)) == -ERESTARTSYS)
 		;

@@ -62,20 +62,14 @@ sys_poll(long fdsp, unsigned long nfds, int timeout_ms)
 	return do_poll(fdsp, nfds, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000);
 }
 
-/* A timespec from the program: its ns in (*ns); an error, or 0. */
+/* A timeout from the program (a timespec, or none: -1 ns); 0 or an error. */
 static long
 timeout_of(long tsp, int64_t *ns)
 {
-	*ns = -1;
-	if (!tsp)
-		return 0;
-	if (!user_ok((uint64_t)tsp, sizeof(struct timespec)))
-		return -EFAULT;
-	const struct timespec *ts = (const struct timespec *)tsp;
-	if (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000)
-		return -EINVAL;
-	*ns = ts->tv_sec * 1000000000 + ts->tv_nsec;
-	return 0;
+	uint64_t v = 0;
+	long e = tsp ? user_timespec_ns(tsp, &v) : 0;
+	*ns = tsp ? (int64_t)v : -1;
+	return e;
 }
 
 long
@@ -85,10 +79,11 @@ sys_ppoll(long fdsp, unsigned long nfds, long tsp, long mask, long masksize)
 	long e = timeout_of(tsp, &t);
 	if (e)
 		return e;
-	if (mask && (masksize != 8 || !user_ok((uint64_t)mask, 8)))
-		return masksize != 8 ? -EINVAL : -EFAULT;
+	uint64_t m;
+	if (mask && (e = signal_user_set(mask, masksize, &m)))
+		return e;
 	if (mask)               /* for the call only, as rt_sigsuspend does */
-		signal_mask_for_call(*(const uint64_t *)mask);
+		signal_mask_for_call(m);
 	return do_poll(fdsp, nfds, t);
 }
 
@@ -179,14 +174,12 @@ sys_pselect6(long nfds, long rp, long wp, long ep, long tsp, long maskp)
 	if (maskp) {
 		if (!user_ok((uint64_t)maskp, 16))
 			return -EFAULT;
-		const uint64_t *m = (const uint64_t *)maskp;
-		if (m[0]) {
-			if (m[1] != 8)
-				return -EINVAL;
-			if (!user_ok(m[0], 8))
-				return -EFAULT;
-			signal_mask_for_call(*(const uint64_t *)m[0]);
-		}
+		const uint64_t *m = (const uint64_t *)maskp;     /* {sigset_t *, size} */
+		uint64_t set;
+		if (m[0] && (e = signal_user_set((long)m[0], (long)m[1], &set)))
+			return e;
+		if (m[0])
+			signal_mask_for_call(set);
 	}
 	return do_select(nfds, rp, wp, ep, t);
 }

@@ -234,6 +234,20 @@ ring_room(int idx)
 	return r->size - (r->head - r->tail);
 }
 
+/* Wait until ring (idx) has room for a byte or no reader: 0, or
+ * -ERESTARTSYS when a signal came first (sendfile waits here before it
+ * takes anything from its input). */
+long
+ring_wait_room(int idx)
+{
+	volatile struct uf_ring *r = shm_ring(idx);
+	struct want w = { r, 1 };
+	if (can_write(&w))
+		return 0;
+	return wait_until(can_write, &w, &r->wr_wait, UF_SLEEP_WRITE, idx, SPIN_NS) ?
+	    -ERESTARTSYS : 0;
+}
+
 /* Bytes waiting in ring (idx), for FIONREAD. */
 long
 ring_avail(int idx)

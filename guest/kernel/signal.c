@@ -72,21 +72,48 @@ default_ignored(int sig)
 	return sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH || sig == SIGCONT;
 }
 
-/* Tell the host how each signal would be received here (for kill()). */
+/* Whether (sig), arriving now, would do nothing (SIG_IGN, or a default of nothing). */
+static int
+ignored(int sig)
+{
+	uint64_t h = actions[sig].handler;
+	return h == SIG_IGN || (h == SIG_DFL && default_ignored(sig));
+}
+
+/* Tell the host how each signal would be received here (for kill()),
+ * after the dispositions changed; a new mask alone: set_mask(). */
 static void
 publish(void)
 {
 	uint64_t ign = 0, caught = 0;
 	for (int sig = 1; sig <= NSIG; sig++) {
-		uint64_t h = actions[sig].handler;
-		if (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig)))
+		if (ignored(sig))
 			ign |= BIT(sig);
-		else if (h != SIG_DFL)
+		else if (actions[sig].handler != SIG_DFL)
 			caught |= BIT(sig);
 	}
 	CTL->sig_ignored = ign;
 	CTL->sig_caught = caught;
 	CTL->sig_blocked = sigmask;
+}
+
+static void
+set_mask(uint64_t mask)
+{
+	sigmask = mask & ~UNBLOCKABLE;
+	CTL->sig_blocked = sigmask;
+}
+
+/* A sigset_t argument at (p), (size) bytes: into (*set); 0 or an error. */
+long
+signal_user_set(long p, long size, uint64_t *set)
+{
+	if (size != 8)
+		return -EINVAL;
+	if (!user_ok((uint64_t)p, 8))
+		return -EFAULT;
+	*set = *(const uint64_t *)p;
+	return 0;
 }
 
 /* The alarm has rung: SIGALRM is pending, and the next one set. */
@@ -133,13 +160,13 @@ signal_pending(void)
 void
 signal_raise(int sig)
 {
-	uint64_t h = actions[sig].handler;
 	if (sig == SIGKILL)
 		proc_kill(sig);
-	if (!(sigmask & BIT(sig)) && (h == SIG_IGN || (h == SIG_DFL && default_ignored(sig))))
+	if (!(sigmask & BIT(sig)) && ignored(sig))
 		return;
 	sigpending |= BIT(sig);
-	if (!(sigmask & BIT(sig)) && h == SIG_DFL && sig != SIGSTOP && sig != SIGTSTP)
+	if (!(sigmask & BIT(sig)) && actions[sig].handler == SIG_DFL &&
+	    sig != SIGSTOP && sig != SIGTSTP)
 		proc_kill(sig);         /* fatal at once, as on Linux */
 }
 
@@ -236,7 +263,7 @@ signal_return(long nr, long ret)
 			continue;
 		sigpending &= ~BIT(sig);
 		struct k_sigaction *a = &actions[sig];
-		if (a->handler == SIG_IGN || (a->handler == SIG_DFL && default_ignored(sig)))
+		if (ignored(sig))
 			continue;
 		if (a->handler == SIG_DFL) {
 			if (sig == SIGSTOP || sig == SIGTSTP)
@@ -252,15 +279,15 @@ signal_return(long nr, long ret)
 		}
 		if (!push_frame(sig, a, resume, old_mask))
 			proc_kill(SIGSEGV);
-		sigmask |= a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig));
-		sigmask &= ~UNBLOCKABLE;
-		if (a->flags & SA_RESETHAND)
+		set_mask(sigmask | a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig)));
+		if (a->flags & SA_RESETHAND) {
 			*a = (struct k_sigaction){ 0, 0, 0, 0 };
-		publish();
+			publish();
+		}
 		return 0;
 	}
-	sigmask = old_mask;             /* (rt_sigsuspend's, when no handler ran) */
-	CTL->sig_blocked = sigmask;
+	if (old_mask != sigmask)        /* rt_sigsuspend's, ppoll's: no handler ran */
+		set_mask(old_mask);
 	if (restart && ret == -ERESTARTSYS) {
 		UREGS->rcx -= 2;        /* nothing to run: the call goes on */
 		return nr;
@@ -294,8 +321,7 @@ sys_rt_sigreturn(void)
 	 * interrupts off: they are taken in the halt gate only) nor TF */
 	u->r11 = (mc->eflags & 0xcd5) | 0x2;
 	sys_user_rsp = mc->rsp;
-	sigmask = f->uc.uc_sigmask & ~UNBLOCKABLE;
-	publish();
+	set_mask(f->uc.uc_sigmask);
 	return (long)mc->rax;
 }
 
@@ -336,27 +362,19 @@ long
 sys_rt_sigprocmask(long how_, long set, long oset, long size)
 {
 	long how = (int)how_;
+	uint64_t s = 0;
+	long e = set ? signal_user_set(set, size, &s) : size != 8 ? -EINVAL : 0;
 
-	if (size != 8)
-		return -EINVAL;
-	if (set && !user_ok((uint64_t)set, 8))
-		return -EFAULT;
+	if (e)
+		return e;
 	if (oset && !user_ok((uint64_t)oset, 8))
 		return -EFAULT;
+	if (set && how != 0 && how != 1 && how != 2)
+		return -EINVAL;
 	if (oset)
 		*(uint64_t *)oset = sigmask;
-	if (set) {
-		uint64_t s = *(const uint64_t *)set;
-		switch (how) {
-		case 0: sigmask |= s; break;            /* SIG_BLOCK */
-		case 1: sigmask &= ~s; break;           /* SIG_UNBLOCK */
-		case 2: sigmask = s; break;             /* SIG_SETMASK */
-		default: return -EINVAL;
-		}
-		sigmask &= ~UNBLOCKABLE;
-		CTL->sig_blocked = sigmask;
-		/* what was waiting behind the mask is taken on the way out */
-	}
+	if (set)        /* what waited behind the mask is taken on the way out */
+		set_mask(how == 0 ? sigmask | s : how == 1 ? sigmask & ~s : s);
 	return 0;
 }
 
@@ -379,19 +397,18 @@ signal_mask_for_call(uint64_t mask)
 {
 	saved_mask = sigmask;
 	mask_saved = 1;
-	sigmask = mask & ~UNBLOCKABLE;
-	CTL->sig_blocked = sigmask;
+	set_mask(mask);
 }
 
 /* Wait, with (mask) for a mask, until a signal is taken: always EINTR. */
 long
 sys_rt_sigsuspend(long mask, long size)
 {
-	if (size != 8)
-		return -EINVAL;
-	if (!user_ok((uint64_t)mask, 8))
-		return -EFAULT;
-	signal_mask_for_call(*(const uint64_t *)mask);
+	uint64_t m;
+	long e = signal_user_set(mask, size, &m);
+	if (e)
+		return e;
+	signal_mask_for_call(m);
 	signal_wait();
 	return -ERESTARTNOHAND;
 }

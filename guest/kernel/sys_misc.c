@@ -157,8 +157,9 @@ slept(uint64_t left, long rem)
 	return left ? -ERESTARTNOHAND : 0;
 }
 
-static long
-get_ts(long p, uint64_t *ns)
+/* A timespec argument at (p): its ns into (*ns); 0 or an error. */
+long
+user_timespec_ns(long p, uint64_t *ns)
 {
 	if (!user_ok((uint64_t)p, sizeof(struct timespec)))
 		return -EFAULT;
@@ -173,7 +174,7 @@ long
 sys_nanosleep(long req, long rem)
 {
 	uint64_t ns;
-	long e = get_ts(req, &ns);
+	long e = user_timespec_ns(req, &ns);
 	if (e)
 		return e;
 	return slept(sleep_mono(clock_mono_ns() + ns), rem);
@@ -186,7 +187,7 @@ sys_clock_nanosleep(long clk, long flags, long req, long rem)
 	long e = clock_ns(clk, &now);
 	if (e)
 		return e;
-	if ((e = get_ts(req, &ns)))
+	if ((e = user_timespec_ns(req, &ns)))
 		return e;
 	if (flags & TIMER_ABSTIME)
 		ns = ns > now ? ns - now : 0;

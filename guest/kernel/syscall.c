@@ -39,11 +39,9 @@ syscall_dispatch(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 	long ret = -ENOSYS;
 
 	CTL->syscalls++;
-	if ((uint64_t)nr < NSYS && table[nr]) {
+	if ((uint64_t)nr < NSYS && table[nr])
 		ret = table[nr](a0, a1, a2, a3, a4, a5);
-		return signal_return(nr, ret);
-	}
-	if ((uint64_t)nr < 512 && !(logged[nr / 64] & (1UL << (nr % 64)))) {
+	else if ((uint64_t)nr < 512 && !(logged[nr / 64] & (1UL << (nr % 64)))) {
 		logged[nr / 64] |= 1UL << (nr % 64);
 		const char *name = (uint64_t)nr < NSYSNAMES && syscall_names[nr] ?
 		    syscall_names[nr] : "unknown";
