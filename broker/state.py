@@ -162,13 +162,17 @@ def lost_jobs(r: redis.Redis) -> list[tuple[str, str, str, dict]]:
     after its visibility timeout (an hour with Redis).  Such a job that was
     cancelled is marked so here: nobody else is left to."""
     lost = []
+    alive: dict[tuple, bool] = {}       # (host, incarnation): asked once per look
     for raw in r.smembers(keys.RUNNING):
         job_id = raw.decode()
         status, holder, inc, request, cancel = (v.decode() if v else None for v in r.hmget(
             keys.job(job_id), "status", "host", "incarnation", "request", "cancel"))
         if status != JobStatus.RUNNING.value:
             r.srem(keys.RUNNING, job_id)        # it ended (or expired) meanwhile
-        elif holder and not host_alive(r, holder, inc):
+            continue
+        if holder and (holder, inc) not in alive:
+            alive[holder, inc] = host_alive(r, holder, inc)
+        if holder and not alive[holder, inc]:
             if cancel == "1":                   # nobody is left to end it: we do
                 append_output(r, job_id, "err", f"unifork: the job's host {holder} was "
                               "lost after the job was cancelled\n".encode())

@@ -364,38 +364,41 @@ class Job:
 
     def signal(self, t: Proc, sig: int) -> None:
         """Deliver (sig) to (t) from outside it, as its dispositions say."""
-        ctl = abi.CTL.read(t.vm.mem, abi.CTL_ADDR)
-        bit = 1 << (sig - 1)
         if sig != SIGKILL:
             if sig in STOPPING:
                 return self._say_once(t.pid, f"signal {sig}: stopping a process is not "
                                       "supported; ignored")
-            blocked, caught = ctl["sig_blocked"] & bit, ctl["sig_caught"] & bit
-            ignored = ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not caught)
-            if not blocked and ignored:
-                return
+            blocked, caught, ignored = self._disposition(t, sig)
             if blocked or caught:       # the guest takes it: pending, or its handler
-                if not ctl["sig_posted"] & bit:
+                bit = 1 << (sig - 1)
+                if not abi.CTL.get(t.vm.mem, abi.CTL_ADDR, "sig_posted") & bit:
                     from .cpu import address, atomic_add
                     atomic_add(address(t.vm.mem) + abi.CTL_ADDR
                                + abi.CTL.offsets["sig_posted"], bit)
                 if blocked:
                     # It may have unblocked it as we posted, and looked for
                     # posted signals just before: then it is ours to act on.
-                    ctl = abi.CTL.read(t.vm.mem, abi.CTL_ADDR)
-                    if ctl["sig_blocked"] & bit:
+                    blocked, caught, ignored = self._disposition(t, sig)
+                    if blocked:
                         return
-                    caught = ctl["sig_caught"] & bit
-                    ignored = ctl["sig_ignored"] & bit or (sig in DEFAULT_IGNORED and not caught)
                 if caught:
                     t.vm.wake()         # out of a halt, to give way to it
                     return
-                if ignored:
-                    return
-            elif sig in DEFAULT_IGNORED:
+            if ignored:
                 return
         t.killed_by = sig
         t.vm.kill()
+
+    @staticmethod
+    def _disposition(t: Proc, sig: int) -> tuple[bool, bool, bool]:
+        """Whether (t) blocks (sig), catches it, or would ignore it now, as
+        its control page says (a guest that never called sigaction has not
+        published its default-ignored signals: DEFAULT_IGNORED)."""
+        ctl = abi.CTL.read(t.vm.mem, abi.CTL_ADDR)
+        bit = 1 << (sig - 1)
+        caught = bool(ctl["sig_caught"] & bit)
+        return (bool(ctl["sig_blocked"] & bit), caught,
+                bool(ctl["sig_ignored"] & bit) or (sig in DEFAULT_IGNORED and not caught))
 
     # exec ----------------------------------------------------------------------
     def _read_str(self, vm: VM, addr: int, limit: int = 4096) -> bytes:
