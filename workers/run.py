@@ -60,8 +60,8 @@ def _raise_priority() -> bytes | None:
     guest as soon as it wakes.  At
     nice UNIFORK_BRIDGE_NICE (default -20; 0: as is) with a short time
     slice (100 us, which lets a waking task preempt under EEVDF, Linux
-    6.12+): bench/xpipe.py's round trip 1.09 -> 0.77 ms against the nice
-    alone.  (Not SCHED_FIFO: that halved its throughput, starving the
+    6.12+): bench/xpipe.py's round trip ~1.09 ms with the nice alone,
+    0.78-0.86 ms with both.  (Not SCHED_FIFO: that halved its throughput, starving the
     softirqs that move the datagrams.)  With RESET_ON_FORK, the QEMUs and
     threads it starts run as usual.  What to restore, or None."""
     try:
