@@ -155,6 +155,17 @@ async def _cont(qmp, timeout: float = 2.0) -> None:
             await asyncio.sleep(0.0005)
 
 
+def answer_child(mem, pid: int, ppid: int) -> None:
+    """Make a cloned guest's memory the child's, before it runs: its pid,
+    its parent, a seed of its own, and fork's answer, 0.  Nothing the
+    parent had posted is the child's (it may be sent signals of its own as
+    soon as the parent hears of it, while musl's fork still blocks them)."""
+    abi.BOOT.put(mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
+    seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
+    abi.CTL.put(mem, abi.CTL_ADDR, ret=0, val=(0, 0), sig_posted=0)
+    abi.CTL.put(mem, abi.CTL_ADDR, rep_seq=seq)
+
+
 async def clone(parent: VM, child: VM, pid: int, ppid: int,
                 timeout: float = 10.0) -> int:
     """Make (child), a pooled VM, a copy of the stopped-by-us (parent).
@@ -182,12 +193,7 @@ async def clone(parent: VM, child: VM, pid: int, ppid: int,
         # The child may still be loading the device state: the RAM copy does
         # not touch it (x-ignore-shared), and with -S it stays paused after.
         copied = copy_ram(parent.ram_fd, child.ram_fd, parent.layout.ram_size)
-        abi.BOOT.put(child.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
-        seq = abi.CTL.get(child.mem, abi.CTL_ADDR, "req_seq")
-        # (nothing the parent had pending is the child's: it may be sent
-        # signals of its own as soon as the parent hears of it)
-        abi.CTL.put(child.mem, abi.CTL_ADDR, ret=0, val=(0, 0), sig_posted=0)
-        abi.CTL.put(child.mem, abi.CTL_ADDR, rep_seq=seq)
+        answer_child(child.mem, pid, ppid)
     except BaseException:
         await _cont(pq)
         raise

@@ -239,10 +239,7 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
         with conn:
             try:
                 prog = _program(image_path, mem_mib)
-                abi.BOOT.put(a.vm.mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
-                seq = abi.CTL.get(a.vm.mem, abi.CTL_ADDR, "req_seq")
-                abi.CTL.put(a.vm.mem, abi.CTL_ADDR, ret=0, val=(0, 0), sig_posted=0)
-                abi.CTL.put(a.vm.mem, abi.CTL_ADDR, rep_seq=seq)
+                fork.answer_child(a.vm.mem, pid, ppid)
                 pipes = _pipe_specs(header)
                 cut = stdio_rings(a.shm, a.vm.mem, set(pipes))
                 if pipes:
