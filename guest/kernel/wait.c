@@ -10,13 +10,6 @@
 #include "defs.h"
 #include "x86.h"
 
-/* Tell the host something changed: one byte to the doorbell UART. */
-void
-doorbell(void)
-{
-	gate(GATE_OUTB, UF_DOORBELL_PORT, 1);
-}
-
 /*
  * Halt until an interrupt: the host's wake-up byte, or the TSC reaching
  * tsc_deadline (0: no deadline).  Callers re-check their condition after,
