@@ -50,8 +50,10 @@ long gate_ring0(long op, long a, long b);
 void idt_init(void);
 
 // entry.S
-enum gate_op { GATE_NONE, GATE_HALT, GATE_OUTB, GATE_WRFSBASE, GATE_POWEROFF };
+enum gate_op { GATE_NONE, GATE_WRFSBASE, GATE_POWEROFF };
 long gate(long op, long a, long b);
+void doorbell(void);                    /* wake the host */
+void halt(uint64_t tsc_deadline);       /* until an interrupt or the deadline */
 void enter_user(uint64_t entry, uint64_t sp) __attribute__((noreturn));
 void syscall_entry(void);
 void start_program(uint64_t entry, uint64_t sp) __attribute__((noreturn));
@@ -109,14 +111,15 @@ size_t ring_room(int idx);
 long ring_wait_room(int idx);
 
 // wait.c
-void doorbell(void);
 void sleep_until(uint64_t tsc_deadline);
 int  wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int what, int ring,
     uint64_t spin_ns);
 /*
  * How long to spin before halting.  A halt costs the sleeper a wake-up
- * relayed by the host and an interrupt handled in ring 0, which PVM
- * emulates: 0.5-1 ms here.  Measured with bench/pipes.py: a 100 us spin
+ * relayed by the host (a byte through QEMU's UART) and an interrupt taken
+ * in ring 0, which PVM emulates: 0.5-1 ms here when these went through
+ * trap(); entry.S's short paths cut the guest's part (a timed halt that
+ * ends at once: 150-200 -> 36 us).  Measured with bench/pipes.py: a 100 us spin
  * lets streaming and ping-pong fall into halts (100 MB/s, 520 us round
  * trips); 200 us keeps them in the fast path (2.7 GB/s, 7 us).
  *

@@ -15,6 +15,46 @@
 	.text
 
 /*
+ * The hot ring-0 work, written out in a few instructions: on PVM each
+ * ring-0 instruction is emulated (a trap into trap() and back costs ~80 us,
+ * these ~20-50), so the doorbell, the halt and the interrupts that end a
+ * halt never go through trapframes and C.  They clobber only rax, rcx, rdx
+ * (the callers' to lose: they are called as C functions).
+ */
+.macro DOORBELL_BODY                    /* one byte to the doorbell UART */
+	movl $UF_DOORBELL_PORT, %edx
+	movb $1, %al
+	outb %al, %dx
+.endm
+
+/* Halt until an interrupt; arm the TSC deadline first if rdi is not 0.
+ * sti's one-instruction shadow makes sti;hlt atomic, so an interrupt that
+ * is already pending wakes the hlt. */
+.macro HALT_BODY
+	testq %rdi, %rdi
+	jz 1f
+	movl $MSR_TSC_DEADLINE, %ecx
+	movl %edi, %eax
+	movq %rdi, %rdx
+	shrq $32, %rdx
+	wrmsr
+1:	sti
+	hlt
+	cli
+	testq %rdi, %rdi
+	jz 2f
+	xorl %eax, %eax                 /* disarm: ecx still names the MSR */
+	xorl %edx, %edx
+	wrmsr
+2:
+.endm
+
+.macro LAPIC_EOI
+	movl $(LAPIC_BASE + 0xb0), %eax
+	movl $0, (%rax)
+.endm
+
+/*
  * syscall: rax = number, args in rdi rsi rdx r10 r8 r9, rcx = return rip,
  * r11 = rflags.  The stack is still the program's, and the 128 bytes below
  * its rsp (the red zone) may be live: never touch them.  One thread per VM,
@@ -105,17 +145,20 @@ VEC 3
 VEC 4
 VEC 5
 	.globl vector_6
-vector_6:                               /* #UD: the doorbell's first (below) */
+vector_6:                               /* #UD: the doorbell's and halt's first */
 	cmpq $doorbell_ud2, (%rsp)
-	jne 1f
-	movl $UF_DOORBELL_PORT, %edx    /* rax, rdx: the caller's to lose */
-	movb $1, %al
-	outb %al, %dx
-	addq $2, (%rsp)
-	iretq
-1:	pushq $0
+	je 1f
+	cmpq $halt_ud2, (%rsp)
+	je 2f
+	pushq $0
 	pushq $6
 	jmp trap_common
+1:	DOORBELL_BODY
+	addq $2, (%rsp)
+	iretq
+2:	HALT_BODY
+	addq $2, (%rsp)
+	iretq
 VEC 7
 VEC 8, 1
 VEC 9
@@ -131,9 +174,34 @@ VEC 18
 VEC 19
 VEC 20
 VEC 21, 1
-VEC 32
-VEC 33
-VEC 255
+
+/*
+ * The two interrupts only end a halt (programs run with IF clear), so they
+ * only acknowledge: the doorbell takes the UART's byte so the line drops
+ * (with the FIFO off one read clears it, no status read first: each port
+ * access is a VM exit).  On the interrupted stack, no trapframe.
+ */
+	.globl vector_32
+vector_32:                              /* LAPIC timer: a timed halt is over */
+	pushq %rax
+	LAPIC_EOI
+	popq %rax
+	iretq
+
+	.globl vector_33
+vector_33:                              /* the host's wake-up byte */
+	pushq %rax
+	pushq %rdx
+	movl $UF_DOORBELL_PORT, %edx
+	inb %dx, %al
+	LAPIC_EOI
+	popq %rdx
+	popq %rax
+	iretq
+
+	.globl vector_255
+vector_255:                             /* spurious: no EOI */
+	iretq
 
 trap_common:
 	pushq %rax
@@ -193,12 +261,10 @@ gate_ud2:
 	ret
 
 /*
- * void doorbell(void): one byte to the doorbell UART, which wakes the host.
- * It is the gate's hottest use (every write to a pipe whose reader the host
- * watches), so at CPL 3 it has a ud2 of its own that vector_6 handles in
- * seven instructions before anything else: on PVM each ring-0 instruction
- * is emulated, and the general path through trap() costs several times the
- * trap itself.
+ * void doorbell(void): wake the host.  void halt(uint64_t tsc_deadline):
+ * sleep until an interrupt or the deadline (0: none).  At CPL 0 they run
+ * here; at CPL 3 (PVM) each has a ud2 of its own that vector_6 recognises
+ * before anything else.
  */
 	.globl doorbell
 doorbell:
@@ -209,9 +275,19 @@ doorbell:
 doorbell_ud2:
 	ud2
 	ret
-1:	movl $UF_DOORBELL_PORT, %edx
-	movb $1, %al
-	outb %al, %dx
+1:	DOORBELL_BODY
+	ret
+
+	.globl halt
+halt:
+	movw %cs, %ax
+	testb $3, %al
+	jz 1f
+	.globl halt_ud2
+halt_ud2:
+	ud2
+	ret
+1:	HALT_BODY
 	ret
 
 /* Clear what a Linux program finds clear at its entry (rdx: no atexit). */

@@ -1,7 +1,8 @@
 /*
  * trap.c: ring 0.  CPU exceptions (a fault in the program kills it the way
- * Linux would), the doorbell and timer interrupts, and the privileged gate.
- * All of this is emulated on PVM, so it does little and returns quickly.
+ * Linux would) and the privileged gate.  All of this is emulated on PVM, so
+ * it does little and returns quickly; the hottest ring-0 work (doorbell,
+ * halt, the interrupts that end a halt) is in entry.S and never gets here.
  */
 #include "defs.h"
 #include "x86.h"
@@ -34,7 +35,7 @@ setgate(int n, void *fn, int ist)
 /*
  * Exceptions run on IST1 (a known-good stack even when the fault is in the
  * syscall layer at CPL 0), a double fault on IST2.  Interrupts use no IST:
- * they only arrive inside the halt gate and nest on its stack.
+ * they only arrive inside the halt and nest on its stack.
  */
 void
 idt_init(void)
@@ -58,12 +59,6 @@ idt_init(void)
 }
 
 static void
-lapic_eoi(void)
-{
-	((volatile uint32_t *)LAPIC_BASE)[0xb0 / 4] = 0;
-}
-
-static void
 poweroff(void)
 {
 	outb(UF_EXIT_PORT, 0);
@@ -76,21 +71,6 @@ gate_ring0(long op, long a, long b)
 {
 	(void)b;
 	switch (op) {
-	case GATE_HALT:
-		/*
-		 * Sleep until an interrupt: the doorbell, or the TSC deadline
-		 * (a).  sti's one-instruction shadow makes sti;hlt atomic, so
-		 * an interrupt that is already pending wakes the hlt.
-		 */
-		if (a && (cpu_features & CPUF_DEADLINE))
-			wrmsr(MSR_TSC_DEADLINE, (uint64_t)a);
-		__asm__ volatile("sti; hlt; cli" ::: "memory");
-		if (a && (cpu_features & CPUF_DEADLINE))
-			wrmsr(MSR_TSC_DEADLINE, 0);
-		return 0;
-	case GATE_OUTB:
-		outb((uint16_t)a, (uint8_t)b);
-		return 0;
 	case GATE_WRFSBASE:
 		wrmsr(MSR_FS_BASE, (uint64_t)a);
 		return 0;
@@ -136,20 +116,6 @@ trap(struct trapframe *tf)
 			return;
 		}
 		break;
-	case UF_VEC_DOORBELL:
-		/*
-		 * Take the byte so the line drops; it carries no data.  With the
-		 * FIFO off one read clears it: each port access is a VM exit to
-		 * QEMU (~tens of us on PVM), so no status read first.
-		 */
-		(void)inb(UF_DOORBELL_PORT);
-		lapic_eoi();
-		return;
-	case UF_VEC_TIMER:
-		lapic_eoi();
-		return;
-	case UF_VEC_SPURIOUS:
-		return;
 	}
 
 	/* A CPU exception: the process dies as Linux would kill it. */

@@ -1,7 +1,8 @@
 /*
  * wait.c: waking the host, and sleeping until it (or a deadline) wakes us.
- * Both go through the gate, which costs ~22 us on PVM: callers spin a
- * little first and only sleep when the wait is really long.
+ * Both trap into ring 0 on PVM (entry.S: a doorbell costs the guest ~50 us,
+ * a wake-up much more): callers spin a little first and only sleep when
+ * the wait is really long.
  *
  * Before it halts, the guest says in its control page what it waits for
  * (asleep, sleep_ring); the host, whenever something changes, wakes each
@@ -31,7 +32,7 @@ sleep_until(uint64_t tsc_deadline)
 			cpu_relax();
 		return;
 	}
-	gate(GATE_HALT, (long)tsc_deadline, 0);
+	halt(tsc_deadline);
 }
 
 #define SLEEP_SLICE_NS 100000000ULL    /* re-check at least every 100 ms */
