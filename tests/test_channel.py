@@ -118,3 +118,31 @@ def test_a_silent_peer_is_declared_dead():
         assert time.monotonic() < deadline
         a.flush(time.monotonic())
         time.sleep(0.02)
+
+
+def test_small_messages_one_way_are_acknowledged_a_few_at_a_time(monkeypatch):
+    """A stream of small messages whose answers go back on another channel
+    (a ping-pong over two pipes) is not acknowledged every second message:
+    each ACK is a datagram and a turn of the sender's worker.  Bulk is."""
+    a, b, ca, cb = pair()
+    sent_acks = []
+    real = b.transmit
+    monkeypatch.setattr(b, "transmit", lambda ch, kind, seq, payload: (
+        sent_acks.append(kind == channel.ACK), real(ch, kind, seq, payload)))
+    for _ in range(20):                 # 20 one-byte messages, one by one
+        assert transfer(a, b, ca, cb, b"x") == b"x"
+    assert sum(sent_acks) <= 4, f"{sum(sent_acks)} ACKs for 20 one-byte messages"
+
+
+def test_bulk_and_disorder_are_acknowledged_at_once():
+    """Every second segment once ACK_BYTES are unacknowledged, and anything
+    out of order, is acknowledged in the receiver's next flush; a lone small
+    one waits up to ACK_DELAY for data going back."""
+    cb = pair()[3]
+    cb._on_data(0, b"x")
+    assert not cb.ack_due and cb.ack_at is not None
+    cb._on_data(1, bytes(channel.ACK_BYTES))
+    assert cb.ack_due
+    cb._acked()
+    cb._on_data(1 + channel.ACK_BYTES + 100, b"z")     # a gap before it
+    assert cb.ack_due

@@ -39,8 +39,10 @@ fragments: on a lossy link, one lost fragment loses them all); three
 duplicate ACKs resend the first segment at once.  The window grows by one
 segment per ACK and the segment size doubles back after a clean round.
 
-Receiving: an ACK goes at once for every second segment and anything out
-of order, else it waits up to ACK_DELAY for data going back to carry it;
+Receiving: an ACK goes at once for anything out of order and for every
+second segment once ACK_BYTES are unacknowledged, else it waits up to
+ACK_DELAY for data going back to carry it (small messages one way, whose
+answers go back on another channel, are acknowledged a few at a time);
 out-of-order segments inside the window are kept; the stream
 is delivered in order into `inbuf`, which the user drains with consume();
 the window advertised is what is left of WINDOW, so a slow consumer stops
@@ -80,6 +82,7 @@ MSS_MAX = 65000             # payload per datagram, when nothing is lost
 MSS_MIN = 1200              # ... and on a lossy path (one IP fragment)
 RTO_MIN, RTO_MAX = 0.02, 1.0
 ACK_DELAY = 0.002           # a lone segment's ACK waits this long for a ride
+ACK_BYTES = 16 << 10        # ... unless this much is unacknowledged
 PING_EVERY = 1.0
 
 
@@ -118,7 +121,7 @@ class Channel:
         self.inbuf = bytearray()
         self.ack_due = False
         self.ack_at: float | None = None     # a delayed ACK, due then
-        self.unacked_segs = 0
+        self.unacked_segs = self.unacked_bytes = 0
         self.heard, self.spoke = now, now
         self.dead = False
         self.closing: float | None = None    # dropped; lingers until then
@@ -156,9 +159,12 @@ class Channel:
     def _on_data(self, seq: int, data) -> None:
         """(data) is the opened payload: copied once, where it goes.
         The ACK waits up to ACK_DELAY for data going back to carry it,
-        except for every second segment and for anything out of order."""
+        except for anything out of order and for every second segment of
+        ACK_BYTES or more (each one is a datagram, and a turn of the peer's
+        worker: on a ping-pong over two pipes, one per round trip)."""
         self.unacked_segs += 1
-        if self.unacked_segs >= 2 or seq != self.rcv_nxt:
+        self.unacked_bytes += len(data)
+        if (self.unacked_segs >= 2 and self.unacked_bytes >= ACK_BYTES) or seq != self.rcv_nxt:
             self.ack_due = True
         elif self.ack_at is None:
             self.ack_at = time.monotonic() + ACK_DELAY
@@ -269,7 +275,8 @@ class Channel:
             self.ep.transmit(self, PING, self.snd_nxt, b"")   # (a silent peer: 4 a second)
 
     def _acked(self) -> None:
-        self.ack_due, self.ack_at, self.unacked_segs = False, None, 0
+        self.ack_due, self.ack_at = False, None
+        self.unacked_segs = self.unacked_bytes = 0
 
     def next_event(self) -> float:
         """When flush() must run next, at the latest (monotonic)."""
