@@ -195,28 +195,85 @@ def job_info(r: redis.Redis, job_id: str) -> dict | None:
     return {k.decode(): v.decode() for k, v in h.items()}
 
 
-def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes) -> None:
-    r.rpush(keys.job_output(job_id, stream), data)
+def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes,
+                  holder: tuple[str, str] | None = None) -> bool:
+    """Add (data) to the job's (stream).  Given (holder), the (host,
+    incarnation) of the run that writes, only while that run holds the job
+    (holds_job): a run superseded by another (its worker stalled, was
+    taken for lost and the job ran again) adds nothing.  Whether it did."""
+    if holder is None:
+        r.rpush(keys.job_output(job_id, stream), data)
+        return True
+    return r.eval(_IF_HOLDER + "return redis.call('RPUSH', KEYS[2], ARGV[3])",
+                  2, keys.job(job_id), keys.job_output(job_id, stream), *holder, data) != -1
+
+
+# Run the rest of a script only while the job (KEYS[1]) is held by the run
+# (ARGV[1] host, ARGV[2] incarnation); else return -1.
+_IF_HOLDER = ("if redis.call('HGET', KEYS[1], 'host') ~= ARGV[1] or "
+              "redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[2] then return -1 end ")
+
+
+def holds_job(r: redis.Redis, job_id: str, holder: tuple[str, str]) -> bool:
+    """Whether the run of (holder), (host, incarnation), still holds the job:
+    claim_job gives it to another run when its worker is taken for lost."""
+    host, inc = (v.decode() if v else "" for v in r.hmget(keys.job(job_id), "host",
+                                                          "incarnation"))
+    return (host, inc) == tuple(holder)
+
+
+def job_holder(r: redis.Redis, job_id: str) -> tuple[str, str]:
+    """The (host, incarnation) of the run that holds the job now."""
+    return tuple(v.decode() if v else "" for v in r.hmget(keys.job(job_id), "host",
+                                                           "incarnation"))
+
+
+def end_job(r: redis.Redis, job_id: str, holder: tuple[str, str], status: str,
+            exit_status: int) -> bool:
+    """Record how the run of (holder) ended the job, and let the job expire,
+    unless another run holds it now.  Whether it did."""
+    with r.pipeline() as p:
+        try:
+            p.watch(keys.job(job_id))
+            if not holds_job(p, job_id, holder):
+                return False
+            p.multi()
+            p.hset(keys.job(job_id), mapping={"status": status, "exit_status": exit_status})
+            p.execute()
+        except redis.WatchError:
+            return False        # claimed meanwhile: by another run
+    expire_job(r, job_id)
+    return True
 
 
 def output(r: redis.Redis, job_id: str, stream: str, start: int = 0) -> list[bytes]:
     return r.lrange(keys.job_output(job_id, stream), start, -1)
 
 
-def proc_recorder(r: redis.Redis, job_id: str, host: str, incarnation: str):
+def proc_recorder(r: redis.Redis, job_id: str, host: str, incarnation: str,
+                  holder: tuple[str, str] | None = None):
     """A Job's events callback for its processes on (host), worker
-    (incarnation): each change goes into the job's process table."""
+    (incarnation): each change goes into the job's process table, while
+    the run of (holder) holds the job (append_output)."""
     def record(pid: int, ppid: int, pstate: str, wstatus: int | None, tree: int) -> None:
-        set_proc(r, job_id, pid, ppid=ppid, host=host, incarnation=incarnation,
+        set_proc(r, job_id, pid, holder, ppid=ppid, host=host, incarnation=incarnation,
                  state=pstate, wstatus=wstatus, tree=tree)
     return record
 
 
-def set_proc(r: redis.Redis, job_id: str, pid: int, **info) -> None:
-    """Record process (pid)'s state, and the change as an event."""
+def set_proc(r: redis.Redis, job_id: str, pid: int, holder: tuple[str, str] | None = None,
+             **info) -> None:
+    """Record process (pid)'s state, and the change as an event (given
+    (holder), only while that run holds the job)."""
+    record, event = json.dumps(info), json.dumps({"pid": pid, **info})
+    if holder is not None:
+        r.eval(_IF_HOLDER + "redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) "
+               "return redis.call('RPUSH', KEYS[3], ARGV[5])", 3, keys.job(job_id),
+               keys.job_procs(job_id), keys.job_events(job_id), *holder, str(pid), record, event)
+        return
     p = r.pipeline()
-    p.hset(keys.job_procs(job_id), str(pid), json.dumps(info))
-    p.rpush(keys.job_events(job_id), json.dumps({"pid": pid, **info}))
+    p.hset(keys.job_procs(job_id), str(pid), record)
+    p.rpush(keys.job_events(job_id), event)
     p.execute()
 
 

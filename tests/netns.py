@@ -172,6 +172,17 @@ class Hosts:
             except (ProcessLookupError, ValueError):
                 pass
 
+    def pause_host(self, host: str, pause: bool = True) -> None:
+        """Stop (SIGSTOP) every process in (host)'s namespace, as a stalled
+        machine would be; or (pause False) let them go on."""
+        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGSTOP if pause else signal.SIGCONT)
+            except (ProcessLookupError, ValueError):
+                pass
+
     def __exit__(self, *exc) -> None:
         for p in self.procs:
             if p.poll() is None:

@@ -9,6 +9,7 @@ fork makes one child."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 
@@ -252,6 +253,49 @@ def test_a_job_whose_host_dies_is_sent_again_at_once_and_runs_elsewhere(net, pro
         in out.stderr, out
     assert procs(net, job_id)[1]["host"] != home
     assert out.stdout.endswith(b"child 0 exited 10\n1 forked\n"), out   # the second run's
+
+
+def test_a_host_that_stalls_and_comes_back_after_its_job_ran_again_adds_nothing(net, program):
+    """A worker stalled past its heartbeat's lifetime is taken for lost, and
+    its job runs again elsewhere; when it comes back, its own run of the job
+    stops and writes nothing: output, status and process table are the
+    second run's alone, and the first run's VMs are gone."""
+    job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.1)
+    home = ps[1]["host"]
+    net.pause_host(home)
+    try:
+        wait_finished(net, job_id, within=60)
+    finally:
+        net.pause_host(home, False)
+    time.sleep(6)       # what the first run had left (its child's 3 s sleep), and more
+    out = cli(net, "logs", job_id)
+    assert out.stdout.count(b"1 forked\n") == 1, out
+    assert out.stdout.endswith(b"child 0 exited 10\n1 forked\n"), out
+    ps = procs(net, job_id)
+    assert ps[1]["host"] != home and "finished" in cli(net, "ps", job_id).stdout.decode(), ps
+    deadline = time.monotonic() + 20
+    while booted_vms_on(net, home):         # the first run's pid 1
+        assert time.monotonic() < deadline, "the first run's VM is still there"
+        time.sleep(0.2)
+
+
+def booted_vms_on(net, host: str) -> list[int]:
+    """QEMUs on (host) that booted a program (not spares waiting for a fork)."""
+    pids = subprocess.run(["ip", "netns", "pids", net.ns[host]], capture_output=True,
+                          text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"qemu-system-x86_64") and b"-incoming" not in argv:
+            found.append(int(pid))
+    return found
 
 
 @pytest.mark.parametrize("fate", ["restarts", "dies"])

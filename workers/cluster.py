@@ -53,10 +53,16 @@ class Link:
     """Subtree (tree) of job (job_id) on (host), and its way to the others."""
 
     def __init__(self, url: str, job_id: str, host: str, tree: int, image: str,
-                 fork_wait: float, address: str = "") -> None:
+                 fork_wait: float, address: str = "",
+                 holder: tuple[str, str] | None = None) -> None:
         self.url, self.job_id, self.host, self.tree = url, job_id, host, tree
         self.image, self.fork_wait, self.address = image, fork_wait, address
         self.r = state.connect(url)
+        # The run of the job this subtree belongs to: (host, incarnation) of
+        # the worker that claimed it.  Another run taking the job over (this
+        # one's worker stalled and was taken for lost) ends this one.
+        self.holder = holder or state.job_holder(self.r, job_id)
+        self.superseded = False
         self.secret = cluster_secret(self.r)
         self._inbox: collections.deque[dict] = collections.deque()
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -95,6 +101,8 @@ class Link:
         return out
 
     def post(self, tree: int, msg: dict) -> None:
+        if self.superseded:     # the trees now are another run's
+            return
         key = keys.job_inbox(self.job_id, tree)
         p = self.r.pipeline()
         p.rpush(key, json.dumps(msg))
@@ -129,7 +137,12 @@ class Link:
 
     def _check_remote(self, r) -> None:
         """A remote child whose host is gone, or whose end we missed, is
-        reported; in a subtree, pid 1's host gone ends the subtree too."""
+        reported; in a subtree, pid 1's host gone ends the subtree too.  A
+        run of the job that another has taken over is told to stop."""
+        if not self.superseded and not state.holds_job(r, self.job_id, self.holder):
+            self.superseded = True
+            self._deliver({"type": "superseded"})
+            return
         watch = dict(self.watch)
         if not watch and (self.tree == 1 or self.pid1_lost):
             return

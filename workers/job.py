@@ -107,6 +107,7 @@ class Job:
         self.link = link            # cluster.Link when the job spans hosts, else None
         self.tree = tree            # the root pid of this subtree (1: the whole job here)
         self.ended = False          # told that pid 1 has ended (a subtree)
+        self.superseded = False     # another run of the job took it over
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
 
     @property
@@ -528,6 +529,9 @@ class Job:
             kind = msg["type"]
             if kind == "forked":
                 return self._forked(msg)
+            if kind == "superseded":
+                self.superseded = True
+                return
             if kind == "end":
                 if msg.get("why") and not self.ended:
                     self.say(self.tree, str(msg["why"]))

@@ -220,6 +220,9 @@ class Supervisor:
                 if job.link is not None and (fired is None or job.link.fileno() in fired):
                     for msg in job.link.messages():
                         job.on_message(msg)
+                    if job.superseded:  # the job runs again elsewhere: stop here
+                        self.stop_reason = "superseded"
+                        break
                 for p in job.live():
                     if fired is not None and fired.isdisjoint(p.vm.fds):
                         continue        # nothing from this VM: nothing new about it
@@ -472,6 +475,8 @@ class Supervisor:
         if self.stop_reason == "timeout":
             self.say(1, f"timed out after {self.req.timeout:g} s; the VM was stopped")
             return EXIT_TIMEOUT
+        if self.stop_reason == "superseded":
+            return 128 + SIGKILL
         if self.stop_reason:
             self.say(1, f"{self.stop_reason}; the VM was stopped")
             return 128 + {v: k for k, v in _STOPS.items()}[self.stop_reason]

@@ -222,10 +222,12 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
     until its last process here ends.  The slot taken for it is (slots)'s."""
     header, conn, arrived = a.receive(secret, pid)
 
-    def out(stream: str, data: bytes) -> None:
-        state.append_output(r, job_id, stream, data)
+    holder = state.job_holder(r, job_id)     # the run of the job this child is of
 
-    events = state.proc_recorder(r, job_id, host, incarnation)
+    def out(stream: str, data: bytes) -> None:
+        state.append_output(r, job_id, stream, data, holder)
+
+    events = state.proc_recorder(r, job_id, host, incarnation, holder)
 
     def make_bridge():
         from .bridge import open_bridge
@@ -265,7 +267,7 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
                 raise RuntimeError(why) from err
             transfer.send_reply(conn, secret, a.nonce, {"ok": True})
         # The child runs: now the rest (Redis, a thread) off its critical path.
-        link = Link(url, job_id, host, pid, image, fork_wait, address)
+        link = Link(url, job_id, host, pid, image, fork_wait, address, holder)
         if bridge is None:      # for the pipes the subtree makes and forks elsewhere
             bridge = make_bridge()
         job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,

@@ -108,11 +108,13 @@ def _preload(**_) -> None:
     subtree.spare()
 
 
-def _pump(fd: int, r, job_id: str, stream: str, sink: list[bytes]) -> None:
-    """Copy a pipe into the job's output list in Redis, as it comes."""
+def _pump(fd: int, r, job_id: str, stream: str, sink: list[bytes],
+          holder: tuple[str, str]) -> None:
+    """Copy a pipe into the job's output list in Redis, as it comes, while
+    this run holds the job (a superseded run's output is read and dropped)."""
     while chunk := os.read(fd, 65536):
         sink.append(chunk)
-        state.append_output(r, job_id, stream, chunk)
+        state.append_output(r, job_id, stream, chunk, holder)
     os.close(fd)
 
 
@@ -138,7 +140,8 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
     request = {"image": image, "name": name, "args": list(args), "env": list(env),
                "stdin": stdin, "mem_mib": mem_mib, "max_procs": max_procs,
                "timeout": timeout, "fork_wait": fork_wait}
-    claim = state.claim_job(r, job_id, host, host_incarnation(), request)
+    holder = (host, host_incarnation())
+    claim = state.claim_job(r, job_id, *holder, request)
     if claim == "done":                         # delivered twice: already done
         return _result(r, job_id, state.job_info(r, job_id))
     if claim == "busy":                         # delivered twice: it runs elsewhere
@@ -155,15 +158,16 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         stdin_f.seek(0)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        pumps = [threading.Thread(target=_pump, args=(out_r, r, job_id, "out", out_sink)),
-                 threading.Thread(target=_pump, args=(err_r, r, job_id, "err", err_sink))]
+        pumps = [threading.Thread(target=_pump, args=(out_r, r, job_id, "out", out_sink, holder)),
+                 threading.Thread(target=_pump, args=(err_r, r, job_id, "err", err_sink, holder))]
         for t in pumps:
             t.start()
 
-        events = state.proc_recorder(r, job_id, host, host_incarnation())
+        events = state.proc_recorder(r, job_id, *holder, holder)
         from .cluster import Link
         link = Link(app.conf.broker_url, job_id, host, 1, image,
-                    fork_wait_default() if fork_wait is None else fork_wait, _address(r, host))
+                    fork_wait_default() if fork_wait is None else fork_wait, _address(r, host),
+                    holder)
         try:
             status = run(RunRequest(path, list(args), list(env), mem_mib, timeout,
                                     stdin=stdin_f.fileno(), stdout=out_w, stderr=err_w,
@@ -181,24 +185,27 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
         status, final = 2, JobStatus.FAILED
         msg = f"unifork: {err}\n".encode()
         err_sink.append(msg)
-        state.append_output(r, job_id, "err", msg)
+        state.append_output(r, job_id, "err", msg, holder)
     except UniforkError as err:
         status, final = 1, JobStatus.FAILED
         msg = f"unifork: {err}\n".encode()
         err_sink.append(msg)
-        state.append_output(r, job_id, "err", msg)
+        state.append_output(r, job_id, "err", msg, holder)
     except Exception as err:
         if link is not None:
             link.close()
         # Not ours to explain: the job must not stay "running" for ever.
-        state.append_output(r, job_id, "err", f"unifork: the job failed on {host}: {err}\n".encode())
-        state.set_job(r, job_id, status=JobStatus.FAILED.value, exit_status=1)
-        state.expire_job(r, job_id)
+        state.append_output(r, job_id, "err", f"unifork: the job failed on {host}: {err}\n".encode(),
+                            holder)
+        state.end_job(r, job_id, holder, JobStatus.FAILED.value, 1)
         raise
     if status == 143 and state.job_info(r, job_id).get("cancel") == "1":
         final = JobStatus.CANCELLED
-    state.set_job(r, job_id, status=final.value, exit_status=status)
-    state.expire_job(r, job_id)
+    if not state.end_job(r, job_id, holder, final.value, status):
+        # This run was taken for lost (its worker stalled) and the job ran
+        # again elsewhere: that run's result is the job's, not ours.
+        log.warning("job %s: another run took it over; this run's result is dropped", job_id)
+        raise Ignore()
     return _result(r, job_id, {"exit_status": status})   # with other hosts' output
 
 
