@@ -70,3 +70,13 @@ def test_signal_handlers_match_native_under_tcg(program, libc):
     prog = program("signals", libc)
     got = unifork("run", prog, env=TCG, timeout=120)
     assert got.stdout == native(prog).stdout, got.stderr.decode()
+
+
+@pytest.mark.tcg
+@pytest.mark.parametrize("libc", ["musl", "glibc"])
+def test_fault_handlers_match_native_under_tcg(program, libc):
+    """There a fault leaves ring 3 for ring 0 for real, and the handler's
+    frame is built back in ring 3, its return through an iret frame."""
+    prog = program("faults", libc)
+    got = unifork("run", prog, env=TCG, timeout=120)
+    assert got.stdout == native(prog).stdout, got.stderr.decode()

@@ -36,6 +36,10 @@ _Static_assert(sizeof(struct uregs) == 15 * 8, "uregs: entry.S pushes 15");
 extern struct uregs sys_uregs;     /* at the top of the system-call stack */
 extern uint8_t sys_stack_top[];
 extern uint64_t sys_user_rsp;
+/* Leave through full_exit (entry.S): every register as in sys_uregs, rip
+ * and rflags from these (after a fault, or a handler's rt_sigreturn). */
+extern uint64_t sys_ret_rip, sys_ret_flags;
+extern uint8_t sys_full_return;
 #define UREGS (&sys_uregs)
 
 // main.c
@@ -55,6 +59,7 @@ long gate(long op, long a, long b);
 void doorbell(void);                    /* wake the host */
 void halt(uint64_t tsc_deadline);       /* until an interrupt or the deadline */
 void enter_user(uint64_t entry, uint64_t sp) __attribute__((noreturn));
+void fault_entry(void);
 void syscall_entry(void);
 void start_program(uint64_t entry, uint64_t sp) __attribute__((noreturn));
 
@@ -76,6 +81,9 @@ void signal_exec(void);
 void signal_fork(void);
 void proc_sigpipe(void);
 long signal_return(long nr, long ret);
+int  signal_takes_fault(int sig);
+void signal_fault_info(int sig, int code, uint64_t addr, uint64_t trapno, uint64_t err);
+long signal_fault(void);
 void signal_mask_for_call(uint64_t mask);
 long signal_user_set(long p, long size, uint64_t *set);
 uint64_t signal_alarm_tsc(void);

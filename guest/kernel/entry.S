@@ -94,7 +94,10 @@ syscall_entry:
 	movq %rdi, %rsi
 	movq %rax, %rdi                 /* syscall_dispatch(nr, a0..a5): 16 pushes, aligned */
 	call syscall_dispatch
+syscall_exit:                           /* rax: what the program sees */
 	addq $16, %rsp
+	cmpb $0, sys_full_return(%rip)
+	jne full_exit
 	popq %r9
 	movw %cs, %r8w                  /* CPL test; r8 is popped next */
 	testb $3, %r8b                  /* pops below leave the flags alone */
@@ -122,6 +125,60 @@ syscall_entry:
 	jmp *%rcx
 1:	movq sys_user_rsp(%rip), %rsp
 	sysretq
+
+/*
+ * Back to where a fault, or a signal handler's rt_sigreturn, left the
+ * program: every register as it was, rcx and r11 too (a `syscall` leaves
+ * those to us; a fault does not), rip and rflags from sys_ret_rip and
+ * sys_ret_flags.  At CPL 3 that takes the program's stack below its red
+ * zone for two words (popfq, then ret pops rip and the gap); at CPL 0 an
+ * iret frame.
+ */
+full_exit:
+	popq %r9
+	movw %cs, %r8w
+	testb $3, %r8b                  /* pops, lea, push, mov leave flags alone */
+	popq %r8
+	popq %r10
+	popq %rdx
+	popq %rsi
+	popq %rdi
+	popq %r11
+	popq %rcx
+	popq %r15
+	popq %r14
+	popq %r13
+	popq %r12
+	popq %rbp
+	popq %rbx
+	jz 1f
+	movq sys_user_rsp(%rip), %rsp
+	leaq -136(%rsp), %rsp           /* past the red zone, and a word */
+	pushq sys_ret_rip(%rip)
+	pushq sys_ret_flags(%rip)
+	movb $0, sys_full_return(%rip)
+	popfq
+	ret $136
+1:	pushq $SEL_UDATA
+	pushq sys_user_rsp(%rip)
+	pushq sys_ret_flags(%rip)
+	pushq $SEL_UCODE
+	pushq sys_ret_rip(%rip)
+	movb $0, sys_full_return(%rip)
+	iretq
+
+/*
+ * A fault in the program whose signal it catches: trap() put its registers
+ * in sys_uregs (and rip, rflags, rsp in sys_ret_*, sys_user_rsp) and came
+ * back here, at CPL 3, to build the handler's frame at native speed, as
+ * a system call's way out would (signal_fault).
+ */
+	.globl fault_entry
+fault_entry:
+	leaq sys_uregs-8(%rip), %rsp    /* as syscall_entry leaves it: aligned */
+	cld
+	call signal_fault
+	jmp syscall_exit
 
 /*
  * Exceptions and interrupts: push a uniform frame (struct trapframe in
@@ -334,6 +391,13 @@ start_program:
 	.globl sys_user_rsp
 sys_user_rsp:
 	.quad 0
+	.globl sys_ret_rip, sys_ret_flags, sys_full_return
+sys_ret_rip:                            /* full_exit's rip and rflags */
+	.quad 0
+sys_ret_flags:
+	.quad 0
+sys_full_return:                        /* 1: leave through full_exit */
+	.byte 0
 	.p2align 12
 sys_stack:
 	.skip 32768 - 15 * 8

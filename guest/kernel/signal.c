@@ -208,10 +208,20 @@ restore_fpu(const void *area)
  * frame for the program to resume with.  False if the stack is unusable
  * (the process is then killed, as Linux does with SIGSEGV).
  */
+/* What trap() says of a fault whose handler runs next (signal_fault). */
+static struct {
+	int sig, code;
+	uint64_t addr, trapno, err;
+} fault;
+
 static int
 push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 {
 	struct uregs *u = UREGS;
+	/* Where the program was: at a `syscall` (rcx, r11 hold its rip and
+	 * flags), or where a fault or rt_sigreturn leaves it (full_exit). */
+	uint64_t rip = sys_full_return ? sys_ret_rip : u->rcx;
+	uint64_t flags = sys_full_return ? sys_ret_flags : u->r11;
 	uint64_t sp = (sys_user_rsp - 128 - FXSAVE_SIZE) & ~63UL;    /* below the red zone */
 	uint64_t fp = sp;
 	sp = ((sp - sizeof(struct rt_sigframe)) & ~15UL) - 8;       /* as after a call */
@@ -226,20 +236,30 @@ push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 	mc->r12 = u->r12; mc->r13 = u->r13; mc->r14 = u->r14; mc->r15 = u->r15;
 	mc->rdi = u->rdi; mc->rsi = u->rsi; mc->rbp = u->rbp; mc->rbx = u->rbx;
 	mc->rdx = u->rdx; mc->rax = (uint64_t)ret; mc->rcx = u->rcx;
-	mc->rsp = sys_user_rsp; mc->rip = u->rcx; mc->eflags = u->r11;
+	mc->rsp = sys_user_rsp; mc->rip = rip; mc->eflags = flags;
 	mc->cs = SEL_UCODE; mc->ss = SEL_UDATA;
 	mc->oldmask = old_mask;
 	mc->fpstate = fp;
 	f->uc.ss_flags = 2;             /* SS_DISABLE: no alternate stack */
 	f->uc.uc_sigmask = old_mask;
 	f->info[0] = sig;               /* si_code 0: SI_USER */
+	if (sig == fault.sig) {         /* a fault's: what and where */
+		f->info[2] = fault.code;
+		f->info[4] = (int32_t)fault.addr;       /* si_addr, at byte 16 */
+		f->info[5] = (int32_t)(fault.addr >> 32);
+		mc->trapno = fault.trapno;
+		mc->err = fault.err;
+		mc->cr2 = fault.trapno == 14 ? fault.addr : 0;
+		fault.sig = 0;
+	}
 	/* into the handler: handler(sig, &info, &uc), as if called from the restorer */
 	u->rdi = (uint64_t)sig;
 	u->rsi = (uint64_t)&f->info;
 	u->rdx = (uint64_t)&f->uc;
 	u->rcx = a->handler;
-	u->r11 &= ~(1UL << 10);         /* DF clear, as the ABI wants */
+	u->r11 = flags & ~(1UL << 10);  /* DF clear, as the ABI wants */
 	sys_user_rsp = sp;
+	sys_full_return = 0;            /* a call into the handler: rcx, r11 are free */
 	return 1;
 }
 
@@ -295,6 +315,47 @@ signal_return(long nr, long ret)
 	return restart ? -EINTR : ret;
 }
 
+/*
+ * A CPU fault in the program raises (sig): whether its handler is to run
+ * (caught and not blocked).  Otherwise the fault kills, as with Linux,
+ * which forces the default action on a blocked or ignored fault signal.
+ * Called in ring 0 (trap): it only reads.
+ */
+int
+signal_takes_fault(int sig)
+{
+	return actions[sig].handler > SIG_IGN && !(sigmask & BIT(sig));
+}
+
+void
+signal_fault_info(int sig, int code, uint64_t addr, uint64_t trapno, uint64_t err)
+{
+	fault.sig = sig;
+	fault.code = code;
+	fault.addr = addr;
+	fault.trapno = trapno;
+	fault.err = err;
+}
+
+/* At CPL 3 from fault_entry: the faulting program's registers are in
+ * sys_uregs; its handler runs next, like one taken after a system call. */
+long
+signal_fault(void)
+{
+	int sig = fault.sig;
+	struct k_sigaction *a = &actions[sig];
+	uint64_t old_mask = sigmask;
+
+	if (!push_frame(sig, a, (long)UREGS->rax, old_mask))
+		proc_kill(SIGSEGV);
+	set_mask(sigmask | a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig)));
+	if (a->flags & SA_RESETHAND) {
+		*a = (struct k_sigaction){ 0, 0, 0, 0 };
+		publish();
+	}
+	return 0;
+}
+
 /* The handler has returned (through its restorer): resume the program. */
 long
 sys_rt_sigreturn(void)
@@ -316,10 +377,14 @@ sys_rt_sigreturn(void)
 	u->r8 = mc->r8; u->r9 = mc->r9; u->r10 = mc->r10;
 	u->r12 = mc->r12; u->r13 = mc->r13; u->r14 = mc->r14; u->r15 = mc->r15;
 	u->rdi = mc->rdi; u->rsi = mc->rsi; u->rbp = mc->rbp; u->rbx = mc->rbx;
-	u->rdx = mc->rdx; u->rcx = mc->rip;
-	/* its arithmetic flags and DF; never IF (the program runs with
-	 * interrupts off: they are taken in the halt gate only) nor TF */
-	u->r11 = (mc->eflags & 0xcd5) | 0x2;
+	u->rdx = mc->rdx; u->rcx = mc->rcx; u->r11 = mc->r11;
+	/* every register back, rcx and r11 too (a fault may have left the
+	 * program mid-computation): out through full_exit, with its rip and
+	 * its arithmetic flags and DF; never IF (the program runs with
+	 * interrupts off: they are taken in the halt only) nor TF */
+	sys_ret_rip = mc->rip;
+	sys_ret_flags = (mc->eflags & 0xcd5) | 0x2;
+	sys_full_return = 1;
 	sys_user_rsp = mc->rsp;
 	set_mask(f->uc.uc_sigmask);
 	return (long)mc->rax;

@@ -24,12 +24,12 @@ V(14) V(15) V(16) V(17) V(18) V(19) V(20) V(21) V(32) V(33) V(255)
 extern char gate_ud2[];
 
 static void
-setgate(int n, void *fn, int ist)
+setgate(int n, void *fn, int ist, int dpl)
 {
 	uint64_t a = (uint64_t)fn;
 
-	idt[n] = (struct idtgate){ (uint16_t)a, SEL_KCODE, (uint8_t)ist, 0x8e,
-	    (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
+	idt[n] = (struct idtgate){ (uint16_t)a, SEL_KCODE, (uint8_t)ist,
+	    (uint8_t)(0x8e | dpl << 5), (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
 }
 
 /*
@@ -48,11 +48,14 @@ idt_init(void)
 	};
 	struct { uint16_t lim; uint64_t base; } __attribute__((packed)) p;
 
+	/* int3 and into may be used by the program (a debugger's breakpoint,
+	 * a SIGTRAP handler): their gates are DPL 3, as on Linux; a DPL 0
+	 * gate turns them into #GP where the CPU checks it (TCG, real KVM). */
 	for (int i = 0; i < 22; i++)
-		setgate(i, exc[i], i == 8 ? 2 : 1);
-	setgate(UF_VEC_TIMER, vector_32, 0);
-	setgate(UF_VEC_DOORBELL, vector_33, 0);
-	setgate(UF_VEC_SPURIOUS, vector_255, 0);
+		setgate(i, exc[i], i == 8 ? 2 : 1, i == 3 || i == 4 ? 3 : 0);
+	setgate(UF_VEC_TIMER, vector_32, 0, 0);
+	setgate(UF_VEC_DOORBELL, vector_33, 0, 0);
+	setgate(UF_VEC_SPURIOUS, vector_255, 0, 0);
 	p.lim = sizeof(idt) - 1;
 	p.base = (uint64_t)idt;
 	__asm__ volatile("lidt %0" : : "m"(p));
@@ -95,6 +98,42 @@ exception_signal(uint64_t vector)
 	}
 }
 
+/* Linux's si_code and si_addr for a fault (the siginfo a handler gets). */
+static int
+fault_code(uint64_t vector, uint64_t error)
+{
+	switch (vector) {
+	case 14: return error & 1 ? 2 : 1;      /* SEGV_ACCERR, SEGV_MAPERR */
+	case 0: return 1;                       /* FPE_INTDIV */
+	case 6: return 2;                       /* ILL_ILLOPN */
+	case 17: return 1;                      /* BUS_ADRALN */
+	default: return 0x80;                   /* SI_KERNEL */
+	}
+}
+
+/*
+ * Leave for fault_entry at CPL 3 with the program's registers in sys_uregs,
+ * as syscall_entry would have saved them, and its rip, flags and stack
+ * where full_exit finds them when the handler returns.
+ */
+static void
+deliver_fault(struct trapframe *tf, int sig, uint64_t addr)
+{
+	struct uregs *u = UREGS;
+	u->rax = tf->rax; u->rbx = tf->rbx; u->rcx = tf->rcx; u->rdx = tf->rdx;
+	u->rsi = tf->rsi; u->rdi = tf->rdi; u->rbp = tf->rbp;
+	u->r8 = tf->r8; u->r9 = tf->r9; u->r10 = tf->r10; u->r11 = tf->r11;
+	u->r12 = tf->r12; u->r13 = tf->r13; u->r14 = tf->r14; u->r15 = tf->r15;
+	sys_user_rsp = tf->rsp;
+	sys_ret_rip = tf->rip;
+	sys_ret_flags = (tf->rflags & 0xcd5) | 0x2;
+	sys_full_return = 1;
+	signal_fault_info(sig, fault_code(tf->vector, tf->error),
+	    tf->vector == 14 ? addr : tf->rip, tf->vector, tf->error);
+	tf->rip = (uint64_t)fault_entry;
+	tf->rflags = 0x2;
+}
+
 static const char *const exception_name[22] = {
 	"divide error", "debug", "NMI", "breakpoint", "overflow",
 	"bound range", "invalid opcode", "device not available",
@@ -118,9 +157,16 @@ trap(struct trapframe *tf)
 		break;
 	}
 
-	/* A CPU exception: the process dies as Linux would kill it. */
+	/* A CPU exception in the program, whose signal it catches: its
+	 * handler runs (at CPL 3: the frame is built there, see fault_entry). */
 	int sig = exception_signal(tf->vector);
 	uint64_t addr = tf->vector == 14 ? read_cr2() : 0;
+	if ((tf->cs & 3) && tf->rip >= UF_USER_BASE && sig != SIGKILL &&
+	    signal_takes_fault(sig)) {
+		deliver_fault(tf, sig, addr);
+		return;
+	}
+	/* Otherwise the process dies as Linux would kill it. */
 	CTL->fault_vector = tf->vector;
 	CTL->fault_rip = tf->rip;
 	CTL->fault_addr = addr;
