@@ -247,7 +247,8 @@ class Job:
             self._aio(fork.resume(parent.vm, child_vm, asked, parent_tsc,
                                   abi.BOOT.get(child_vm.mem, abi.BOOT_ADDR, "tsc_khz")))
         except Exception as err:        # noqa: BLE001 - a VM died: its reaping says so
-            self.say(child.pid, f"fork: resuming failed: {err}")
+            if not child_vm.ran_and_ended():
+                self.say(child.pid, f"fork: resuming failed: {err}")
         self._wake_if(parent, abi.Sleep.REPLY)
         self._wake_if(child, abi.Sleep.REPLY)
         self.pool.fill(self.pool_size)

@@ -156,16 +156,6 @@ def _ports() -> list[int]:
     return ports
 
 
-def _ran_and_ended(vm: VM) -> bool:
-    """Whether a child whose `cont` failed had in fact run, and ended so
-    fast that QEMU exited before it answered."""
-    deadline = time.monotonic() + 1.0
-    while vm.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return vm.poll() is not None and abi.CTL.get(vm.mem, abi.CTL_ADDR, "state") in (
-        abi.State.EXITED, abi.State.KILLED)
-
-
 def stdio_rings(shm: SharedRegion, mem, bridged: set[int]) -> list[int]:
     """Rings in this host's region for what the child holds: the job's stdio
     (0, 1, 2) with this host's ends, and the pipes it inherited that no
@@ -257,7 +247,7 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
                 try:
                     a.qmp.call(fork.start_child(a.vm, resume))
                 except Exception:
-                    if not _ran_and_ended(a.vm):
+                    if not a.vm.ran_and_ended():
                         raise
             except Exception as err:
                 why = str(err) or repr(err)

@@ -140,6 +140,15 @@ class VM:
         except OSError:
             pass
 
+    def ran_and_ended(self) -> bool:
+        """Whether a child whose `cont` failed had in fact run, and ended so
+        fast that QEMU exited before it answered (TCG does, often)."""
+        deadline = time.monotonic() + 1.0
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.poll() is not None and abi.CTL.get(self.mem, abi.CTL_ADDR, "state") in (
+            abi.State.EXITED, abi.State.KILLED)
+
     def poll(self) -> int | None:
         """QEMU's exit code if it has exited (and reap it), else None."""
         if self.returncode is None and self.pid:
