@@ -34,6 +34,11 @@ static uint64_t sigmask, sigpending;
 static uint64_t saved_mask;     /* rt_sigsuspend's caller's mask, to restore */
 static int mask_saved;
 static uint64_t alarm_ns;       /* monotonic time of the next SIGALRM (0: none) */
+/* sigaltstack's: handlers with SA_ONSTACK run there (none: SS_DISABLE) */
+static struct { uint64_t sp, size; int enabled; } alt;
+#define SS_ONSTACK   1
+#define SS_DISABLE   2
+#define MINSIGSTKSZ  2048
 static uint64_t alarm_every_ns; /* then again every so often (0: once) */
 
 /* The frame a handler finds (Linux x86-64's struct rt_sigframe). */
@@ -170,10 +175,53 @@ signal_raise(int sig)
 		proc_kill(sig);         /* fatal at once, as on Linux */
 }
 
-/* After execve: handlers are gone (the code is), ignored stays ignored. */
+static int
+on_alt_stack(uint64_t sp)
+{
+	return alt.enabled && sp > alt.sp && sp <= alt.sp + alt.size;
+}
+
+/* sigaltstack(ss, old): the stack handlers with SA_ONSTACK run on. */
+long
+sys_sigaltstack(long ss, long old)
+{
+	struct stack { uint64_t sp; int32_t flags, pad; uint64_t size; };
+	uint64_t rsp = sys_user_rsp;
+
+	if (ss && !user_ok((uint64_t)ss, sizeof(struct stack)))
+		return -EFAULT;
+	if (old && !user_ok((uint64_t)old, sizeof(struct stack)))
+		return -EFAULT;
+	struct stack want = ss ? *(const struct stack *)ss : (struct stack){ 0, 0, 0, 0 };
+	if (old)
+		*(struct stack *)old = (struct stack){ alt.sp,
+		    on_alt_stack(rsp) ? SS_ONSTACK : alt.enabled ? 0 : SS_DISABLE, 0, alt.size };
+	if (!ss)
+		return 0;
+	if (on_alt_stack(rsp))
+		return -EPERM;          /* not while running on it */
+	if (want.flags & ~(SS_DISABLE | (int32_t)0x80000000))  /* SS_AUTODISARM: accepted */
+		return -EINVAL;
+	if (want.flags & SS_DISABLE) {
+		alt.sp = alt.size = 0;
+		alt.enabled = 0;
+		return 0;
+	}
+	if (want.size < MINSIGSTKSZ)
+		return -ENOMEM;
+	alt.sp = want.sp;
+	alt.size = want.size;
+	alt.enabled = 1;
+	return 0;
+}
+
+/* After execve: handlers are gone (the code is), ignored stays ignored;
+ * so is the alternate stack (it was the old program's memory). */
 void
 signal_exec(void)
 {
+	alt.sp = alt.size = 0;
+	alt.enabled = 0;
 	for (int sig = 1; sig <= NSIG; sig++)
 		if (actions[sig].handler != SIG_IGN)
 			actions[sig] = (struct k_sigaction){ 0, 0, 0, 0 };
@@ -222,7 +270,10 @@ push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 	 * flags), or where a fault or rt_sigreturn leaves it (full_exit). */
 	uint64_t rip = sys_full_return ? sys_ret_rip : u->rcx;
 	uint64_t flags = sys_full_return ? sys_ret_flags : u->r11;
-	uint64_t sp = (sys_user_rsp - 128 - FXSAVE_SIZE) & ~63UL;    /* below the red zone */
+	uint64_t sp = sys_user_rsp - 128;      /* below the red zone */
+	if ((a->flags & SA_ONSTACK) && alt.enabled && !on_alt_stack(sys_user_rsp))
+		sp = alt.sp + alt.size;         /* the alternate stack, from its top */
+	sp = (sp - FXSAVE_SIZE) & ~63UL;
 	uint64_t fp = sp;
 	sp = ((sp - sizeof(struct rt_sigframe)) & ~15UL) - 8;       /* as after a call */
 	if (!user_ok(sp, fp + FXSAVE_SIZE - sp))
@@ -240,7 +291,9 @@ push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 	mc->cs = SEL_UCODE; mc->ss = SEL_UDATA;
 	mc->oldmask = old_mask;
 	mc->fpstate = fp;
-	f->uc.ss_flags = 2;             /* SS_DISABLE: no alternate stack */
+	f->uc.ss_sp = alt.sp;           /* uc_stack: the alternate stack's settings */
+	f->uc.ss_size = alt.size;
+	f->uc.ss_flags = alt.enabled ? 0 : SS_DISABLE;
 	f->uc.uc_sigmask = old_mask;
 	f->info[0] = sig;               /* si_code 0: SI_USER */
 	if (sig == fault.sig) {         /* a fault's: what and where */
@@ -386,6 +439,16 @@ sys_rt_sigreturn(void)
 	sys_ret_flags = (mc->eflags & 0xcd5) | 0x2;
 	sys_full_return = 1;
 	sys_user_rsp = mc->rsp;
+	/* and the alternate stack as the frame has it (Linux restores it too:
+	 * a handler's sigaltstack lasts only until it returns) */
+	if (f->uc.ss_flags & SS_DISABLE) {
+		alt.enabled = 0;
+		alt.sp = alt.size = 0;
+	} else if (f->uc.ss_size >= MINSIGSTKSZ) {
+		alt.sp = f->uc.ss_sp;
+		alt.size = f->uc.ss_size;
+		alt.enabled = 1;
+	}
 	set_mask(f->uc.uc_sigmask);
 	return (long)mc->rax;
 }
@@ -411,12 +474,6 @@ sys_rt_sigaction(long sig_, long act, long oact, long size)
 		struct k_sigaction a = *(const struct k_sigaction *)act;
 		if (a.handler > SIG_IGN && !user_ok(a.handler, 1))
 			return -EFAULT;
-		if (a.flags & SA_ONSTACK) {
-			static int said;
-			if (!said++)
-				kprintf("sigaction: SA_ONSTACK: handlers run on the "
-				    "program's stack (no alternate stacks)\n");
-		}
 		actions[sig] = a;
 		publish();
 	}

@@ -366,8 +366,6 @@ sys_sched_getaffinity(long pid, long n, long mask)
 	return 8;
 }
 
-long sys_sigaltstack(long ss, long old) { (void)ss; (void)old; return 0; }
-
 /*
  * prctl: the process's name (PR_SET_NAME/PR_GET_NAME), and options that
  * are recorded and have no effect here (parent-death signal, dumpable).
