@@ -80,3 +80,12 @@ def test_fault_handlers_match_native_under_tcg(program, libc):
     prog = program("faults", libc)
     got = unifork("run", prog, env=TCG, timeout=120)
     assert got.stdout == native(prog).stdout, got.stderr.decode()
+
+
+@pytest.mark.tcg
+def test_a_signal_reaches_a_computing_program_under_tcg(program):
+    """The host's nudge is an NMI: under TCG too it takes the program out
+    of a loop that makes no system call, into its handler."""
+    prog = program("computing", "glibc")
+    got = unifork("run", prog, env=TCG, timeout=120)
+    assert got.stdout == native(prog).stdout, got.stderr.decode()

@@ -11,7 +11,7 @@ import pytest
 from conftest import LIBCS, native, qemu_pids, status, unifork
 
 PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths",
-            "execfast", "forkrandom", "adopt", "signals", "selects", "faults", "altstack"]
+            "execfast", "forkrandom", "adopt", "signals", "selects", "faults", "altstack", "computing"]
 
 
 @pytest.mark.parametrize("libc", LIBCS)

@@ -77,7 +77,7 @@ def test_pipes_across_hosts_give_the_native_output(net, program, args):
     want = subprocess.run([prog, *map(str, args)], capture_output=True, timeout=60)
     got = on_hosta(net, prog, *args)
     assert got.returncode == want.returncode == 0, got.stderr.decode()
-    assert got.stdout == want.stdout, got.stderr.decode()
+    assert got.stdout == want.stdout, (got.stdout.decode(), got.stderr.decode())
     assert b"stopped answering" not in got.stderr      # no pipe broke
     if args[0] == "late":                       # writer and reader: another host or two
         assert len(hosts_of(net, got)) > 1

@@ -108,6 +108,7 @@ class Job:
         self.tree = tree            # the root pid of this subtree (1: the whole job here)
         self.ended = False          # told that pid 1 has ended (a subtree)
         self.superseded = False     # another run of the job took it over
+        self.nudges: dict[int, float] = {}  # pid -> when to nudge it (nudge_due)
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
 
     @property
@@ -385,6 +386,8 @@ class Job:
                         return
                 if caught:
                     t.vm.wake()         # out of a halt, to give way to it
+                    import time         # ... or, computing, out of its loop:
+                    self.nudges.setdefault(t.pid, time.monotonic() + NUDGE_AFTER)
                     return
             if ignored:
                 return
@@ -585,6 +588,26 @@ class Job:
             if q is not None:
                 self._retry_parked_wait(q)
 
+    def nudge_due(self, now: float) -> float | None:
+        """Nudge each process that was posted a signal NUDGE_AFTER ago and
+        has not taken it yet: it computes without system calls, where it
+        would.  An NMI (QMP inject-nmi) takes it into its handler at once.
+        Returns when the next nudge is due, if any."""
+        for pid, due in list(self.nudges.items()):
+            if due > now:
+                continue
+            del self.nudges[pid]
+            p = self.procs.get(pid)
+            if p is None or not p.running or p.remote or p.vm is None:
+                continue
+            ctl = abi.CTL.read(p.vm.mem, abi.CTL_ADDR)
+            if ctl["sig_posted"] & ~ctl["sig_blocked"] and ctl["asleep"] == abi.Sleep.NONE:
+                try:
+                    self._aio(_inject_nmi(p.vm))
+                except Exception:       # noqa: BLE001 - the VM is going: its end says so
+                    pass
+        return min(self.nudges.values(), default=None)
+
     def wake_sleepers(self) -> None:
         """Wake every halted guest whose wait is over."""
         from .cpu import mfence
@@ -650,3 +673,13 @@ class Job:
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
+
+
+# A signal posted to a running process waits this long for it to be taken
+# (at its next system call) before the process is nudged (Job.nudge_due).
+NUDGE_AFTER = 0.02
+
+
+async def _inject_nmi(vm: VM) -> None:
+    qmp = await vm.qmp()
+    await qmp.execute("inject-nmi")

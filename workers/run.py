@@ -267,6 +267,11 @@ class Supervisor:
                 if job.bridge is not None and job.bridge.active():
                     due = max(0, int((job.bridge.next_event() - time.monotonic()) * 1000) + 1)
                     wait_ms = due if wait_ms is None else min(wait_ms, due)
+                if job.nudges:          # a signal not taken yet: a nudge is due
+                    nudge = job.nudge_due(time.monotonic())
+                    if nudge is not None:
+                        due = max(0, int((nudge - time.monotonic()) * 1000) + 1)
+                        wait_ms = due if wait_ms is None else min(wait_ms, due)
                 events = poller.poll(wait_ms)
                 fired = {fd for fd, _ in events} if events else None
                 for fd, _ in events:

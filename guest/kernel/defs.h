@@ -60,6 +60,7 @@ void doorbell(void);                    /* wake the host */
 void halt(uint64_t tsc_deadline);       /* until an interrupt or the deadline */
 void enter_user(uint64_t entry, uint64_t sp) __attribute__((noreturn));
 void fault_entry(void);
+void async_entry(void);
 void syscall_entry(void);
 void start_program(uint64_t entry, uint64_t sp) __attribute__((noreturn));
 
@@ -84,6 +85,8 @@ long signal_return(long nr, long ret);
 int  signal_takes_fault(int sig);
 void signal_fault_info(int sig, int code, uint64_t addr, uint64_t trapno, uint64_t err);
 long signal_fault(void);
+int  signal_async_ready(void);
+long signal_async(void);
 void signal_mask_for_call(uint64_t mask);
 long signal_user_set(long p, long size, uint64_t *set);
 uint64_t signal_alarm_tsc(void);

@@ -180,6 +180,15 @@ fault_entry:
 	call signal_fault
 	jmp syscall_exit
 
+/* Likewise after the host's nudge (an NMI) in the program's code: the
+ * signals posted to it are taken now (signal_async). */
+	.globl async_entry
+async_entry:
+	leaq sys_uregs-8(%rip), %rsp
+	cld
+	call signal_async
+	jmp syscall_exit
+
 /*
  * Exceptions and interrupts: push a uniform frame (struct trapframe in
  * defs.h) and call trap().  Exceptions run on IST1, so a fault in the

@@ -18,7 +18,8 @@ static struct {
 	uint64_t _r3;
 	uint64_t ist1;
 	uint64_t ist2;
-	uint64_t _r4[5];
+	uint64_t ist3;
+	uint64_t _r4[4];
 	uint16_t _r5;
 	uint16_t iomap;
 } __attribute__((packed, aligned(16))) tss;
@@ -26,6 +27,7 @@ static struct {
 static uint8_t ring0_stack[16384] __attribute__((aligned(16)));
 static uint8_t ist1_stack[16384] __attribute__((aligned(16)));
 static uint8_t ist2_stack[8192] __attribute__((aligned(16)));
+static uint8_t ist3_stack[8192] __attribute__((aligned(16)));   /* NMI */
 
 static void
 tss_init(void)
@@ -35,6 +37,7 @@ tss_init(void)
 	tss.rsp0 = (uint64_t)ring0_stack + sizeof(ring0_stack);
 	tss.ist1 = (uint64_t)ist1_stack + sizeof(ist1_stack);
 	tss.ist2 = (uint64_t)ist2_stack + sizeof(ist2_stack);
+	tss.ist3 = (uint64_t)ist3_stack + sizeof(ist3_stack);
 	tss.iomap = sizeof(tss);
 	gdt[SEL_TSS / 8] = (sizeof(tss) - 1) | ((base & 0xffffff) << 16) |
 	    (0x89UL << 40) | (((base >> 24) & 0xff) << 56);
@@ -77,6 +80,7 @@ irq_init(void)
 	lapic[0xf0 / 4] = 0x100 | UF_VEC_SPURIOUS;      /* enable */
 	lapic[0x80 / 4] = 0;                            /* TPR: accept all */
 	lapic[0x320 / 4] = (2u << 17) | UF_VEC_TIMER;   /* TSC-deadline mode */
+	lapic[0x360 / 4] = 0x400;                       /* LINT1: NMI, the host's nudge */
 	ioapic[0] = 0x10 + 2 * UF_DOORBELL_IRQ;         /* redirection entry */
 	ioapic[4] = UF_VEC_DOORBELL;                    /* edge, fixed, unmasked */
 	ioapic[0] = 0x10 + 2 * UF_DOORBELL_IRQ + 1;

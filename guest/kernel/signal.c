@@ -409,6 +409,22 @@ signal_fault(void)
 	return 0;
 }
 
+/* In ring 0, at the host's nudge: whether a signal may be taken now. */
+int
+signal_async_ready(void)
+{
+	return ready() != 0;
+}
+
+/* At CPL 3 from async_entry: take a signal as a system call's way out
+ * would (none restarts: the program was not in one), everything else of
+ * the program as it was (full_exit). */
+long
+signal_async(void)
+{
+	return signal_return(__NR_rt_sigreturn, (long)UREGS->rax);
+}
+
 /* The handler has returned (through its restorer): resume the program. */
 long
 sys_rt_sigreturn(void)

@@ -51,8 +51,10 @@ idt_init(void)
 	/* int3 and into may be used by the program (a debugger's breakpoint,
 	 * a SIGTRAP handler): their gates are DPL 3, as on Linux; a DPL 0
 	 * gate turns them into #GP where the CPU checks it (TCG, real KVM). */
+	/* An NMI (the host's nudge) can come in the middle of any other
+	 * handler: it has a stack of its own, IST3. */
 	for (int i = 0; i < 22; i++)
-		setgate(i, exc[i], i == 8 ? 2 : 1, i == 3 || i == 4 ? 3 : 0);
+		setgate(i, exc[i], i == 8 ? 2 : i == 2 ? 3 : 1, i == 3 || i == 4 ? 3 : 0);
 	setgate(UF_VEC_TIMER, vector_32, 0, 0);
 	setgate(UF_VEC_DOORBELL, vector_33, 0, 0);
 	setgate(UF_VEC_SPURIOUS, vector_255, 0, 0);
@@ -112,12 +114,12 @@ fault_code(uint64_t vector, uint64_t error)
 }
 
 /*
- * Leave for fault_entry at CPL 3 with the program's registers in sys_uregs,
+ * Leave for (entry) at CPL 3 with the program's registers in sys_uregs,
  * as syscall_entry would have saved them, and its rip, flags and stack
- * where full_exit finds them when the handler returns.
+ * where full_exit finds them when a handler returns.
  */
 static void
-deliver_fault(struct trapframe *tf, int sig, uint64_t addr)
+leave_for(struct trapframe *tf, void (*entry)(void))
 {
 	struct uregs *u = UREGS;
 	u->rax = tf->rax; u->rbx = tf->rbx; u->rcx = tf->rcx; u->rdx = tf->rdx;
@@ -128,9 +130,7 @@ deliver_fault(struct trapframe *tf, int sig, uint64_t addr)
 	sys_ret_rip = tf->rip;
 	sys_ret_flags = (tf->rflags & 0xcd5) | 0x2;
 	sys_full_return = 1;
-	signal_fault_info(sig, fault_code(tf->vector, tf->error),
-	    tf->vector == 14 ? addr : tf->rip, tf->vector, tf->error);
-	tf->rip = (uint64_t)fault_entry;
+	tf->rip = (uint64_t)entry;
 	tf->rflags = 0x2;
 }
 
@@ -147,6 +147,16 @@ void
 trap(struct trapframe *tf)
 {
 	switch (tf->vector) {
+	case 2:
+		/*
+		 * The host's nudge: a signal was posted to a program that has
+		 * made no system call since (it computes).  Taken in the
+		 * program's own code; anywhere else (the system-call layer, a
+		 * halt) the way out looks at signals anyway.
+		 */
+		if ((tf->cs & 3) && tf->rip >= UF_USER_BASE && signal_async_ready())
+			leave_for(tf, async_entry);
+		return;
 	case 6:
 		if (tf->rip == (uint64_t)gate_ud2) {
 			tf->rax = (uint64_t)gate_ring0((long)tf->rdi,
@@ -163,7 +173,9 @@ trap(struct trapframe *tf)
 	uint64_t addr = tf->vector == 14 ? read_cr2() : 0;
 	if ((tf->cs & 3) && tf->rip >= UF_USER_BASE && sig != SIGKILL &&
 	    signal_takes_fault(sig)) {
-		deliver_fault(tf, sig, addr);
+		signal_fault_info(sig, fault_code(tf->vector, tf->error),
+		    tf->vector == 14 ? addr : tf->rip, tf->vector, tf->error);
+		leave_for(tf, fault_entry);
 		return;
 	}
 	/* Otherwise the process dies as Linux would kill it. */
