@@ -46,3 +46,17 @@ def test_glibc_startup_is_silent(example):
     """No ENOSYS noise from what glibc probes at start (rseq and the like)."""
     got = unifork("run", example("hello", "glibc"))
     assert got.stderr == b""
+
+
+@pytest.mark.parametrize("accel", ["kvm", "tcg"])
+def test_the_wall_clock_is_the_hosts(program, accel):
+    """CLOCK_REALTIME in the guest is the host's (it was the host's plus the
+    host's uptime where the guest's TSC runs on from the host's: PVM, TCG)."""
+    import time
+    env = {"UNIFORK_ACCEL": "tcg"} if accel == "tcg" else None
+    before = time.time()
+    got = unifork("run", program("walltime", "musl"), env=env)
+    after = time.time()
+    real, tod = got.stdout.split()
+    assert before - 1 <= float(real) <= after + 1, (before, real, after)
+    assert before - 2 <= int(tod) <= after + 1

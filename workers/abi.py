@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
@@ -124,6 +124,7 @@ BOOT = Record("uf_boot", [
     ("stdio_ring", "3I"), ("tty", "I"), ("tty_rows", "H"), ("tty_cols", "H"),
     ("_pad0", "I"), ("seed", "32s"), ("exe", "256s"), ("hostname", "65s"),
     ("_pad1", "7s"), ("tsc_adjust", "q"), ("tsc_resume", "q"),
+    ("host_tsc", "Q"),
 ])
 
 CTL = Record("uf_ctl", [
@@ -133,7 +134,7 @@ CTL = Record("uf_ctl", [
     ("_pad1", "16s"),
     ("rep_seq", "I"), ("_pad2", "I"), ("ret", "q"), ("val", "2q"), ("_pad3", "32s"),
     ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("sig_posted", "Q"),
-    ("_pad4", "32s"),
+    ("alarm_real_ns", "Q"), ("_pad4", "24s"),
     ("ends", "128H"),
 ])
 

@@ -88,8 +88,9 @@ class VM:
             uid=uid, gid=gid, stdio_ring=stdio, tty=tty, tty_rows=tty_size[0],
             tty_cols=tty_size[1], seed=os.urandom(32), exe=exe[:255],
             hostname=hostname[:64],
-            # QEMU resets the TSC to 0 as it creates the vCPU, just after this.
-            realtime_ns=time.time_ns())
+            # The guest's TSC either starts at 0 as QEMU creates the vCPU,
+            # just after this, or runs on from the host's (PVM): clock.c.
+            realtime_ns=time.time_ns(), host_tsc=cpu.rdtsc())
 
     def start(self, incoming: bool = False) -> None:
         """Start QEMU: the guest boots at once, or with (incoming) QEMU waits

@@ -36,7 +36,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      5
+#define UF_ABI_VERSION      6
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -86,7 +86,7 @@ struct uf_boot {
 	uint64_t shm_base;          /* the job's shared-memory region */
 	uint64_t shm_size;
 	uint64_t tsc_khz;           /* TSC ticks per millisecond */
-	uint64_t realtime_ns;       /* CLOCK_REALTIME at TSC 0 (host estimate) */
+	uint64_t realtime_ns;       /* CLOCK_REALTIME when the host wrote this page */
 	uint64_t entry;             /* program entry point */
 	uint64_t sp;                /* initial stack pointer: argc */
 	uint64_t brk;               /* initial program break (page aligned) */
@@ -109,6 +109,7 @@ struct uf_boot {
 	 * host saw pass until the child was resumed. */
 	int64_t  tsc_adjust;
 	int64_t  tsc_resume;
+	uint64_t host_tsc;          /* the host's TSC at realtime_ns (clock.c) */
 };
 
 /* Why the guest stopped: struct uf_ctl.state */
@@ -193,7 +194,10 @@ struct uf_ctl {
 	 * them (atomic exchange) and runs their handlers at its next return
 	 * from a system call (a blocking one gives way: EINTR or restart). */
 	uint64_t sig_posted;
-	uint64_t _pad4[4];
+	/* Guest-written: wall-clock ns of its next SIGALRM (0: none), so that
+	 * the host nudges a program that computes past it (see sig_posted). */
+	uint64_t alarm_real_ns;
+	uint64_t _pad4[3];
 	/* Guest-written: ring ends this process holds: [ring][0 read, 1 write].
 	 * The host closes them for a VM that dies without closing them. */
 	uint16_t ends[64][2];
@@ -267,7 +271,7 @@ struct uf_shm {
 	volatile uint64_t used;     /* bitmap of ring slots in use */
 };
 
-_Static_assert(sizeof(struct uf_boot) == 512, "uf_boot layout");
+_Static_assert(sizeof(struct uf_boot) == 520, "uf_boot layout");
 _Static_assert(sizeof(struct uf_ctl) == 512, "uf_ctl layout");
 _Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");

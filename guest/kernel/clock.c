@@ -9,12 +9,23 @@
 
 static uint64_t ns_per_tick_32;   /* 10^6 / tsc_khz, fixed point 32.32 */
 static uint64_t tsc_khz;
+static uint64_t real_at_tsc0;     /* CLOCK_REALTIME when the TSC read 0 */
 
 void
 clock_init(void)
 {
 	tsc_khz = BOOT->tsc_khz ? BOOT->tsc_khz : 1000000;
 	ns_per_tick_32 = ((uint64_t)1000000 << 32) / tsc_khz;
+	/*
+	 * KVM starts a vCPU's TSC at 0 as QEMU creates it, just after the host
+	 * wrote realtime_ns; PVM (and TCG) let it run on from the host's, which
+	 * read host_tsc then: a TSC past host_tsc, by less than a minute, is
+	 * that one (a fresh vCPU's is smaller: boot takes milliseconds).
+	 */
+	uint64_t t = rdtsc(), h = BOOT->host_tsc;
+	real_at_tsc0 = BOOT->realtime_ns;
+	if (h && t >= h && t - h < ns_to_tsc(60000000000ULL))
+		real_at_tsc0 -= (uint64_t)(((unsigned __int128)h * ns_per_tick_32) >> 32);
 }
 
 /* The TSC as the clocks see it: continuous across fork. */
@@ -30,10 +41,17 @@ clock_mono_ns(void)
 	return (uint64_t)(((unsigned __int128)clock_tsc() * ns_per_tick_32) >> 32);
 }
 
+/* CLOCK_REALTIME when CLOCK_MONOTONIC reads (mono_ns). */
+uint64_t
+clock_real_at(uint64_t mono_ns)
+{
+	return real_at_tsc0 + mono_ns;
+}
+
 uint64_t
 clock_real_ns(void)
 {
-	return BOOT->realtime_ns + clock_mono_ns();
+	return real_at_tsc0 + clock_mono_ns();
 }
 
 uint64_t

@@ -150,6 +150,7 @@ void clock_init(void);
 uint64_t clock_tsc(void);
 uint64_t clock_mono_ns(void);
 uint64_t clock_real_ns(void);
+uint64_t clock_real_at(uint64_t mono_ns);
 uint64_t ns_to_tsc(uint64_t ns);
 
 // console.c
