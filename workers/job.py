@@ -109,6 +109,7 @@ class Job:
         self.ended = False          # told that pid 1 has ended (a subtree)
         self.superseded = False     # another run of the job took it over
         self.nudges: dict[int, float] = {}  # pid -> when to nudge it (nudge_due)
+        self._alarm_nudged: dict[int, float] = {}  # pid -> when it was last nudged
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
 
     @property
@@ -607,6 +608,34 @@ class Job:
                 except Exception:       # noqa: BLE001 - the VM is going: its end says so
                     pass
         return min(self.nudges.values(), default=None)
+
+    def nudge_alarms(self, now: float) -> float | None:
+        """Nudge each process whose SIGALRM was due NUDGE_AFTER ago (wall
+        clock, its control page's alarm_real_ns) and which has not taken
+        it: it computes without system calls.  Again every 5 NUDGE_AFTER
+        while it has not (it may block SIGALRM; its clock, from the TSC, may
+        run a little behind ours).  Returns when (wall clock) to look next."""
+        nxt = None
+        for p in self.live():
+            at = abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "alarm_real_ns")
+            if not at:
+                continue
+            due = at / 1e9 + NUDGE_AFTER
+            if due > now:
+                nxt = due if nxt is None else min(nxt, due)
+                continue
+            if (now - self._alarm_nudged.get(p.pid, 0.0) >= 5 * NUDGE_AFTER and
+                    abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") == abi.Sleep.NONE):
+                self._alarm_nudged[p.pid] = now
+                try:
+                    self._aio(_inject_nmi(p.vm))
+                except Exception:       # noqa: BLE001 - the VM is going: its end says so
+                    pass
+            # Look again soon: a periodic timer re-arms as it is taken,
+            # and nothing else may wake us to see it.
+            again = now + 5 * NUDGE_AFTER
+            nxt = again if nxt is None else min(nxt, again)
+        return nxt
 
     def wake_sleepers(self) -> None:
         """Wake every halted guest whose wait is over."""

@@ -267,6 +267,10 @@ class Supervisor:
                 if job.bridge is not None and job.bridge.active():
                     due = max(0, int((job.bridge.next_event() - time.monotonic()) * 1000) + 1)
                     wait_ms = due if wait_ms is None else min(wait_ms, due)
+                alarm = job.nudge_alarms(time.time())
+                if alarm is not None:   # a SIGALRM that a computing program would miss
+                    due = max(0, int((alarm - time.time()) * 1000) + 1)
+                    wait_ms = due if wait_ms is None else min(wait_ms, due)
                 if job.nudges:          # a signal not taken yet: a nudge is due
                     nudge = job.nudge_due(time.monotonic())
                     if nudge is not None:

@@ -122,6 +122,18 @@ signal_user_set(long p, long size, uint64_t *set)
 }
 
 /* The alarm has rung: SIGALRM is pending, and the next one set. */
+/* The next SIGALRM at monotonic (ns), 0: none; the host is told when, in
+ * wall-clock time, to nudge a program that computes past it, and (tell)
+ * woken to look (alarm, setitimer: it may wait for nothing else). */
+static void
+set_alarm(uint64_t ns, int tell)
+{
+	alarm_ns = ns;
+	CTL->alarm_real_ns = ns ? clock_real_at(ns) : 0;
+	if (tell && ns)
+		doorbell();
+}
+
 static void
 check_alarm(void)
 {
@@ -131,7 +143,7 @@ check_alarm(void)
 	if (now < alarm_ns)
 		return;
 	sigpending |= BIT(SIGALRM);
-	alarm_ns = alarm_every_ns ? now + alarm_every_ns - (now - alarm_ns) % alarm_every_ns : 0;
+	set_alarm(alarm_every_ns ? now + alarm_every_ns - (now - alarm_ns) % alarm_every_ns : 0, 0);
 }
 
 /* The TSC at which the alarm rings (0: none): sleeps wake for it. */
@@ -235,7 +247,8 @@ void
 signal_fork(void)
 {
 	sigpending = 0;
-	alarm_ns = alarm_every_ns = 0;  /* alarms are not inherited either */
+	alarm_every_ns = 0;             /* alarms are not inherited either */
+	set_alarm(0, 0);
 }
 
 static void
@@ -577,7 +590,7 @@ sys_alarm(long seconds)
 {
 	uint64_t now = clock_mono_ns();
 	long left = alarm_ns > now ? (long)((alarm_ns - now + 999999999) / 1000000000) : 0;
-	alarm_ns = seconds ? now + (uint64_t)(unsigned)seconds * 1000000000 : 0;
+	set_alarm(seconds ? now + (uint64_t)(unsigned)seconds * 1000000000 : 0, 1);
 	alarm_every_ns = 0;
 	return left;
 }
@@ -633,7 +646,7 @@ sys_setitimer(long which, long new, long old)
 	uint64_t value = (uint64_t)n->value.tv_sec * 1000000000 + (uint64_t)n->value.tv_usec * 1000;
 	uint64_t every = (uint64_t)n->interval.tv_sec * 1000000000 +
 	    (uint64_t)n->interval.tv_usec * 1000;
-	alarm_ns = value ? clock_mono_ns() + value : 0;
+	set_alarm(value ? clock_mono_ns() + value : 0, 1);
 	alarm_every_ns = value ? every : 0;
 	if (old)
 		*(struct itimerval *)old = was;

@@ -3,17 +3,28 @@
  * spinning on a flag that only its SIGUSR1 handler sets leaves its loop
  * when its parent signals it, its registers intact around the handler;
  * the same with the signal blocked while it spins, then unblocked (taken
- * at that system call).  Its output must be the native run's.
+ * at that system call); a timer's SIGALRM ends such a loop too, and kills
+ * a loop that does not catch it (a watchdog).  Its output must be the
+ * native run's.
  */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t flag;
+
+static void
+arm_ms(long ms)
+{
+	struct itimerval it = { { 0, 0 }, { ms / 1000, (ms % 1000) * 1000 } };
+	setitimer(ITIMER_REAL, &it, NULL);
+}
 
 static void
 on_usr1(int sig)
@@ -71,5 +82,21 @@ main(void)
 	kill(pid, SIGUSR1);
 	waitpid(pid, &st, 0);
 	printf("blocked while computing, taken when unblocked: exit %d\n", WEXITSTATUS(st));
+
+	flag = 0;
+	signal(SIGALRM, on_usr1);
+	arm_ms(50);
+	printf("a timer ends a computing loop: %d\n", (int)spin_until_flag());
+
+	pid = fork();
+	if (pid == 0) {
+		signal(SIGALRM, SIG_DFL);
+		arm_ms(50);
+		for (volatile uint64_t x = 0;; x++)
+			;
+	}
+	waitpid(pid, &st, 0);
+	printf("a watchdog timer kills a computing child: %s\n",
+	    WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "it exited");
 	return 0;
 }
