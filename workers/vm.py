@@ -46,6 +46,7 @@ class VM:
         if ram_mib % 2 or not 16 <= ram_mib <= abi.MAX_RAM >> 20:
             raise VMError(f"VM memory must be an even number of MiB in 16..{abi.MAX_RAM >> 20}")
         self.state = VMState.CREATED
+        self._stamp_clock = False       # load() leaves the boot page's clock to start()
         self.ram_mib = ram_mib
         self.shm = shm
         self.layout = layout.Layout(ram_mib << 20, shm.size)
@@ -87,10 +88,8 @@ class VM:
             mmap_top=lay.mmap_top, stack_low=lay.stack_low, pid=pid, ppid=ppid,
             uid=uid, gid=gid, stdio_ring=stdio, tty=tty, tty_rows=tty_size[0],
             tty_cols=tty_size[1], seed=os.urandom(32), exe=exe[:255],
-            hostname=hostname[:64],
-            # The guest's TSC either starts at 0 as QEMU creates the vCPU,
-            # just after this, or runs on from the host's (PVM): clock.c.
-            realtime_ns=time.time_ns(), host_tsc=cpu.rdtsc())
+            hostname=hostname[:64], realtime_ns=0, host_tsc=0)
+        self._stamp_clock = True        # start() does, once QEMU is on its way
 
     def start(self, incoming: bool = False) -> None:
         """Start QEMU: the guest boots at once, or with (incoming) QEMU waits
@@ -124,6 +123,14 @@ class VM:
             self._qmp_peer.close()
         self.pidfd = os.pidfd_open(self.pid)
         self.state = VMState.RUNNING
+        if self._stamp_clock:
+            # The wall clock and the host's TSC, read together, for the
+            # guest's clocks (clock.c waits for host_tsc, written last).
+            # Here, not in load(): the first rdtsc loads ctypes (~2 ms),
+            # which QEMU's own start-up now hides.
+            abi.BOOT.put(self.mem, abi.BOOT_ADDR, realtime_ns=time.time_ns())
+            abi.BOOT.put(self.mem, abi.BOOT_ADDR, host_tsc=cpu.rdtsc())
+            self._stamp_clock = False
 
     # -- running -------------------------------------------------------------
     def wake(self) -> None:

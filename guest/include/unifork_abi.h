@@ -86,7 +86,7 @@ struct uf_boot {
 	uint64_t shm_base;          /* the job's shared-memory region */
 	uint64_t shm_size;
 	uint64_t tsc_khz;           /* TSC ticks per millisecond */
-	uint64_t realtime_ns;       /* CLOCK_REALTIME when the host wrote this page */
+	uint64_t realtime_ns;       /* CLOCK_REALTIME when the host read host_tsc */
 	uint64_t entry;             /* program entry point */
 	uint64_t sp;                /* initial stack pointer: argc */
 	uint64_t brk;               /* initial program break (page aligned) */
@@ -109,7 +109,8 @@ struct uf_boot {
 	 * host saw pass until the child was resumed. */
 	int64_t  tsc_adjust;
 	int64_t  tsc_resume;
-	uint64_t host_tsc;          /* the host's TSC at realtime_ns (clock.c) */
+	uint64_t host_tsc;          /* the host's TSC at realtime_ns, written last,
+	                             * as QEMU starts (0 until then): clock.c */
 };
 
 /* Why the guest stopped: struct uf_ctl.state */

@@ -22,6 +22,9 @@ clock_init(void)
 	 * read host_tsc then: a TSC past host_tsc, by less than a minute, is
 	 * that one (a fresh vCPU's is smaller: boot takes milliseconds).
 	 */
+	uint64_t limit = rdtsc() + ns_to_tsc(2000000000ULL);
+	while (!BOOT->host_tsc && rdtsc() < limit)
+		cpu_relax();            /* the host writes it as QEMU starts */
 	uint64_t t = rdtsc(), h = BOOT->host_tsc;
 	real_at_tsc0 = BOOT->realtime_ns;
 	if (h && t >= h && t - h < ns_to_tsc(60000000000ULL))
