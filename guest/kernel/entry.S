@@ -96,8 +96,6 @@ syscall_entry:
 	call syscall_dispatch
 syscall_exit:                           /* rax: what the program sees */
 	addq $16, %rsp
-	cmpb $0, sys_full_return(%rip)
-	jne full_exit
 	popq %r9
 	movw %cs, %r8w                  /* CPL test; r8 is popped next */
 	testb $3, %r8b                  /* pops below leave the flags alone */
@@ -114,52 +112,38 @@ syscall_exit:                           /* rax: what the program sees */
 	popq %r12
 	popq %rbp
 	popq %rbx
-	jz 1f
+	jz 2f
 	/*
 	 * CPL 3 (PVM): sysretq would #GP.  Restore the flags from our own
-	 * stack, then switch stacks and jump: mov and jmp leave flags alone.
+	 * stack, then switch stacks and jump: mov and jmp leave flags alone
+	 * (the cmpb's are undone by popfq).
 	 */
+	cmpb $0, sys_full_return(%rip)
+	jne 1f
 	pushq %r11
 	popfq
 	movq sys_user_rsp(%rip), %rsp
 	jmp *%rcx
+	/*
+	 * Back to where a fault, or a signal handler's rt_sigreturn, left the
+	 * program: every register as it was, rcx and r11 too (a `syscall`
+	 * leaves those to us; a fault does not), rip and rflags from
+	 * sys_ret_rip and sys_ret_flags.  At CPL 3 that takes the program's
+	 * stack below its red zone for two words (popfq, then ret pops rip and
+	 * the gap); at CPL 0 an iret frame.
+	 */
 1:	movq sys_user_rsp(%rip), %rsp
-	sysretq
-
-/*
- * Back to where a fault, or a signal handler's rt_sigreturn, left the
- * program: every register as it was, rcx and r11 too (a `syscall` leaves
- * those to us; a fault does not), rip and rflags from sys_ret_rip and
- * sys_ret_flags.  At CPL 3 that takes the program's stack below its red
- * zone for two words (popfq, then ret pops rip and the gap); at CPL 0 an
- * iret frame.
- */
-full_exit:
-	popq %r9
-	movw %cs, %r8w
-	testb $3, %r8b                  /* pops, lea, push, mov leave flags alone */
-	popq %r8
-	popq %r10
-	popq %rdx
-	popq %rsi
-	popq %rdi
-	popq %r11
-	popq %rcx
-	popq %r15
-	popq %r14
-	popq %r13
-	popq %r12
-	popq %rbp
-	popq %rbx
-	jz 1f
-	movq sys_user_rsp(%rip), %rsp
 	leaq -136(%rsp), %rsp           /* past the red zone, and a word */
 	pushq sys_ret_rip(%rip)
 	pushq sys_ret_flags(%rip)
 	movb $0, sys_full_return(%rip)
 	popfq
 	ret $136
-1:	pushq $SEL_UDATA
+2:	cmpb $0, sys_full_return(%rip)  /* CPL 0: sysretq sets rflags from r11 */
+	jne 3f
+	movq sys_user_rsp(%rip), %rsp
+	sysretq
+3:	pushq $SEL_UDATA
 	pushq sys_user_rsp(%rip)
 	pushq sys_ret_flags(%rip)
 	pushq $SEL_UCODE
@@ -329,32 +313,23 @@ gate_ud2:
 /*
  * void doorbell(void): wake the host.  void halt(uint64_t tsc_deadline):
  * sleep until an interrupt or the deadline (0: none).  At CPL 0 they run
- * here; at CPL 3 (PVM) each has a ud2 of its own that vector_6 recognises
- * before anything else.
+ * here; at CPL 3 (PVM) each has a ud2 of its own, NAME_ud2, that vector_6
+ * recognises before anything else.
  */
-	.globl doorbell
-doorbell:
+.macro SHORT_GATE name, body
+	.globl \name, \name\()_ud2
+\name:
 	movw %cs, %ax
 	testb $3, %al
 	jz 1f
-	.globl doorbell_ud2
-doorbell_ud2:
+\name\()_ud2:
 	ud2
 	ret
-1:	DOORBELL_BODY
+1:	\body
 	ret
-
-	.globl halt
-halt:
-	movw %cs, %ax
-	testb $3, %al
-	jz 1f
-	.globl halt_ud2
-halt_ud2:
-	ud2
-	ret
-1:	HALT_BODY
-	ret
+.endm
+	SHORT_GATE doorbell, DOORBELL_BODY
+	SHORT_GATE halt, HALT_BODY
 
 /* Clear what a Linux program finds clear at its entry (rdx: no atexit). */
 .macro CLEAR_REGS
