@@ -39,6 +39,10 @@ extern uint64_t sys_user_rsp;
 /* Leave through full_exit (entry.S): every register as in sys_uregs, rip
  * and rflags from these (after a fault, or a handler's rt_sigreturn). */
 extern uint64_t sys_ret_rip, sys_ret_flags;
+/* A program's rflags as we restore them: its arithmetic flags and DF;
+ * never IF (it runs with interrupts off: they are taken in the halt only)
+ * nor TF. */
+#define USER_FLAGS(f) (((f) & 0xcd5) | 0x2)
 extern uint8_t sys_full_return;
 #define UREGS (&sys_uregs)
 

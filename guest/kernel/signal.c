@@ -34,12 +34,12 @@ static uint64_t sigmask, sigpending;
 static uint64_t saved_mask;     /* rt_sigsuspend's caller's mask, to restore */
 static int mask_saved;
 static uint64_t alarm_ns;       /* monotonic time of the next SIGALRM (0: none) */
-/* sigaltstack's: handlers with SA_ONSTACK run there (none: SS_DISABLE) */
-static struct { uint64_t sp, size; int enabled; } alt;
+static uint64_t alarm_every_ns; /* then again every so often (0: once) */
+/* sigaltstack's: handlers with SA_ONSTACK run there (size 0: SS_DISABLE) */
+static struct { uint64_t sp, size; } alt;
 #define SS_ONSTACK   1
 #define SS_DISABLE   2
 #define MINSIGSTKSZ  2048
-static uint64_t alarm_every_ns; /* then again every so often (0: once) */
 
 /* The frame a handler finds (Linux x86-64's struct rt_sigframe). */
 struct sigcontext64 {
@@ -121,7 +121,6 @@ signal_user_set(long p, long size, uint64_t *set)
 	return 0;
 }
 
-/* The alarm has rung: SIGALRM is pending, and the next one set. */
 /* The next SIGALRM at monotonic (ns), 0: none; the host is told when, in
  * wall-clock time, to nudge a program that computes past it, and (tell)
  * woken to look (alarm, setitimer: it may wait for nothing else). */
@@ -134,6 +133,7 @@ set_alarm(uint64_t ns, int tell)
 		doorbell();
 }
 
+/* The alarm has rung: SIGALRM is pending, and the next one set. */
 static void
 check_alarm(void)
 {
@@ -190,7 +190,27 @@ signal_raise(int sig)
 static int
 on_alt_stack(uint64_t sp)
 {
-	return alt.enabled && sp > alt.sp && sp <= alt.sp + alt.size;
+	return alt.size && sp > alt.sp && sp <= alt.sp + alt.size;
+}
+
+/* Set the alternate stack (SS_DISABLE: none), as sigaltstack and
+ * rt_sigreturn do; not while running on it. */
+static long
+set_alt(uint64_t sp, int32_t flags, uint64_t size)
+{
+	if (on_alt_stack(sys_user_rsp))
+		return -EPERM;
+	if (flags & ~(SS_DISABLE | (int32_t)0x80000000))   /* SS_AUTODISARM: accepted */
+		return -EINVAL;
+	if (flags & SS_DISABLE) {
+		alt.sp = alt.size = 0;
+		return 0;
+	}
+	if (size < MINSIGSTKSZ)
+		return -ENOMEM;
+	alt.sp = sp;
+	alt.size = size;
+	return 0;
 }
 
 /* sigaltstack(ss, old): the stack handlers with SA_ONSTACK run on. */
@@ -198,7 +218,6 @@ long
 sys_sigaltstack(long ss, long old)
 {
 	struct stack { uint64_t sp; int32_t flags, pad; uint64_t size; };
-	uint64_t rsp = sys_user_rsp;
 
 	if (ss && !user_ok((uint64_t)ss, sizeof(struct stack)))
 		return -EFAULT;
@@ -206,25 +225,9 @@ sys_sigaltstack(long ss, long old)
 		return -EFAULT;
 	struct stack want = ss ? *(const struct stack *)ss : (struct stack){ 0, 0, 0, 0 };
 	if (old)
-		*(struct stack *)old = (struct stack){ alt.sp,
-		    on_alt_stack(rsp) ? SS_ONSTACK : alt.enabled ? 0 : SS_DISABLE, 0, alt.size };
-	if (!ss)
-		return 0;
-	if (on_alt_stack(rsp))
-		return -EPERM;          /* not while running on it */
-	if (want.flags & ~(SS_DISABLE | (int32_t)0x80000000))  /* SS_AUTODISARM: accepted */
-		return -EINVAL;
-	if (want.flags & SS_DISABLE) {
-		alt.sp = alt.size = 0;
-		alt.enabled = 0;
-		return 0;
-	}
-	if (want.size < MINSIGSTKSZ)
-		return -ENOMEM;
-	alt.sp = want.sp;
-	alt.size = want.size;
-	alt.enabled = 1;
-	return 0;
+		*(struct stack *)old = (struct stack){ alt.sp, on_alt_stack(sys_user_rsp) ?
+		    SS_ONSTACK : alt.size ? 0 : SS_DISABLE, 0, alt.size };
+	return ss ? set_alt(want.sp, want.flags, want.size) : 0;
 }
 
 /* After execve: handlers are gone (the code is), ignored stays ignored;
@@ -233,7 +236,6 @@ void
 signal_exec(void)
 {
 	alt.sp = alt.size = 0;
-	alt.enabled = 0;
 	for (int sig = 1; sig <= NSIG; sig++)
 		if (actions[sig].handler != SIG_IGN)
 			actions[sig] = (struct k_sigaction){ 0, 0, 0, 0 };
@@ -263,20 +265,23 @@ restore_fpu(const void *area)
 	__asm__ volatile("fxrstor64 (%0)" : : "r"(area) : "memory");
 }
 
+/* What trap() says of a fault whose handler runs next (signal_fault). */
+struct fault {
+	int sig, code;
+	uint64_t addr, trapno, err;
+};
+static struct fault fault;
+
 /*
  * Build (sig)'s frame on the program's stack and make the system call
  * return into its handler; (ret) is what the call returned, kept in the
- * frame for the program to resume with.  False if the stack is unusable
- * (the process is then killed, as Linux does with SIGSEGV).
+ * frame for the program to resume with; (fi), a fault's siginfo, or none
+ * (SI_USER).  False if the stack is unusable (the process is then killed,
+ * as Linux does with SIGSEGV).
  */
-/* What trap() says of a fault whose handler runs next (signal_fault). */
-static struct {
-	int sig, code;
-	uint64_t addr, trapno, err;
-} fault;
-
 static int
-push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
+push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask,
+    const struct fault *fi)
 {
 	struct uregs *u = UREGS;
 	/* Where the program was: at a `syscall` (rcx, r11 hold its rip and
@@ -284,7 +289,7 @@ push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 	uint64_t rip = sys_full_return ? sys_ret_rip : u->rcx;
 	uint64_t flags = sys_full_return ? sys_ret_flags : u->r11;
 	uint64_t sp = sys_user_rsp - 128;      /* below the red zone */
-	if ((a->flags & SA_ONSTACK) && alt.enabled && !on_alt_stack(sys_user_rsp))
+	if ((a->flags & SA_ONSTACK) && alt.size && !on_alt_stack(sys_user_rsp))
 		sp = alt.sp + alt.size;         /* the alternate stack, from its top */
 	sp = (sp - FXSAVE_SIZE) & ~63UL;
 	uint64_t fp = sp;
@@ -306,17 +311,16 @@ push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 	mc->fpstate = fp;
 	f->uc.ss_sp = alt.sp;           /* uc_stack: the alternate stack's settings */
 	f->uc.ss_size = alt.size;
-	f->uc.ss_flags = alt.enabled ? 0 : SS_DISABLE;
+	f->uc.ss_flags = alt.size ? 0 : SS_DISABLE;
 	f->uc.uc_sigmask = old_mask;
 	f->info[0] = sig;               /* si_code 0: SI_USER */
-	if (sig == fault.sig) {         /* a fault's: what and where */
-		f->info[2] = fault.code;
-		f->info[4] = (int32_t)fault.addr;       /* si_addr, at byte 16 */
-		f->info[5] = (int32_t)(fault.addr >> 32);
-		mc->trapno = fault.trapno;
-		mc->err = fault.err;
-		mc->cr2 = fault.trapno == 14 ? fault.addr : 0;
-		fault.sig = 0;
+	if (fi) {                       /* a fault's: what and where */
+		f->info[2] = fi->code;
+		f->info[4] = (int32_t)fi->addr;         /* si_addr, at byte 16 */
+		f->info[5] = (int32_t)(fi->addr >> 32);
+		mc->trapno = fi->trapno;
+		mc->err = fi->err;
+		mc->cr2 = fi->trapno == 14 ? fi->addr : 0;
 	}
 	/* into the handler: handler(sig, &info, &uc), as if called from the restorer */
 	u->rdi = (uint64_t)sig;
@@ -327,6 +331,20 @@ push_frame(int sig, struct k_sigaction *a, long ret, uint64_t old_mask)
 	sys_user_rsp = sp;
 	sys_full_return = 0;            /* a call into the handler: rcx, r11 are free */
 	return 1;
+}
+
+/* Run (sig)'s handler next (a frame, the handler's mask, SA_RESETHAND). */
+static void
+run_handler(int sig, long resume, uint64_t old_mask, const struct fault *fi)
+{
+	struct k_sigaction *a = &actions[sig];
+	if (!push_frame(sig, a, resume, old_mask, fi))
+		proc_kill(SIGSEGV);
+	set_mask(sigmask | a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig)));
+	if (a->flags & SA_RESETHAND) {
+		*a = (struct k_sigaction){ 0, 0, 0, 0 };
+		publish();
+	}
 }
 
 /*
@@ -363,13 +381,7 @@ signal_return(long nr, long ret)
 		} else if (restart) {
 			resume = -EINTR;
 		}
-		if (!push_frame(sig, a, resume, old_mask))
-			proc_kill(SIGSEGV);
-		set_mask(sigmask | a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig)));
-		if (a->flags & SA_RESETHAND) {
-			*a = (struct k_sigaction){ 0, 0, 0, 0 };
-			publish();
-		}
+		run_handler(sig, resume, old_mask, NULL);
 		return 0;
 	}
 	if (old_mask != sigmask)        /* rt_sigsuspend's, ppoll's: no handler ran */
@@ -396,11 +408,7 @@ signal_takes_fault(int sig)
 void
 signal_fault_info(int sig, int code, uint64_t addr, uint64_t trapno, uint64_t err)
 {
-	fault.sig = sig;
-	fault.code = code;
-	fault.addr = addr;
-	fault.trapno = trapno;
-	fault.err = err;
+	fault = (struct fault){ sig, code, addr, trapno, err };
 }
 
 /* At CPL 3 from fault_entry: the faulting program's registers are in
@@ -408,17 +416,7 @@ signal_fault_info(int sig, int code, uint64_t addr, uint64_t trapno, uint64_t er
 long
 signal_fault(void)
 {
-	int sig = fault.sig;
-	struct k_sigaction *a = &actions[sig];
-	uint64_t old_mask = sigmask;
-
-	if (!push_frame(sig, a, (long)UREGS->rax, old_mask))
-		proc_kill(SIGSEGV);
-	set_mask(sigmask | a->mask | (a->flags & SA_NODEFER ? 0 : BIT(sig)));
-	if (a->flags & SA_RESETHAND) {
-		*a = (struct k_sigaction){ 0, 0, 0, 0 };
-		publish();
-	}
+	run_handler(fault.sig, (long)UREGS->rax, sigmask, &fault);
 	return 0;
 }
 
@@ -461,23 +459,15 @@ sys_rt_sigreturn(void)
 	u->rdi = mc->rdi; u->rsi = mc->rsi; u->rbp = mc->rbp; u->rbx = mc->rbx;
 	u->rdx = mc->rdx; u->rcx = mc->rcx; u->r11 = mc->r11;
 	/* every register back, rcx and r11 too (a fault may have left the
-	 * program mid-computation): out through full_exit, with its rip and
-	 * its arithmetic flags and DF; never IF (the program runs with
-	 * interrupts off: they are taken in the halt only) nor TF */
+	 * program mid-computation): out through full_exit */
 	sys_ret_rip = mc->rip;
-	sys_ret_flags = (mc->eflags & 0xcd5) | 0x2;
+	sys_ret_flags = USER_FLAGS(mc->eflags);
 	sys_full_return = 1;
-	sys_user_rsp = mc->rsp;
 	/* and the alternate stack as the frame has it (Linux restores it too:
-	 * a handler's sigaltstack lasts only until it returns) */
-	if (f->uc.ss_flags & SS_DISABLE) {
-		alt.enabled = 0;
-		alt.sp = alt.size = 0;
-	} else if (f->uc.ss_size >= MINSIGSTKSZ) {
-		alt.sp = f->uc.ss_sp;
-		alt.size = f->uc.ss_size;
-		alt.enabled = 1;
-	}
+	 * a handler's sigaltstack lasts only until it returns); set while
+	 * still on the handler's stack, where the frame is */
+	(void)set_alt(f->uc.ss_sp, f->uc.ss_flags, f->uc.ss_size);
+	sys_user_rsp = mc->rsp;
 	set_mask(f->uc.uc_sigmask);
 	return (long)mc->rax;
 }

@@ -128,7 +128,7 @@ leave_for(struct trapframe *tf, void (*entry)(void))
 	u->r12 = tf->r12; u->r13 = tf->r13; u->r14 = tf->r14; u->r15 = tf->r15;
 	sys_user_rsp = tf->rsp;
 	sys_ret_rip = tf->rip;
-	sys_ret_flags = (tf->rflags & 0xcd5) | 0x2;
+	sys_ret_flags = USER_FLAGS(tf->rflags);
 	sys_full_return = 1;
 	tf->rip = (uint64_t)entry;
 	tf->rflags = 0x2;
