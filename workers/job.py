@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 
 from . import abi, elf, layout
 from .errors import BadProgram
@@ -110,6 +111,7 @@ class Job:
         self.superseded = False     # another run of the job took it over
         self.nudges: dict[int, float] = {}  # pid -> when to nudge it (nudge_due)
         self._alarm_nudged: dict[int, float] = {}  # pid -> when it was last nudged
+        self.alarms_due: float | None = None  # when nudge_alarms must look again
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
 
     @property
@@ -181,7 +183,6 @@ class Job:
             return
         req, args = abi.CTL.get(mem, abi.CTL_ADDR, "req"), abi.CTL.get(mem, abi.CTL_ADDR, "arg")
         if req == abi.Req.FORK:
-            import time
             self._fork(p, asked=time.monotonic())
         elif req == abi.Req.WAIT:
             self._wait(p, args[0], args[1])
@@ -386,8 +387,8 @@ class Job:
                     if blocked:
                         return
                 if caught:
-                    t.vm.wake()         # out of a halt, to give way to it
-                    import time         # ... or, computing, out of its loop:
+                    t.vm.wake()         # out of a halt, to give way to it,
+                    # ... or, computing, out of its loop (nudge_due):
                     self.nudges.setdefault(t.pid, time.monotonic() + NUDGE_AFTER)
                     return
             if ignored:
@@ -602,40 +603,42 @@ class Job:
             if p is None or not p.running or p.remote or p.vm is None:
                 continue
             ctl = abi.CTL.read(p.vm.mem, abi.CTL_ADDR)
-            if ctl["sig_posted"] & ~ctl["sig_blocked"] and ctl["asleep"] == abi.Sleep.NONE:
-                try:
-                    self._aio(_inject_nmi(p.vm))
-                except Exception:       # noqa: BLE001 - the VM is going: its end says so
-                    pass
+            if ctl["sig_posted"] & ~ctl["sig_blocked"]:
+                self._nudge(p)
         return min(self.nudges.values(), default=None)
 
-    def nudge_alarms(self, now: float) -> float | None:
+    def nudge_alarms(self, now: float) -> None:
         """Nudge each process whose SIGALRM was due NUDGE_AFTER ago (wall
         clock, its control page's alarm_real_ns) and which has not taken
         it: it computes without system calls.  Again every 5 NUDGE_AFTER
         while it has not (it may block SIGALRM; its clock, from the TSC, may
-        run a little behind ours).  Returns when (wall clock) to look next."""
+        run a little behind ours).  Sets alarms_due (monotonic): when to
+        look next without news from a guest (one arming an alarm rings)."""
         nxt = None
         for p in self.live():
             at = abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "alarm_real_ns")
             if not at:
                 continue
             due = at / 1e9 + NUDGE_AFTER
-            if due > now:
-                nxt = due if nxt is None else min(nxt, due)
-                continue
-            if (now - self._alarm_nudged.get(p.pid, 0.0) >= 5 * NUDGE_AFTER and
-                    abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") == abi.Sleep.NONE):
-                self._alarm_nudged[p.pid] = now
-                try:
-                    self._aio(_inject_nmi(p.vm))
-                except Exception:       # noqa: BLE001 - the VM is going: its end says so
-                    pass
-            # Look again soon: a periodic timer re-arms as it is taken,
-            # and nothing else may wake us to see it.
-            again = now + 5 * NUDGE_AFTER
-            nxt = again if nxt is None else min(nxt, again)
-        return nxt
+            if due <= now:
+                if now - self._alarm_nudged.get(p.pid, 0.0) >= 5 * NUDGE_AFTER:
+                    self._alarm_nudged[p.pid] = now
+                    self._nudge(p)
+                # a periodic timer re-arms as it is taken: nothing tells us
+                due = now + 5 * NUDGE_AFTER
+            nxt = due if nxt is None else min(nxt, due)
+        self.alarms_due = None if nxt is None else time.monotonic() + (nxt - now)
+
+    def _nudge(self, p: Proc) -> None:
+        """An NMI (QMP inject-nmi) into (p), unless it is halted (a halt
+        looks at signals as it ends): its handler for the NMI takes the
+        posted signals from the program's own code (trap.c)."""
+        if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") != abi.Sleep.NONE:
+            return
+        try:
+            self._aio(_inject_nmi(p.vm))
+        except Exception:       # noqa: BLE001 - the VM is going: its end says so
+            pass
 
     def wake_sleepers(self) -> None:
         """Wake every halted guest whose wait is over."""

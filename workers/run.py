@@ -96,6 +96,14 @@ def _sched_attr(new: bytes | None) -> bytes | None:
     return buf.raw if ok else None
 
 
+def _sooner(wait_ms: int | None, at: float | None, now: float) -> int | None:
+    """poll()'s timeout (ms, None: none), shortened to wake by (at)."""
+    if at is None:
+        return wait_ms
+    due = max(0, int((at - now) * 1000) + 1)
+    return due if wait_ms is None else min(wait_ms, due)
+
+
 def _signame(sig: int) -> str:
     import signal
     try:
@@ -264,18 +272,18 @@ class Supervisor:
                         self.stop_reason = "timeout"
                         break
                     wait_ms = int(left * 1000) + 1
+                now = time.monotonic()
                 if job.bridge is not None and job.bridge.active():
-                    due = max(0, int((job.bridge.next_event() - time.monotonic()) * 1000) + 1)
-                    wait_ms = due if wait_ms is None else min(wait_ms, due)
-                alarm = job.nudge_alarms(time.time())
-                if alarm is not None:   # a SIGALRM that a computing program would miss
-                    due = max(0, int((alarm - time.time()) * 1000) + 1)
-                    wait_ms = due if wait_ms is None else min(wait_ms, due)
+                    wait_ms = _sooner(wait_ms, job.bridge.next_event(), now)
+                # SIGALRMs a computing program would miss: looked at when a
+                # guest spoke (arming one rings) or when due, not on the
+                # bridge's turns (the cross-host round trip is made of them)
+                if not bridge_only or (job.alarms_due is not None and now >= job.alarms_due):
+                    job.nudge_alarms(time.time())
+                if job.alarms_due is not None:
+                    wait_ms = _sooner(wait_ms, job.alarms_due, now)
                 if job.nudges:          # a signal not taken yet: a nudge is due
-                    nudge = job.nudge_due(time.monotonic())
-                    if nudge is not None:
-                        due = max(0, int((nudge - time.monotonic()) * 1000) + 1)
-                        wait_ms = due if wait_ms is None else min(wait_ms, due)
+                    wait_ms = _sooner(wait_ms, job.nudge_due(now), now)
                 events = poller.poll(wait_ms)
                 fired = {fd for fd, _ in events} if events else None
                 for fd, _ in events:
