@@ -195,37 +195,36 @@ def job_info(r: redis.Redis, job_id: str) -> dict | None:
     return {k.decode(): v.decode() for k, v in h.items()}
 
 
-def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes,
-                  holder: tuple[str, str] | None = None) -> bool:
-    """Add (data) to the job's (stream).  Given (holder), the (host,
-    incarnation) of the run that writes, only while that run holds the job
-    (holds_job): a run superseded by another (its worker stalled, was
-    taken for lost and the job ran again) adds nothing.  Whether it did."""
-    if holder is None:
-        r.rpush(keys.job_output(job_id, stream), data)
-        return True
-    return r.eval(_IF_HOLDER + "return redis.call('RPUSH', KEYS[2], ARGV[3])",
-                  2, keys.job(job_id), keys.job_output(job_id, stream), *holder, data) != -1
-
-
 # Run the rest of a script only while the job (KEYS[1]) is held by the run
 # (ARGV[1] host, ARGV[2] incarnation); else return -1.
 _IF_HOLDER = ("if redis.call('HGET', KEYS[1], 'host') ~= ARGV[1] or "
               "redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[2] then return -1 end ")
 
 
-def holds_job(r: redis.Redis, job_id: str, holder: tuple[str, str]) -> bool:
-    """Whether the run of (holder), (host, incarnation), still holds the job:
-    claim_job gives it to another run when its worker is taken for lost."""
-    host, inc = (v.decode() if v else "" for v in r.hmget(keys.job(job_id), "host",
-                                                          "incarnation"))
-    return (host, inc) == tuple(holder)
+def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes,
+                  holder: tuple[str, str] | None = None) -> None:
+    """Add (data) to the job's (stream).  Given (holder), the (host,
+    incarnation) of the run that writes, only while that run holds the job
+    (holds_job): a run superseded by another (its worker stalled, was
+    taken for lost and the job ran again) adds nothing."""
+    if holder is None:
+        r.rpush(keys.job_output(job_id, stream), data)
+    else:
+        r.eval(_IF_HOLDER + "return redis.call('RPUSH', KEYS[2], ARGV[3])",
+               2, keys.job(job_id), keys.job_output(job_id, stream), *holder, data)
 
 
 def job_holder(r: redis.Redis, job_id: str) -> tuple[str, str]:
-    """The (host, incarnation) of the run that holds the job now."""
+    """The (host, incarnation) of the run that holds the job now: the worker
+    that claimed it (claim_job)."""
     return tuple(v.decode() if v else "" for v in r.hmget(keys.job(job_id), "host",
                                                            "incarnation"))
+
+
+def holds_job(r: redis.Redis, job_id: str, holder: tuple[str, str]) -> bool:
+    """Whether the run of (holder) still holds the job: claim_job gives it
+    to another run when its worker is taken for lost."""
+    return job_holder(r, job_id) == tuple(holder)
 
 
 def end_job(r: redis.Redis, job_id: str, holder: tuple[str, str], status: str,
