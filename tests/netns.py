@@ -162,26 +162,26 @@ class Hosts:
             subprocess.run(["ip", "netns", "exec", ns, "nft", *rule.split()], check=True,
                            capture_output=True)
 
+    def pids(self, host: str) -> list[int]:
+        """The processes in (host)'s namespace."""
+        return [int(p) for p in subprocess.run(["ip", "netns", "pids", self.ns[host]],
+                                               capture_output=True, text=True).stdout.split()]
+
+    def _signal_host(self, host: str, sig: int) -> None:
+        for pid in self.pids(host):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill_host(self, host: str) -> None:
         """Kill every process in (host)'s namespace, as a power cut would."""
-        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True,
-                              text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        self._signal_host(host, signal.SIGKILL)
 
     def pause_host(self, host: str, pause: bool = True) -> None:
         """Stop (SIGSTOP) every process in (host)'s namespace, as a stalled
         machine would be; or (pause False) let them go on."""
-        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True,
-                              text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGSTOP if pause else signal.SIGCONT)
-            except (ProcessLookupError, ValueError):
-                pass
+        self._signal_host(host, signal.SIGSTOP if pause else signal.SIGCONT)
 
     def __exit__(self, *exc) -> None:
         for p in self.procs:

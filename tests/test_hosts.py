@@ -9,7 +9,6 @@ fork makes one child."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 
@@ -108,6 +107,17 @@ def spread_running(net, program, sleep_ms: int) -> tuple[str, dict[int, dict]]:
         assert time.monotonic() < deadline, ps
         time.sleep(0.2)
     return job_id, ps
+
+
+def pid1_running(net, program) -> tuple[str, str]:
+    """A job of pid 1 and a child that sleeps 3 s, once pid 1 runs: its id
+    and pid 1's host."""
+    job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.1)
+    return job_id, ps[1]["host"]
 
 
 def test_children_run_on_every_host_and_their_statuses_and_output_come_back(net, program):
@@ -237,12 +247,7 @@ def test_when_pid_1s_host_dies_the_processes_on_other_hosts_are_stopped(net, pro
 def test_a_job_whose_host_dies_is_sent_again_at_once_and_runs_elsewhere(net, program):
     """The broker would hand the job out again only after an hour (its
     visibility timeout): a live worker sees the host lapse and sends it."""
-    job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
-        assert time.monotonic() < deadline, ps
-        time.sleep(0.1)
-    home = ps[1]["host"]
+    job_id, home = pid1_running(net, program)
     net.kill_host(home)
     try:
         wait_finished(net, job_id, within=60)
@@ -260,12 +265,7 @@ def test_a_host_that_stalls_and_comes_back_after_its_job_ran_again_adds_nothing(
     its job runs again elsewhere; when it comes back, its own run of the job
     stops and writes nothing: output, status and process table are the
     second run's alone, and the first run's VMs are gone."""
-    job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
-        assert time.monotonic() < deadline, ps
-        time.sleep(0.1)
-    home = ps[1]["host"]
+    job_id, home = pid1_running(net, program)
     net.pause_host(home)
     try:
         wait_finished(net, job_id, within=60)
@@ -285,16 +285,14 @@ def test_a_host_that_stalls_and_comes_back_after_its_job_ran_again_adds_nothing(
 
 def booted_vms_on(net, host: str) -> list[int]:
     """QEMUs on (host) that booted a program (not spares waiting for a fork)."""
-    pids = subprocess.run(["ip", "netns", "pids", net.ns[host]], capture_output=True,
-                          text=True).stdout.split()
     found = []
-    for pid in pids:
+    for pid in net.pids(host):
         try:
             argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         except OSError:
             continue
         if argv[0].endswith(b"qemu-system-x86_64") and b"-incoming" not in argv:
-            found.append(int(pid))
+            found.append(pid)
     return found
 
 
