@@ -214,17 +214,13 @@ def append_output(r: redis.Redis, job_id: str, stream: str, data: bytes,
                2, keys.job(job_id), keys.job_output(job_id, stream), *holder, data)
 
 
-def job_holder(r: redis.Redis, job_id: str) -> tuple[str, str]:
-    """The (host, incarnation) of the run that holds the job now: the worker
-    that claimed it (claim_job)."""
-    return tuple(v.decode() if v else "" for v in r.hmget(keys.job(job_id), "host",
-                                                           "incarnation"))
-
-
 def holds_job(r: redis.Redis, job_id: str, holder: tuple[str, str]) -> bool:
-    """Whether the run of (holder) still holds the job: claim_job gives it
-    to another run when its worker is taken for lost."""
-    return job_holder(r, job_id) == tuple(holder)
+    """Whether the run of (holder), the (host, incarnation) of the worker
+    that claimed the job (claim_job), still holds it: claim_job gives it to
+    another run when that worker is taken for lost."""
+    now = tuple(v.decode() if v else "" for v in r.hmget(keys.job(job_id), "host",
+                                                          "incarnation"))
+    return now == tuple(holder)
 
 
 def end_job(r: redis.Redis, job_id: str, holder: tuple[str, str], status: str,

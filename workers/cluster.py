@@ -54,14 +54,15 @@ class Link:
 
     def __init__(self, url: str, job_id: str, host: str, tree: int, image: str,
                  fork_wait: float, address: str = "",
-                 holder: tuple[str, str] | None = None) -> None:
+                 holder: tuple[str, str] = ("", "")) -> None:
         self.url, self.job_id, self.host, self.tree = url, job_id, host, tree
         self.image, self.fork_wait, self.address = image, fork_wait, address
         self.r = state.connect(url)
         # The run of the job this subtree belongs to: (host, incarnation) of
-        # the worker that claimed it.  Another run taking the job over (this
-        # one's worker stalled and was taken for lost) ends this one.
-        self.holder = holder or state.job_holder(self.r, job_id)
+        # the worker that claimed it, handed down with each fork.  Another
+        # run taking the job over (this one's worker stalled and was taken
+        # for lost) ends this one.
+        self.holder = tuple(holder)
         self.superseded = False
         self.secret = cluster_secret(self.r)
         self._inbox: collections.deque[dict] = collections.deque()
@@ -211,7 +212,8 @@ class Link:
         queue = host_queue(target) if target else FORKS_QUEUE
         kwargs = dict(ticket=ticket, job=self.job_id, image=self.image, name=name, pid=pid,
                       ppid=ppid, parent_tree=self.tree, mem_mib=mem_mib,
-                      deadline=time.time() + self.fork_wait, fork_wait=self.fork_wait)
+                      deadline=time.time() + self.fork_wait, fork_wait=self.fork_wait,
+                      holder=list(self.holder))
         timing = {"sent": time.monotonic()}
         for _ in range(2 if os.environ.get("UNIFORK_TEST_DUPLICATE_FORKS") else 1):
             app.send_task(FORK_CHILD, kwargs=kwargs, queue=queue)

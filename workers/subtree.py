@@ -207,12 +207,12 @@ def _pipe_specs(header: dict) -> dict[int, dict]:
 def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
               image_path: str,
               name: str, pid: int, ppid: int, parent_tree: int, mem_mib: int,
-              secret: bytes, fork_wait: float, image: str, address: str, slots) -> None:
+              secret: bytes, fork_wait: float, image: str, address: str, slots,
+              holder: tuple[str, str]) -> None:
     """Make the child from the parent's stream and supervise its subtree
-    until its last process here ends.  The slot taken for it is (slots)'s."""
+    until its last process here ends.  The slot taken for it is (slots)'s;
+    (holder), the run of the job its parent is of (cluster.Link)."""
     header, conn, arrived = a.receive(secret, pid)
-
-    holder = state.job_holder(r, job_id)     # the run of the job this child is of
 
     def out(stream: str, data: bytes) -> None:
         state.append_output(r, job_id, stream, data, holder)

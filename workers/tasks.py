@@ -217,10 +217,13 @@ def _result(r, job_id: str, info: dict) -> dict:
 
 @app.task(name=FORK_CHILD, bind=True, max_retries=None)   # bounded by (deadline)
 def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppid: int,
-               parent_tree: int, mem_mib: int, deadline: float, fork_wait: float = 5.0) -> str:
+               parent_tree: int, mem_mib: int, deadline: float, fork_wait: float = 5.0,
+               holder: list[str] | tuple[str, str] = ("", "")) -> str:
     """Run the child of a fork whose parent's host had no free slot, and its
     descendants here, until they end.  A host with no free slot puts the
-    task back for another; the first to take a slot claims the ticket."""
+    task back for another; the first to take a slot claims the ticket.
+    (holder) is the (host, incarnation) of the run of the job the parent
+    is of: the child's output and records count only while it holds it."""
     from . import subtree
     r, host, address = _here()
     if time.time() > deadline:
@@ -239,7 +242,8 @@ def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppi
         from .cluster import cluster_secret
         subtree.run_child(r, app.conf.broker_url, arrival, host, host_incarnation(), job,
                           cached_image(r, image), name, pid, ppid, parent_tree, mem_mib,
-                          cluster_secret(r), fork_wait, image, address, RedisSlots(r, host))
+                          cluster_secret(r), fork_wait, image, address, RedisSlots(r, host),
+                          tuple(holder))
         return "done"
     except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
         if arrival is not None and arrival.adopted:
