@@ -2,8 +2,11 @@
 layout, and the host's end of a ring (on an ordinary buffer)."""
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +73,45 @@ def test_host_ring_wraps_and_reports_waiters():
     assert data == b"a" * 400 + (bytes(range(256)) * 4)[:624]
     assert ring.space() == 1024
     ring.release()
+
+
+@pytest.fixture(scope="module")
+def watch_word(tmp_path_factory):
+    """A C thread that counts the times a counter it watches went backwards."""
+    so = tmp_path_factory.mktemp("watch") / "watch_word.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-pthread", "-o", str(so),
+                    str(Path(__file__).with_name("watch_word.c"))], check=True)
+    lib = ctypes.CDLL(str(so))
+    lib.watch_stop.restype = ctypes.c_long
+    return lib
+
+
+def _watched_address(buf: mmap.mmap, off: int) -> ctypes.c_void_p:
+    return ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(buf)) + off)
+
+
+def test_a_guest_never_sees_a_ring_counter_half_written(watch_word):
+    # A guest reading the head as the host moves it must see the old value
+    # or the new one: struct.pack_into wrote 0 first, then byte by byte, and
+    # a reader that saw a head behind its tail read garbage past it.
+    buf = mmap.mmap(-1, 8192)
+    ring = HostRing.create(buf, 0, 4096)
+    watch_word.watch_start(_watched_address(buf, abi.RING.offsets["head"]))
+    for _ in range(200_000):
+        ring.write(b"x")
+        ring.read()
+    assert watch_word.watch_stop() == 0
+    assert abi.RING.get(buf, 0, "head") == 200_000
+    ring.release()
+
+
+def test_a_guest_never_sees_a_control_field_half_written(watch_word):
+    buf = mmap.mmap(-1, 8192)
+    watch_word.watch_start(_watched_address(buf, abi.CTL.offsets["sig_blocked"]))
+    for v in range(1, 200_000):
+        abi.CTL.put(buf, 0, sig_blocked=v)
+    assert watch_word.watch_stop() == 0
+    assert abi.CTL.get(buf, 0, "sig_blocked") == 199_999
 
 
 def test_a_bridged_supervisor_runs_at_raised_priority_and_what_it_starts_does_not():

@@ -86,6 +86,10 @@ class Record:
     Reads and writes go through struct at fixed offsets: cheap to import
     (unifork run imports this before QEMU starts) and fast to access.
     tests/test_abi.py checks every offset against the C header.
+
+    A field that is one integer is read and written in one access (a
+    memoryview's item): the guest may look at it meanwhile, and
+    struct.pack_into zeroes a field first, then writes it a byte at a time.
     """
 
     def __init__(self, name: str, fields: list[tuple[str, str]]) -> None:
@@ -93,20 +97,32 @@ class Record:
         self.fields = fields
         self.offsets: dict[str, int] = {}
         self.formats: dict[str, str] = {}
+        self._words: dict[str, tuple[int, int, str]] = {}    # one-integer fields
         fmt = "<"
         for fname, f in fields:
-            self.offsets[fname] = struct.calcsize(fmt)
+            at = self.offsets[fname] = struct.calcsize(fmt)
             self.formats[fname] = "<" + f
+            if f in ("Q", "q", "I", "i", "H"):
+                self._words[fname] = (at, struct.calcsize(f), f)
             fmt += f
         self.struct = struct.Struct(fmt)
         self.size = self.struct.size
 
     def get(self, buf, base: int, field: str):
+        word = self._words.get(field)
+        if word:
+            at, size, code = word
+            return memoryview(buf)[base + at:base + at + size].cast(code)[0]
         v = struct.unpack_from(self.formats[field], buf, base + self.offsets[field])
         return v if len(v) > 1 else v[0]
 
     def put(self, buf, base: int, **values) -> None:
         for field, v in values.items():
+            word = self._words.get(field)
+            if word:
+                at, size, code = word
+                memoryview(buf)[base + at:base + at + size].cast(code)[0] = v
+                continue
             args = v if isinstance(v, (tuple, list)) else (v,)
             struct.pack_into(self.formats[field], buf, base + self.offsets[field], *args)
 

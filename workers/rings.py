@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 
 from . import abi
 
@@ -19,10 +18,8 @@ _WRITERS, _READERS = _R.offsets["writers"], _R.offsets["readers"]
 _ENDS = _READERS                # readers | writers << 32: one atomic word
 _FLAG = {"wr_wait": _R.offsets["wr_wait"], "rd_wait": _R.offsets["rd_wait"]}
 _LOCKS = (_R.offsets["wlock"], _R.offsets["rlock"])
-_Q, _I = struct.Struct("<Q"), struct.Struct("<I")
-# head, tail, readers | writers << 32, hungry: what the bridge watches
-_STATE = struct.Struct(f"<Q{_TAIL - 8}xQ{_ENDS - _TAIL - 8}xQ"
-                       f"{_R.offsets['hungry'] - _ENDS - 8}xI")
+_HUNGRY, _BRIDGED = _R.offsets["hungry"], _R.offsets["bridged"]
+_Q, _I = 8, 4                   # the width of a counter or flag, in bytes
 _USED = abi.SHM.offsets["used"]
 HOST_LOCKER = 0x7FFFFFFF        # the host's "pid" when it holds a ring's lock
 
@@ -47,6 +44,13 @@ class HostRing:
             raise ValueError(f"ring at {off:#x} has a bad size {self.size}")
         self.corrupt = False    # a guest broke the counters: we stop using it
         self._data = memoryview(buf)[off + _R.size:off + _R.size + self.size]
+        # The header as words.  Guests move these counters while we look: each
+        # load and store must be one instruction, as a memoryview's item is
+        # (struct.pack_into zeroes the field first and then writes it byte by
+        # byte: a guest saw a head of 0, or half-written, and read past it).
+        header = memoryview(buf)[off:off + _R.size]
+        self._w64, self._w32 = header.cast("Q"), header.cast("I")
+        header.release()
 
     @classmethod
     def create(cls, buf: mmap.mmap, off: int, size: int) -> "HostRing":
@@ -54,11 +58,14 @@ class HostRing:
         _R.put(buf, off, size=size, writers=1, readers=1)
         return cls(buf, off)
 
-    def _get(self, at: int, s: struct.Struct = _Q) -> int:
-        return s.unpack_from(self._buf, self._off + at)[0]
+    def _get(self, at: int, width: int = _Q) -> int:
+        return self._w64[at >> 3] if width == _Q else self._w32[at >> 2]
 
-    def _set(self, at: int, v: int, s: struct.Struct = _Q) -> None:
-        s.pack_into(self._buf, self._off + at, v)
+    def _set(self, at: int, v: int, width: int = _Q) -> None:
+        if width == _Q:
+            self._w64[at >> 3] = v & 0xFFFFFFFFFFFFFFFF
+        else:
+            self._w32[at >> 2] = v
 
     @property
     def writers(self) -> int:
@@ -212,21 +219,22 @@ class HostRing:
 
     @property
     def bridged(self) -> int:
-        return self._get(_R.offsets["bridged"], _I)
+        return self._get(_BRIDGED, _I)
 
     @bridged.setter
     def bridged(self, v: int) -> None:
-        self._set(_R.offsets["bridged"], v, _I)
+        self._set(_BRIDGED, v, _I)
 
     @property
     def hungry(self) -> int:
         """Guests waiting to read this (bridged) ring while it is empty."""
-        return self._get(_R.offsets["hungry"], _I)
+        return self._get(_HUNGRY, _I)
 
     def state(self) -> tuple[int, int, int, int]:
-        """head, tail, the ends word and hungry, in one read: when none of
-        them moved, nothing about the ring changed for the bridge."""
-        return _STATE.unpack_from(self._buf, self._off)
+        """head, tail, the ends word and hungry: when none of them moved,
+        nothing about the ring changed for the bridge."""
+        w = self._w64
+        return w[_HEAD >> 3], w[_TAIL >> 3], w[_ENDS >> 3], self._w32[_HUNGRY >> 2]
 
     def readable_between_guests(self) -> bool:
         """Bytes are waiting (a sample: never judged corrupt)."""
@@ -250,8 +258,9 @@ class HostRing:
         return False
 
     def release(self) -> None:
-        """Drop the view into the buffer so that it can be unmapped."""
-        self._data.release()
+        """Drop the views into the buffer so that it can be unmapped."""
+        for view in (self._data, self._w64, self._w32):
+            view.release()
 
 
 class SharedRegion:
