@@ -14,7 +14,8 @@ belongs to.  Every datagram is
     29   8  ack: the next offset the sender expects from its peer
     37   4  wnd: bytes past (ack) the sender will accept
     41   8  n: this datagram's number, from this side of this channel
-    49   m  payload (DATA only), encrypted
+    49   m  payload, encrypted: DATA's bytes; an ACK's SACK blocks, up to
+            MAX_SACK (start, end) offsets (<QQ each) of what arrived past ack
    -16  16  tag
 
 sealed with AES-256-GCM (the header is authenticated, the payload also
@@ -31,19 +32,25 @@ is dropped, counted ("duplicate") and acknowledged again.  A replayed ACK or
 PING changes nothing: acknowledgements only move forward.
 
 Sending: bytes stay in the channel's buffer until acknowledged; at most
-min(congestion window, peer's window) bytes are in flight; a retransmission
-timer (RTO from the measured round trip, doubled on each expiry, 1 s at
-most) goes back to the first unacknowledged byte (go-back-N), halves the
-congestion window and shrinks the segment size (64 KB datagrams are IP
-fragments: on a lossy link, one lost fragment loses them all); three
-duplicate ACKs resend the first segment at once.  The window grows by one
-segment per ACK and the segment size doubles back after a clean round.
+min(congestion window, peer's window) bytes are in flight, not counting
+what the peer said it holds out of order (its SACK blocks).  Selective
+repeat: an ACK with SACK blocks shows holes, and each hole below the
+highest block is sent again once (a recovery, until everything sent before
+it is acknowledged; the congestion window is halved once per recovery).
+A retransmission timer (RTO from the measured round trip, doubled on each
+expiry, 1 s at most) goes back to the first unacknowledged byte and sends
+again what no SACK block covers, halves the congestion window and quarters
+the segment size.  The window grows by one segment per ACK.  The segment
+size follows the loss: 64 KB datagrams are IP fragments, and one lost
+fragment loses them all, so every MSS_ROUND segments it halves if more
+than a quarter had to be sent again, and doubles if under 1 in 20 did.
 
 Receiving: an ACK goes at once for anything out of order and for every
 second segment once ACK_BYTES are unacknowledged, else it waits up to
 ACK_DELAY for data going back to carry it (small messages one way, whose
 answers go back on another channel, are acknowledged a few at a time);
-out-of-order segments inside the window are kept; the stream
+out-of-order segments inside the window are kept (never dropped once
+SACKed) and listed, lowest first, in every ACK; the stream
 is delivered in order into `inbuf`, which the user drains with consume();
 the window advertised is what is left of WINDOW, so a slow consumer stops
 its sender (flow control end to end, no unbounded buffering).
@@ -84,6 +91,9 @@ RTO_MIN, RTO_MAX = 0.02, 1.0
 ACK_DELAY = 0.002           # a lone segment's ACK waits this long for a ride
 ACK_BYTES = 16 << 10        # ... unless this much is unacknowledged
 PING_EVERY = 1.0
+MSS_ROUND = 32              # segments between two looks at the segment size
+MAX_SACK = 32               # SACK blocks per ACK (512 bytes: one IP fragment)
+_SACK = struct.Struct("<QQ")
 
 
 def _direction(key: bytes, cid: bytes, caller: bool) -> AESGCM:
@@ -113,8 +123,10 @@ class Channel:
         self.rto, self.srtt = 0.1, 0.0
         self.timer: float | None = None
         self.rtt_probe: tuple[int, float] | None = None
-        self.dupacks = 0
-        self.clean = 0                # segments acked since the last loss
+        self.sacked: list[list[int]] = []   # [start, end) the peer holds past snd_una
+        self.recover: int | None = None     # in a recovery until snd_una reaches it
+        self.rexmit = 0               # ... which has resent the holes below this
+        self.round_sent = self.round_resent = 0     # segments, for the MSS
         # receiving
         self.rcv_nxt = 0
         self.ooo: dict[int, bytes] = {}
@@ -150,7 +162,9 @@ class Channel:
     def on_datagram(self, kind: int, seq: int, ack: int, wnd: int, payload: bytes,
                     now: float) -> None:
         self.heard = now
-        self._on_ack(ack, wnd, now, kind == ACK and not payload)
+        self._on_ack(ack, wnd, now)
+        if kind == ACK and payload:
+            self._on_sack(payload, now)
         if kind == PING:
             self.ack_due = True
         elif kind == DATA and payload:
@@ -188,7 +202,7 @@ class Channel:
                 self.inbuf += d[self.rcv_nxt - nxt:]
                 self.rcv_nxt = nxt + len(d)
 
-    def _on_ack(self, ack: int, wnd: int, now: float, pure: bool) -> None:
+    def _on_ack(self, ack: int, wnd: int, now: float) -> None:
         if ack > self.snd_max or ack < self.snd_una:
             return                      # from the future (bogus) or the past (replay)
         self.peer_wnd = wnd
@@ -202,38 +216,91 @@ class Channel:
             self.rto = min(RTO_MAX, max(RTO_MIN, 3 * self.srtt))
             del self.out[:ack - self.snd_una]
             self.snd_una = ack
-            self.dupacks = 0
+            while self.sacked and self.sacked[0][1] <= ack:
+                self.sacked.pop(0)
+            if self.sacked and self.sacked[0][0] < ack:
+                self.sacked[0][0] = ack
+            if self.recover is not None and ack >= self.recover:
+                self.recover = None     # every hole of that loss is filled
             self.cwnd = min(WINDOW, self.cwnd + self.mss)
-            self.clean += 1
-            if self.clean >= 32 and self.mss < MSS_MAX:
-                self.mss, self.clean = min(MSS_MAX, self.mss * 2), 0
             self.timer = now + self.rto if self.snd_nxt > self.snd_una else None
-        elif pure and self.snd_nxt > self.snd_una:
-            self.dupacks += 1
-            if self.dupacks == 3:       # fast retransmit of the first segment
-                self._lost(now, timeout=False)
-                self._segment(self.snd_una, now)
+
+    def _on_sack(self, payload, now: float) -> None:
+        """The peer holds these ranges past our snd_una: note them; a hole
+        below them starts a recovery (its holes are resent by flush())."""
+        if len(payload) % _SACK.size or len(payload) > MAX_SACK * _SACK.size:
+            return
+        ranges = self.sacked + [[max(start, self.snd_una), end]
+                                for start, end in _SACK.iter_unpack(payload)
+                                if max(start, self.snd_una) < end <= self.snd_max]
+        ranges.sort()                   # (else old, or bogus)
+        merged: list[list[int]] = []
+        for r in ranges:
+            if merged and r[0] <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], r[1])
+            else:
+                merged.append(r)
+        self.sacked = merged
+        if merged and self.recover is None:
+            self._lost(now, timeout=False)
+            self.recover, self.rexmit = self.snd_nxt, self.snd_una
+
+    def _hole(self, pos: int) -> tuple[int, int | None]:
+        """The first byte at or after (pos) the peer does not hold, and where
+        the next range it holds begins (None: nothing known beyond)."""
+        for start, end in self.sacked:
+            if pos < start:
+                return pos, start
+            if pos < end:
+                pos = end
+        return pos, None
+
+    def _sacked_bytes(self) -> int:
+        return sum(end - start for start, end in self.sacked)
 
     # -- datagrams out ---------------------------------------------------------
     def _lost(self, now: float, timeout: bool) -> None:
         self.cwnd = max(2 * self.mss, self.cwnd // 2)
-        self.clean = 0
         self.rtt_probe = None
         if timeout:
             self.ep.stats["timeouts"] += 1
             self.mss = max(MSS_MIN, self.mss // 4)
             self.rto = min(RTO_MAX, self.rto * 2)
-            self.snd_nxt = self.snd_una  # go back
+            self.snd_nxt = self.snd_una  # go back (past what the peer holds)
+            self.recover = None
         else:
-            self.ep.stats["fast_retransmits"] += 1
+            self.ep.stats["recoveries"] += 1
 
-    def _segment(self, seq: int, now: float) -> int:
+    def _segment(self, seq: int, now: float, upto: int | None = None) -> int:
+        """Send the bytes from (seq), one segment, not past (upto)."""
         off = seq - self.snd_una
-        chunk = memoryview(self.out)[off:off + self.mss]
+        n = self.mss if upto is None else min(self.mss, upto - seq)
+        chunk = memoryview(self.out)[off:off + n]
+        if seq < self.snd_max:
+            self.ep.stats["retransmits"] += 1
+            self.round_resent += 1
+        self.round_sent += 1
+        if self.round_sent == MSS_ROUND:
+            if self.round_resent * 4 > MSS_ROUND:
+                self.mss = max(MSS_MIN, self.mss // 2)
+            elif self.round_resent * 20 < MSS_ROUND:
+                self.mss = min(MSS_MAX, self.mss * 2)
+            self.round_sent = self.round_resent = 0
         self.ep.transmit(self, DATA, seq, chunk)
         n = len(chunk)
         chunk.release()
         return n
+
+    def _resend_holes(self, now: float) -> None:
+        """In a recovery: send each hole below the highest SACKed byte once."""
+        top = self.sacked[-1][1] if self.sacked else self.snd_una
+        while self.rexmit < min(top, self.snd_nxt):
+            pos, nxt = self._hole(max(self.rexmit, self.snd_una))
+            if nxt is None or pos >= self.snd_nxt:
+                self.rexmit = top
+                break
+            self.rexmit = pos + self._segment(pos, now, nxt)
+            self._acked()
 
     def flush(self, now: float) -> None:
         """Send what the windows allow, due ACKs and PINGs; retransmit on time."""
@@ -241,7 +308,7 @@ class Channel:
             return
         if self.closing is not None:    # dropped: only answer what still comes
             if self.ack_due and self.peer is not None:
-                self.ep.transmit(self, ACK, self.snd_nxt, b"")
+                self.ep.transmit(self, ACK, self.snd_nxt, self._sack())
                 self._acked()
             return
         if now - self.heard > self.dead_after:
@@ -255,12 +322,18 @@ class Channel:
             if self.peer_wnd == 0:
                 self.ep.transmit(self, PING, self.snd_nxt, b"")   # probe the window
                 self.timer = now + self.rto
-        limit = self.snd_una + min(self.cwnd, max(self.peer_wnd, 0))
+        if self.recover is not None:
+            self._resend_holes(now)
+        limit = self.snd_una + min(self.cwnd + self._sacked_bytes(), max(self.peer_wnd, 0))
         end = self.snd_una + len(self.out)
         while self.snd_nxt < min(limit, end):
-            if self.rtt_probe is None:
+            pos, nxt = self._hole(self.snd_nxt)     # what the peer holds is not resent
+            if pos != self.snd_nxt:
+                self.snd_nxt = pos
+                continue
+            if self.rtt_probe is None and self.snd_nxt >= self.snd_max:
                 self.rtt_probe = (self.snd_nxt + 1, now)
-            self.snd_nxt += self._segment(self.snd_nxt, now)
+            self.snd_nxt += self._segment(self.snd_nxt, now, nxt)
             self.snd_max = max(self.snd_max, self.snd_nxt)
             self._acked()               # DATA carries the ACK
         if self.snd_nxt > self.snd_una and self.timer is None:
@@ -268,7 +341,7 @@ class Channel:
         if self.snd_nxt < end and self.peer_wnd == 0 and self.timer is None:
             self.timer = now + self.rto
         if self.ack_due or (self.ack_at is not None and now >= self.ack_at):
-            self.ep.transmit(self, ACK, self.snd_nxt, b"")
+            self.ep.transmit(self, ACK, self.snd_nxt, self._sack())
             self._acked()
         elif now - self.spoke > PING_EVERY or (now - self.heard > PING_EVERY and
                                                now - self.spoke > PING_EVERY / 4):
@@ -277,6 +350,21 @@ class Channel:
     def _acked(self) -> None:
         self.ack_due, self.ack_at = False, None
         self.unacked_segs = self.unacked_bytes = 0
+
+    def _sack(self) -> bytes:
+        """SACK blocks for an ACK: what arrived out of order, lowest first."""
+        if not self.ooo:
+            return b""
+        blocks: list[list[int]] = []
+        for seq in sorted(self.ooo):
+            end = seq + len(self.ooo[seq])
+            if blocks and seq <= blocks[-1][1]:
+                blocks[-1][1] = max(blocks[-1][1], end)
+            elif len(blocks) == MAX_SACK:
+                break
+            else:
+                blocks.append([seq, end])
+        return b"".join(_SACK.pack(s, e) for s, e in blocks)
 
     def next_event(self) -> float:
         """When flush() must run next, at the latest (monotonic)."""
@@ -316,7 +404,7 @@ class Endpoint:
         self.relay = (relay.split(":")[0], int(relay.split(":")[1])) if relay else None
         self.channels: dict[bytes, Channel] = {}
         self.stats = {k: 0 for k in ("forged", "stale", "duplicate", "timeouts",
-                                     "fast_retransmits", "sent", "received")}
+                                     "recoveries", "retransmits", "sent", "received")}
         self._buf = bytearray(65536)
 
     def fileno(self) -> int:
