@@ -102,6 +102,18 @@ def test_a_child_on_another_host_reads_the_jobs_stdin(net, program):
     assert len(hosts_of(net, got)) > 1
 
 
+def test_a_child_on_another_host_has_its_parents_clock(net, program):
+    """CLOCK_MONOTONIC is one clock for every process of a job: a child
+    forked onto another host reads a time no earlier than one its parent
+    read after the fork and sent it (the child's clock once lagged by the
+    time its memory took to cross: seconds on a lossy link)."""
+    prog = program("xpipes", "musl")
+    got = on_hosta(net, prog, "clock")
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout == b"the child's clock is not behind its parent's\n", got.stdout
+    assert len(hosts_of(net, got)) > 1
+
+
 SHELL = ("busybox seq 1 20000 | busybox sed s/1/x/ | busybox grep -c x; "
          "n=$(busybox seq 1 10 | busybox wc -l); echo \"ten: $n\"; "
          "busybox seq 1 3000 | busybox sort -rn | busybox head -3; "

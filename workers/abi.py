@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
@@ -150,7 +150,7 @@ CTL = Record("uf_ctl", [
     ("_pad1", "16s"),
     ("rep_seq", "I"), ("_pad2", "I"), ("ret", "q"), ("val", "2q"), ("_pad3", "32s"),
     ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("sig_posted", "Q"),
-    ("alarm_real_ns", "Q"), ("_pad4", "24s"),
+    ("alarm_real_ns", "Q"), ("tsc_is_host", "I"), ("_pad4", "I"), ("_pad5", "16s"),
     ("ends", "128H"),
 ])
 

@@ -236,15 +236,18 @@ class Link:
 
     def _send(self, qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz,
               pipes) -> None:
-        from .fork import capture, cont
+        from .fork import capture, clock_reading, cont
         nonce = bytes.fromhex(where["nonce"])
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             device_state = capture(qmp, parent_vm)          # the parent is stopped now
             try:
+                # the parent's clocks as the stream begins (the child's run on
+                # from there, subtree.py)
+                reading, at = clock_reading(parent_vm, parent_tsc, asked)
                 header = {"pid": pid, "ppid": ppid, "ram_size": parent_vm.layout.ram_size,
                           "pipes": pipes,
-                          "tsc": parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000)}
+                          "tsc": reading + int((time.monotonic() - at) * tsc_khz * 1000)}
                 with memoryview(parent_vm.mem) as ram:
                     transfer.send_fork(sock, self.secret, nonce, header, parent_vm.ram_fd,
                                        ram, parent_vm.layout.ram_size, device_state)

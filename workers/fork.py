@@ -160,7 +160,7 @@ def answer_child(mem, pid: int, ppid: int) -> None:
     its parent, a seed of its own, and fork's answer, 0.  Nothing the
     parent had posted is the child's (it may be sent signals of its own as
     soon as the parent hears of it, while musl's fork still blocks them)."""
-    abi.BOOT.put(mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32))
+    abi.BOOT.put(mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32), tsc_resume=0)
     seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
     abi.CTL.put(mem, abi.CTL_ADDR, ret=0, val=(0, 0), sig_posted=0)
     abi.CTL.put(mem, abi.CTL_ADDR, rep_seq=seq)
@@ -200,13 +200,39 @@ async def clone(parent: VM, child: VM, pid: int, ppid: int,
     return copied
 
 
-async def resume(parent: VM, child: VM, asked: float, parent_tsc: int, tsc_khz: int) -> None:
-    """Let both copies run.  The child's clock resumes at the parent's
-    reading when it asked to fork (at host time (asked)) plus the time
-    since: the child sets its tsc_adjust from tsc_resume."""
-    resume_at = parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000)
-    abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=resume_at)
+async def resume(parent: VM, child: VM, asked: float, parent_tsc: int) -> None:
+    """Let both copies run, then tell the child what its parent's clocks
+    read (it read (parent_tsc) as it asked to fork; the host saw the
+    request at (asked), monotonic)."""
     await asyncio.gather(_cont(await child.qmp()), _cont(await parent.qmp()))
+    resume_clock(child, *clock_reading(parent, parent_tsc, asked))
+
+
+def clock_reading(vm: VM, reading: int, at: float) -> tuple[int, float]:
+    """What (vm)'s clocks read (TSC ticks) and when (monotonic): now, if the
+    host knows how they follow its own TSC (a VM that booted with the host's
+    TSC, or a child whose clock the host set); else (reading) at (at), the
+    guest's own from its fork request, which the host saw late (by up to a
+    turn of the supervisor: ms)."""
+    from . import cpu
+    if vm.clock_k is None and abi.CTL.get(vm.mem, abi.CTL_ADDR, "tsc_is_host"):
+        vm.clock_k = 0
+    if vm.clock_k is None:
+        return reading, at
+    return cpu.rdtsc() + vm.clock_k, time.monotonic()
+
+
+def resume_clock(child: VM, reading: int, at: float) -> None:
+    """Tell a child that runs now (and waits for this, clock.c) what its
+    parent's clocks read: (reading) at (at) (monotonic), plus the time since.
+    From then on the host knows how the child's clocks follow its TSC."""
+    from . import cpu
+    tsc_khz = abi.BOOT.get(child.mem, abi.BOOT_ADDR, "tsc_khz")
+    host_tsc = cpu.rdtsc()
+    value = reading + int((time.monotonic() - at) * tsc_khz * 1000)
+    abi.BOOT.put(child.mem, abi.BOOT_ADDR, host_tsc=host_tsc)
+    abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=value)   # the child waits for it
+    child.clock_k = value - host_tsc
 
 
 # -- across hosts: the same steps, with the stream and the RAM on the wire ----
@@ -264,7 +290,8 @@ def load_state(vm: VM, device_state: bytes) -> None:
         sock.close()
 
 
-async def start_child(child: VM, tsc_resume: int) -> None:
-    """Let a child made on this host from a remote parent run."""
-    abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=tsc_resume)
+async def start_child(child: VM, reading: int, at: float) -> None:
+    """Let a child made on this host from a remote parent run: its parent's
+    clocks read (reading) at (at) (monotonic, when its stream began)."""
     await _cont(await child.qmp(), timeout=10.0)
+    resume_clock(child, reading, at)

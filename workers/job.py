@@ -247,8 +247,7 @@ class Job:
         parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
         self.reply(parent, child.pid, wake=False)       # woken once it runs again
         try:
-            self._aio(fork.resume(parent.vm, child_vm, asked, parent_tsc,
-                                  abi.BOOT.get(child_vm.mem, abi.BOOT_ADDR, "tsc_khz")))
+            self._aio(fork.resume(parent.vm, child_vm, asked, parent_tsc))
         except Exception as err:        # noqa: BLE001 - a VM died: its reaping says so
             if not child_vm.ran_and_ended():
                 self.say(child.pid, f"fork: resuming failed: {err}")

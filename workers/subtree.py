@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import socket
 import time
 
@@ -78,23 +79,26 @@ class Arrival:
     def receive(self, secret: bytes, pid: int) -> tuple[dict, socket.socket, float]:
         """Take the parent's stream and load it: the child is ready to run
         (paused).  Returns the header, the connection, and when the stream
-        arrived (monotonic)."""
+        began to arrive (monotonic): the header's clock reading was taken
+        just before it was sent, so the child's clock runs on from then."""
         conn, _ = self.listener.accept()
         self.listener.close()
         try:
             conn.settimeout(30)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not select.select([conn], [], [], 30)[0]:
+                raise transfer.TransferError("the parent's host sent no fork stream")
+            began = time.monotonic()
             # QEMU writes its ROMs (the kernel) into RAM as it starts: only
             # once it is armed may the parent's RAM go in.
             self.armed.result(30)
             fork.punch(self.vm.ram_fd, 0, self.vm.layout.ram_size)
             with memoryview(self.vm.mem) as ram:
                 header, device_state = transfer.receive_fork(conn, secret, self.nonce, ram)
-            arrived = time.monotonic()
             if header.get("pid") != pid or header.get("ram_size") != self.vm.layout.ram_size:
                 raise transfer.TransferError("the fork stream is for another child")
             fork.load_state(self.vm, device_state)
-            return header, conn, arrived
+            return header, conn, began
         except BaseException:
             conn.close()
             raise
@@ -212,7 +216,7 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
     """Make the child from the parent's stream and supervise its subtree
     until its last process here ends.  The slot taken for it is (slots)'s;
     (holder), the run of the job its parent is of (cluster.Link)."""
-    header, conn, arrived = a.receive(secret, pid)
+    header, conn, began = a.receive(secret, pid)
 
     def out(stream: str, data: bytes) -> None:
         state.append_output(r, job_id, stream, data, holder)
@@ -242,10 +246,8 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
                 sup = Supervisor(req, *(a.shm.ring(i) for i in range(3)), out=out)
                 if 0 in pipes:
                     sup.stdin_elsewhere()       # the job's stdin comes over its link
-                tsc_khz = abi.BOOT.get(a.vm.mem, abi.BOOT_ADDR, "tsc_khz")
-                resume = int(header["tsc"]) + int((time.monotonic() - arrived) * tsc_khz * 1000)
                 try:
-                    a.qmp.call(fork.start_child(a.vm, resume))
+                    a.qmp.call(fork.start_child(a.vm, int(header["tsc"]), began))
                 except Exception:
                     if not a.vm.ran_and_ended():
                         raise

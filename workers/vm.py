@@ -68,6 +68,7 @@ class VM:
         self.migration_ready = False   # capabilities set for fork
         self.mig_sock = None           # a pool VM's end of its incoming migration
         self.armed = None              # a pool VM's arm() future
+        self.clock_k: int | None = None  # its clocks read the host's TSC + this, if known
 
     # -- before boot -------------------------------------------------------
     def load(self, prog: Program, argv: list[bytes], envp: list[bytes], exe: bytes,

@@ -36,7 +36,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      6
+#define UF_ABI_VERSION      7
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -106,11 +106,14 @@ struct uf_boot {
 	 * unrelated to its parent's (KVM may even re-synchronize the restored
 	 * value), so at its resume it sets tsc_adjust to read tsc_resume: the
 	 * parent's clock when it asked to fork (FORK's arg1) plus the time the
-	 * host saw pass until the child was resumed. */
+	 * host saw pass since, as of host_tsc.  The host writes it once the
+	 * child runs (0 until then: the child waits for it), since starting a
+	 * vCPU takes a while. */
 	int64_t  tsc_adjust;
 	int64_t  tsc_resume;
 	uint64_t host_tsc;          /* the host's TSC at realtime_ns, written last,
-	                             * as QEMU starts (0 until then): clock.c */
+	                             * as QEMU starts (0 until then): clock.c; in
+	                             * a forked child, at tsc_resume */
 };
 
 /* Why the guest stopped: struct uf_ctl.state */
@@ -198,7 +201,12 @@ struct uf_ctl {
 	/* Guest-written: wall-clock ns of its next SIGALRM (0: none), so that
 	 * the host nudges a program that computes past it (see sig_posted). */
 	uint64_t alarm_real_ns;
-	uint64_t _pad4[3];
+	/* Guest-written at boot: 1 if its TSC is the host's (PVM lets a vCPU's
+	 * run on from the host's, clock.c), so that the host knows what its
+	 * clocks read at any moment (a fork's child gets its parent's). */
+	uint32_t tsc_is_host;
+	uint32_t _pad4;
+	uint64_t _pad5[2];
 	/* Guest-written: ring ends this process holds: [ring][0 read, 1 write].
 	 * The host closes them for a VM that dies without closing them. */
 	uint16_t ends[64][2];

@@ -27,8 +27,33 @@ clock_init(void)
 		cpu_relax();            /* the host writes it as QEMU starts */
 	uint64_t t = rdtsc(), h = BOOT->host_tsc;
 	real_at_tsc0 = BOOT->realtime_ns;
-	if (h && t >= h && t - h < ns_to_tsc(60000000000ULL))
+	if (h && t >= h && t - h < ns_to_tsc(60000000000ULL)) {
 		real_at_tsc0 -= (uint64_t)(((unsigned __int128)h * ns_per_tick_32) >> 32);
+		CTL->tsc_is_host = 1;
+	}
+}
+
+/*
+ * In a forked child, as it first runs: read what the parent's clocks read.
+ * The host writes tsc_resume, their reading when the host's TSC was
+ * host_tsc, once the vCPU runs (starting one after a migration takes ~20
+ * ms); without it in 2 s, the child keeps the parent's adjustment.  A TSC
+ * that is the host's (PVM's, whatever KVM restored) gives the exact
+ * adjustment; another one, the reading as of now, late by however long
+ * this vCPU waited for a CPU since the host wrote it.
+ */
+void
+clock_fork(void)
+{
+	uint64_t limit = rdtsc() + ns_to_tsc(2000000000ULL);
+	while (!BOOT->tsc_resume && rdtsc() < limit)
+		cpu_relax();
+	if (!BOOT->tsc_resume)
+		return;
+	uint64_t t = rdtsc(), h = BOOT->host_tsc;
+	int host = h && t >= h && t - h < ns_to_tsc(1000000000ULL);
+	BOOT->tsc_adjust = BOOT->tsc_resume - (int64_t)(host ? h : t);
+	CTL->tsc_is_host = host;
 }
 
 /* The TSC as the clocks see it: continuous across fork. */

@@ -153,6 +153,7 @@ int  wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int wh
 void clock_init(void);
 uint64_t clock_tsc(void);
 uint64_t clock_mono_ns(void);
+void clock_fork(void);
 uint64_t clock_real_ns(void);
 uint64_t clock_real_at(uint64_t mono_ns);
 uint64_t ns_to_tsc(uint64_t ns);

@@ -180,7 +180,7 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 	if (pid < 0)
 		return pid;
 	if (pid == 0) {                 /* the child, in its own VM */
-		BOOT->tsc_adjust = BOOT->tsc_resume - (int64_t)rdtsc();
+		clock_fork();
 		random_fork();
 		signal_fork();
 		if (flags & CLONE_CHILD_SETTID)

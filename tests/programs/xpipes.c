@@ -29,6 +29,10 @@
  *                           writes into a pipe for ever: the parent reads
  *                           until end of file (the test kills the writer's
  *                           host) and reports how the writer ended
+ *   xpipes clock            a child that holds its VM, then a child that
+ *                           reads CLOCK_MONOTONIC once its parent's reading,
+ *                           taken after the fork, has come to it: it must
+ *                           not be earlier (one clock for every process)
  */
 #include <errno.h>
 #include <signal.h>
@@ -367,6 +371,35 @@ lost(void)
 	return 0;
 }
 
+static int
+clock_order(void)
+{
+	int down[2], up[2];
+	struct timespec parent, child;
+	pid_t holder = hold();
+	pipe(down);
+	pipe(up);
+	pid_t c = fork();
+	if (c == 0) {
+		full_read(down[0], (char *)&parent, sizeof parent);
+		clock_gettime(CLOCK_MONOTONIC, &child);
+		write(up[1], &child, sizeof child);
+		_exit(0);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &parent);
+	write(down[1], &parent, sizeof parent);
+	full_read(up[0], (char *)&child, sizeof child);
+	long long behind = (parent.tv_sec - child.tv_sec) * 1000000000LL +
+	    (parent.tv_nsec - child.tv_nsec);
+	if (behind > 0)
+		printf("the child's clock is behind its parent's by %lld us\n", behind / 1000);
+	else
+		printf("the child's clock is not behind its parent's\n");
+	waitpid(c, NULL, 0);
+	release(holder);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -387,6 +420,8 @@ main(int argc, char **argv)
 		return readstdin();
 	if (argc == 2 && !strcmp(argv[1], "lost"))
 		return lost();
+	if (argc == 2 && !strcmp(argv[1], "clock"))
+		return clock_order();
 	fprintf(stderr, "usage: see the comment at the top\n");
 	return 2;
 }
