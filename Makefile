@@ -56,6 +56,7 @@ bench: setup
 	$(VENV)/bin/python bench/pipes.py
 	$(VENV)/bin/python bench/cluster.py
 	$(VENV)/bin/python bench/xpipe.py
+	$(VENV)/bin/python bench/lossy.py
 
 clean:
 	$(MAKE) -C guest clean
