@@ -157,6 +157,24 @@ def test_only_the_lost_segments_are_sent_again(monkeypatch):
     assert sum(1 for seq in data_sent if seq in lost) == 6     # each twice, no more
 
 
+def test_a_resend_lost_too_is_sent_again_without_a_timeout(monkeypatch):
+    a, b, ca, cb = pair()
+    sent: list[int] = []
+    real = a.transmit
+
+    def lossy(ch, kind, seq, payload):
+        if kind == channel.DATA:
+            sent.append(seq)
+            if len(sent) == 3 or len(sent) > 3 and seq == sent[2] and sent.count(seq) == 2:
+                ch.sent += 1            # the third datagram, and its first resend
+                return
+        real(ch, kind, seq, payload)
+    monkeypatch.setattr(a, "transmit", lossy)
+    data = os.urandom(10 * channel.MSS_MAX)
+    assert transfer(a, b, ca, cb, data) == data
+    assert (a.stats["retransmits"], a.stats["timeouts"]) == (2, 0)
+
+
 def test_bulk_and_disorder_are_acknowledged_at_once():
     """Every second segment once ACK_BYTES are unacknowledged, and anything
     out of order, is acknowledged in the receiver's next flush; a lone small

@@ -35,8 +35,9 @@ Sending: bytes stay in the channel's buffer until acknowledged; at most
 min(congestion window, peer's window) bytes are in flight, not counting
 what the peer said it holds out of order (its SACK blocks).  Selective
 repeat: an ACK with SACK blocks shows holes, and each hole below the
-highest block is sent again once (a recovery, until everything sent before
-it is acknowledged; the congestion window is halved once per recovery).
+highest block is sent again, and again if a round trip later it is still
+a hole (its resend was lost too); the congestion window is halved once per
+recovery (until everything sent before it began is acknowledged).
 A retransmission timer (RTO from the measured round trip, doubled on each
 expiry, 1 s at most) goes back to the first unacknowledged byte and sends
 again what no SACK block covers, halves the congestion window and quarters
@@ -68,6 +69,7 @@ and the datagram, and comes in as the source's address and the datagram.
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import os
@@ -125,7 +127,7 @@ class Channel:
         self.rtt_probe: tuple[int, float] | None = None
         self.sacked: list[list[int]] = []   # [start, end) the peer holds past snd_una
         self.recover: int | None = None     # in a recovery until snd_una reaches it
-        self.rexmit = 0               # ... which has resent the holes below this
+        self.resent: dict[int, float] = {}  # a hole's segment: when last resent
         self.round_sent = self.round_resent = 0     # segments, for the MSS
         # receiving
         self.rcv_nxt = 0
@@ -222,6 +224,8 @@ class Channel:
                 self.sacked[0][0] = ack
             if self.recover is not None and ack >= self.recover:
                 self.recover = None     # every hole of that loss is filled
+            if self.resent:
+                self.resent = {seq: t for seq, t in self.resent.items() if seq >= ack}
             self.cwnd = min(WINDOW, self.cwnd + self.mss)
             self.timer = now + self.rto if self.snd_nxt > self.snd_una else None
 
@@ -243,17 +247,18 @@ class Channel:
         self.sacked = merged
         if merged and self.recover is None:
             self._lost(now, timeout=False)
-            self.recover, self.rexmit = self.snd_nxt, self.snd_una
+            self.recover = self.snd_nxt
 
     def _hole(self, pos: int) -> tuple[int, int | None]:
         """The first byte at or after (pos) the peer does not hold, and where
         the next range it holds begins (None: nothing known beyond)."""
-        for start, end in self.sacked:
-            if pos < start:
-                return pos, start
-            if pos < end:
-                pos = end
-        return pos, None
+        ranges = self.sacked               # sorted, disjoint, not touching
+        i = bisect.bisect_right(ranges, pos, key=lambda r: r[1])
+        if i == len(ranges):
+            return pos, None
+        if pos < ranges[i][0]:
+            return pos, ranges[i][0]
+        return ranges[i][1], ranges[i + 1][0] if i + 1 < len(ranges) else None
 
     def _sacked_bytes(self) -> int:
         return sum(end - start for start, end in self.sacked)
@@ -292,14 +297,20 @@ class Channel:
         return n
 
     def _resend_holes(self, now: float) -> None:
-        """In a recovery: send each hole below the highest SACKed byte once."""
-        top = self.sacked[-1][1] if self.sacked else self.snd_una
-        while self.rexmit < min(top, self.snd_nxt):
-            pos, nxt = self._hole(max(self.rexmit, self.snd_una))
-            if nxt is None or pos >= self.snd_nxt:
-                self.rexmit = top
+        """In a recovery: send the holes below the highest SACKed byte, each
+        segment of them once a round trip at most."""
+        top = min(self.sacked[-1][1] if self.sacked else self.snd_una, self.snd_nxt)
+        again = max(2 * self.srtt, 0.002)
+        pos = self.snd_una
+        while pos < top:
+            pos, nxt = self._hole(pos)
+            if nxt is None or pos >= top:
                 break
-            self.rexmit = pos + self._segment(pos, now, nxt)
+            if now - self.resent.get(pos, -1.0) < again:
+                pos = min(nxt, pos + self.mss)      # just resent: not yet
+                continue
+            self.resent[pos] = now
+            pos += self._segment(pos, now, nxt)
             self._acked()
 
     def flush(self, now: float) -> None:
@@ -380,6 +391,8 @@ class Channel:
             t = min(t, self.ack_at)
         if self.timer is not None:
             t = min(t, self.timer)
+        if self.recover is not None and self.resent:     # a resend may be lost too
+            t = min(t, min(self.resent.values()) + max(2 * self.srtt, 0.002))
         return t
 
 
