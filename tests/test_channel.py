@@ -134,42 +134,40 @@ def test_small_messages_one_way_are_acknowledged_a_few_at_a_time(monkeypatch):
     assert sum(sent_acks) <= 4, f"{sum(sent_acks)} ACKs for 20 one-byte messages"
 
 
+def losing(monkeypatch, ep, lost) -> list[int]:
+    """Make (ep) lose the DATA datagrams for which lost(seqs sent so far,
+    this one's seq) holds; returns the list of seqs sent."""
+    sent: list[int] = []
+    real = ep.transmit
+
+    def transmit(ch, kind, seq, payload):
+        if kind == channel.DATA:
+            sent.append(seq)
+            if lost(sent, seq):
+                ch.sent += 1            # sent, and lost on the way
+                return
+        real(ch, kind, seq, payload)
+    monkeypatch.setattr(ep, "transmit", transmit)
+    return sent
+
+
 def test_only_the_lost_segments_are_sent_again(monkeypatch):
     """Selective repeat: three datagrams of a dozen lost (one near the end,
     where too few ACKs follow to count duplicates) are each sent again once,
     the others not at all, and without waiting for a timeout."""
     a, b, ca, cb = pair()
-    data_sent = []
-    real = a.transmit
-
-    def lossy(ch, kind, seq, payload):
-        if kind == channel.DATA:
-            data_sent.append(seq)
-            if len(data_sent) in (3, 7, 9):
-                ch.sent += 1            # sent, and lost on the way
-                return
-        real(ch, kind, seq, payload)
-    monkeypatch.setattr(a, "transmit", lossy)
+    sent = losing(monkeypatch, a, lambda sent, seq: len(sent) in (3, 7, 9))
     data = os.urandom(10 * channel.MSS_MAX)
     assert transfer(a, b, ca, cb, data) == data
     assert (a.stats["retransmits"], a.stats["timeouts"]) == (3, 0)
-    lost = {data_sent[i - 1] for i in (3, 7, 9)}
-    assert sum(1 for seq in data_sent if seq in lost) == 6     # each twice, no more
+    lost = {sent[i - 1] for i in (3, 7, 9)}
+    assert sum(1 for seq in sent if seq in lost) == 6     # each twice, no more
 
 
 def test_a_resend_lost_too_is_sent_again_without_a_timeout(monkeypatch):
     a, b, ca, cb = pair()
-    sent: list[int] = []
-    real = a.transmit
-
-    def lossy(ch, kind, seq, payload):
-        if kind == channel.DATA:
-            sent.append(seq)
-            if len(sent) == 3 or len(sent) > 3 and seq == sent[2] and sent.count(seq) == 2:
-                ch.sent += 1            # the third datagram, and its first resend
-                return
-        real(ch, kind, seq, payload)
-    monkeypatch.setattr(a, "transmit", lossy)
+    losing(monkeypatch, a, lambda sent, seq: len(sent) == 3 or        # the third datagram,
+           len(sent) > 3 and seq == sent[2] and sent.count(seq) == 2)  # and its first resend
     data = os.urandom(10 * channel.MSS_MAX)
     assert transfer(a, b, ca, cb, data) == data
     assert (a.stats["retransmits"], a.stats["timeouts"]) == (2, 0)
