@@ -201,31 +201,45 @@ async def clone(parent: VM, child: VM, pid: int, ppid: int,
 
 
 async def resume(parent: VM, child: VM, asked: float, parent_tsc: int) -> None:
-    """Let both copies run, then tell the child what its parent's clocks
+    """Let both copies run, and tell the child what its parent's clocks
     read (it read (parent_tsc) as it asked to fork; the host saw the
-    request at (asked), monotonic)."""
-    await asyncio.gather(_cont(await child.qmp()), _cont(await parent.qmp()))
-    resume_clock(child, *clock_reading(parent, parent_tsc, asked))
+    request at (asked), monotonic).  When they follow the host's TSC, so
+    will the child's (the same hypervisor): the host tells it before it
+    runs, as of a TSC it can compare with, and it does not wait."""
+    cq, pq = await child.qmp(), await parent.qmp()
+    early = clock_offset(parent) is not None
+    if early:
+        resume_clock(child, *clock_reading(parent, parent_tsc, asked))
+    await asyncio.gather(_cont(cq), _cont(pq))
+    if not early:
+        resume_clock(child, *clock_reading(parent, parent_tsc, asked))
+
+
+def clock_offset(vm: VM) -> int | None:
+    """What (vm)'s clocks read minus the host's TSC, if the host knows: a VM
+    that booted with the host's TSC says so (0), a child's the host set."""
+    if vm.clock_k is None and abi.CTL.get(vm.mem, abi.CTL_ADDR, "tsc_is_host"):
+        vm.clock_k = 0
+    return vm.clock_k
 
 
 def clock_reading(vm: VM, reading: int, at: float) -> tuple[int, float]:
     """What (vm)'s clocks read (TSC ticks) and when (monotonic): now, if the
-    host knows how they follow its own TSC (a VM that booted with the host's
-    TSC, or a child whose clock the host set); else (reading) at (at), the
-    guest's own from its fork request, which the host saw late (by up to a
-    turn of the supervisor: ms)."""
+    host knows their offset; else (reading) at (at), the guest's own from
+    its fork request, which the host saw late (by up to a supervisor's
+    turn: ms)."""
     from . import cpu
-    if vm.clock_k is None and abi.CTL.get(vm.mem, abi.CTL_ADDR, "tsc_is_host"):
-        vm.clock_k = 0
-    if vm.clock_k is None:
+    k = clock_offset(vm)
+    if k is None:
         return reading, at
-    return cpu.rdtsc() + vm.clock_k, time.monotonic()
+    return cpu.rdtsc() + k, time.monotonic()
 
 
 def resume_clock(child: VM, reading: int, at: float) -> None:
-    """Tell a child that runs now (and waits for this, clock.c) what its
-    parent's clocks read: (reading) at (at) (monotonic), plus the time since.
-    From then on the host knows how the child's clocks follow its TSC."""
+    """Tell a child what its parent's clocks read: (reading) at (at)
+    (monotonic), plus the time since, as of the host's TSC now (the child
+    waits for this as it first runs, clock.c).  From then on the host knows
+    the child's clock offset."""
     from . import cpu
     tsc_khz = abi.BOOT.get(child.mem, abi.BOOT_ADDR, "tsc_khz")
     host_tsc = cpu.rdtsc()

@@ -31,8 +31,9 @@
  *                           host) and reports how the writer ended
  *   xpipes clock            a child that holds its VM, then a child that
  *                           reads CLOCK_MONOTONIC once its parent's reading,
- *                           taken after the fork, has come to it: it must
- *                           not be earlier (one clock for every process)
+ *                           taken after the fork, has come to it, and sends
+ *                           it back: it must be between the parent's
+ *                           readings before and after (one clock for all)
  */
 #include <errno.h>
 #include <signal.h>
@@ -386,15 +387,21 @@ clock_order(void)
 		write(up[1], &child, sizeof child);
 		_exit(0);
 	}
+	struct timespec after;
 	clock_gettime(CLOCK_MONOTONIC, &parent);
 	write(down[1], &parent, sizeof parent);
 	full_read(up[0], (char *)&child, sizeof child);
+	clock_gettime(CLOCK_MONOTONIC, &after);
 	long long behind = (parent.tv_sec - child.tv_sec) * 1000000000LL +
 	    (parent.tv_nsec - child.tv_nsec);
+	long long ahead = (child.tv_sec - after.tv_sec) * 1000000000LL +
+	    (child.tv_nsec - after.tv_nsec);
 	if (behind > 0)
 		printf("the child's clock is behind its parent's by %lld us\n", behind / 1000);
+	else if (ahead > 0)
+		printf("the child's clock is ahead of its parent's by %lld us\n", ahead / 1000);
 	else
-		printf("the child's clock is not behind its parent's\n");
+		printf("the child's clock is its parent's\n");
 	waitpid(c, NULL, 0);
 	release(holder);
 	return 0;
