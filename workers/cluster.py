@@ -236,7 +236,7 @@ class Link:
 
     def _send(self, qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz,
               pipes) -> None:
-        from .fork import capture, clock_reading, cont
+        from .fork import capture, clock_offset, clock_reading, cont
         nonce = bytes.fromhex(where["nonce"])
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -247,7 +247,10 @@ class Link:
                 reading, at = clock_reading(parent_vm, parent_tsc, asked)
                 header = {"pid": pid, "ppid": ppid, "ram_size": parent_vm.layout.ram_size,
                           "pipes": pipes,
-                          "tsc": reading + int((time.monotonic() - at) * tsc_khz * 1000)}
+                          "tsc": reading + int((time.monotonic() - at) * tsc_khz * 1000),
+                          # its clocks follow this host's TSC: the child's will
+                          # follow its host's (the same hypervisor), fork.py
+                          "host_tsc_clock": clock_offset(parent_vm) is not None}
                 with memoryview(parent_vm.mem) as ram:
                     transfer.send_fork(sock, self.secret, nonce, header, parent_vm.ram_fd,
                                        ram, parent_vm.layout.ram_size, device_state)

@@ -304,8 +304,14 @@ def load_state(vm: VM, device_state: bytes) -> None:
         sock.close()
 
 
-async def start_child(child: VM, reading: int, at: float) -> None:
+async def start_child(child: VM, reading: int, at: float, early: bool) -> None:
     """Let a child made on this host from a remote parent run: its parent's
-    clocks read (reading) at (at) (monotonic, when its stream began)."""
-    await _cont(await child.qmp(), timeout=10.0)
-    resume_clock(child, reading, at)
+    clocks read (reading) at (at) (monotonic, when its stream began).  If
+    they followed its host's TSC, (early), the child is told before it runs
+    (as in resume())."""
+    qmp = await child.qmp()
+    if early:
+        resume_clock(child, reading, at)
+    await _cont(qmp, timeout=10.0)
+    if not early:
+        resume_clock(child, reading, at)

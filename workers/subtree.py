@@ -247,7 +247,8 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
                 if 0 in pipes:
                     sup.stdin_elsewhere()       # the job's stdin comes over its link
                 try:
-                    a.qmp.call(fork.start_child(a.vm, int(header["tsc"]), began))
+                    a.qmp.call(fork.start_child(a.vm, int(header["tsc"]), began,
+                                                bool(header.get("host_tsc_clock"))))
                 except Exception:
                     if not a.vm.ran_and_ended():
                         raise
