@@ -220,6 +220,24 @@ async def clone(parent: VM, child: VM, pid: int, ppid: int,
     return copied
 
 
+async def fork(parent: VM, child: VM, pid: int, ppid: int, cloned, asked: float,
+               parent_tsc: int) -> Exception | None:
+    """clone(), then cloned() (the caller's bookkeeping, with both copies
+    stopped), then resume().  Raises what clone() raises (nothing changed);
+    returns what resume() raised, if it did (a VM died meanwhile)."""
+    await clone(parent, child, pid, ppid)
+    try:
+        cloned()
+    except BaseException:
+        await _cont(await parent.qmp())     # as clone() leaves it when it fails
+        raise
+    try:
+        await resume(parent, child, asked, parent_tsc)
+    except Exception as err:        # noqa: BLE001 - the caller says it, or its reaping does
+        return err
+    return None
+
+
 async def resume(parent: VM, child: VM, asked: float, parent_tsc: int) -> None:
     """Let both copies run, and tell the child what its parent's clocks
     read (it read (parent_tsc) as it asked to fork; the host saw the
