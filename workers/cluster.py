@@ -236,21 +236,24 @@ class Link:
 
     def _send(self, qmp, parent_vm, where, pid, ppid, asked, parent_tsc, tsc_khz,
               pipes) -> None:
-        from .fork import capture, clock_offset, clock_reading, cont
+        from . import cpu
+        from .fork import capture, clock_offset, cont
         nonce = bytes.fromhex(where["nonce"])
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             device_state = capture(qmp, parent_vm)          # the parent is stopped now
             try:
                 # the parent's clocks as the stream begins (the child's run on
-                # from there, subtree.py)
-                reading, at = clock_reading(parent_vm, parent_tsc, asked)
+                # from there, subtree.py): the host's TSC plus their offset, if
+                # known; else its reading as it asked, plus the time since
+                offset = clock_offset(parent_vm)
+                tsc = (cpu.rdtsc() + offset if offset is not None
+                       else parent_tsc + int((time.monotonic() - asked) * tsc_khz * 1000))
                 header = {"pid": pid, "ppid": ppid, "ram_size": parent_vm.layout.ram_size,
-                          "pipes": pipes,
-                          "tsc": reading + int((time.monotonic() - at) * tsc_khz * 1000),
+                          "pipes": pipes, "tsc": tsc,
                           # its clocks follow this host's TSC: the child's will
                           # follow its host's (the same hypervisor), fork.py
-                          "host_tsc_clock": clock_offset(parent_vm) is not None}
+                          "host_tsc_clock": offset is not None}
                 with memoryview(parent_vm.mem) as ram:
                     transfer.send_fork(sock, self.secret, nonce, header, parent_vm.ram_fd,
                                        ram, parent_vm.layout.ram_size, device_state)

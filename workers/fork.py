@@ -245,12 +245,12 @@ async def resume(parent: VM, child: VM, asked: float, parent_tsc: int) -> None:
     will the child's (the same hypervisor): the host tells it before it
     runs, as of a TSC it can compare with, and it does not wait."""
     cq, pq = await child.qmp(), await parent.qmp()
-    early = clock_offset(parent) is not None
-    if early:
-        resume_clock(child, *clock_reading(parent, parent_tsc, asked))
+    offset = clock_offset(parent)
+    if offset is not None:
+        resume_clock(child, parent_tsc, asked, offset)
     await asyncio.gather(_cont(cq), _cont(pq))
-    if not early:
-        resume_clock(child, *clock_reading(parent, parent_tsc, asked))
+    if offset is None:
+        resume_clock(child, parent_tsc, asked)
 
 
 def clock_offset(vm: VM) -> int | None:
@@ -261,27 +261,16 @@ def clock_offset(vm: VM) -> int | None:
     return vm.clock_k
 
 
-def clock_reading(vm: VM, reading: int, at: float) -> tuple[int, float]:
-    """What (vm)'s clocks read (TSC ticks) and when (monotonic): now, if the
-    host knows their offset; else (reading) at (at), the guest's own from
-    its fork request, which the host saw late (by up to a supervisor's
-    turn: ms)."""
-    from . import cpu
-    k = clock_offset(vm)
-    if k is None:
-        return reading, at
-    return cpu.rdtsc() + k, time.monotonic()
-
-
-def resume_clock(child: VM, reading: int, at: float) -> None:
-    """Tell a child what its parent's clocks read: (reading) at (at)
-    (monotonic), plus the time since, as of the host's TSC now (the child
-    waits for this as it first runs, clock.c).  From then on the host knows
-    the child's clock offset."""
+def resume_clock(child: VM, reading: int, at: float, offset: int | None = None) -> None:
+    """Tell a child what its parent's clocks read, as of the host's TSC now
+    (the child waits for this as it first runs, clock.c): the host's TSC
+    plus their (offset), when known; else (reading) at (at) (monotonic) plus
+    the time since.  From then on the host knows the child's offset."""
     from . import cpu
     tsc_khz = abi.BOOT.get(child.mem, abi.BOOT_ADDR, "tsc_khz")
     host_tsc = cpu.rdtsc()
-    value = reading + int((time.monotonic() - at) * tsc_khz * 1000)
+    value = (host_tsc + offset if offset is not None
+             else reading + int((time.monotonic() - at) * tsc_khz * 1000))
     abi.BOOT.put(child.mem, abi.BOOT_ADDR, host_tsc=host_tsc)
     abi.BOOT.put(child.mem, abi.BOOT_ADDR, tsc_resume=value)   # the child waits for it
     child.clock_k = value - host_tsc
