@@ -244,13 +244,9 @@ async def resume(parent: VM, child: VM, asked: float, parent_tsc: int) -> None:
     request at (asked), monotonic).  When they follow the host's TSC, so
     will the child's (the same hypervisor): the host tells it before it
     runs, as of a TSC it can compare with, and it does not wait."""
-    cq, pq = await child.qmp(), await parent.qmp()
     offset = clock_offset(parent)
-    if offset is not None:
-        resume_clock(child, parent_tsc, asked, offset)
-    await asyncio.gather(_cont(cq), _cont(pq))
-    if offset is None:
-        resume_clock(child, parent_tsc, asked)
+    await _run_told([child, parent], offset is not None,
+                    lambda: resume_clock(child, parent_tsc, asked, offset))
 
 
 def clock_offset(vm: VM) -> int | None:
@@ -341,9 +337,16 @@ async def start_child(child: VM, reading: int, at: float, early: bool) -> None:
     clocks read (reading) at (at) (monotonic, when its stream began).  If
     they followed its host's TSC, (early), the child is told before it runs
     (as in resume())."""
-    qmp = await child.qmp()
+    await _run_told([child], early, lambda: resume_clock(child, reading, at), timeout=10.0)
+
+
+async def _run_told(vms: list[VM], early: bool, tell, timeout: float = 2.0) -> None:
+    """`cont` (vms), telling a forked child among them its clock with
+    tell(): before it runs if (early) (its TSC is the host's: the adjustment
+    is exact whenever it reads it), else once it runs (it waits for it)."""
+    qmps = [await vm.qmp() for vm in vms]
     if early:
-        resume_clock(child, reading, at)
-    await _cont(qmp, timeout=10.0)
+        tell()
+    await asyncio.gather(*(_cont(q, timeout) for q in qmps))
     if not early:
-        resume_clock(child, reading, at)
+        tell()
