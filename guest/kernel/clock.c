@@ -11,6 +11,24 @@ static uint64_t ns_per_tick_32;   /* 10^6 / tsc_khz, fixed point 32.32 */
 static uint64_t tsc_khz;
 static uint64_t real_at_tsc0;     /* CLOCK_REALTIME when the TSC read 0 */
 
+/* Wait up to 2 s for the host to write a field that is 0 until then. */
+static uint64_t
+host_written(volatile uint64_t *field)
+{
+	uint64_t limit = rdtsc() + ns_to_tsc(2000000000ULL);
+	while (!*field && rdtsc() < limit)
+		cpu_relax();
+	return *field;
+}
+
+/* Whether this TSC, now at (t), is the host's, which read (h) shortly
+ * before (within (ns)): a vCPU's own TSC starts at 0, or where KVM put it. */
+static int
+tsc_is_hosts(uint64_t t, uint64_t h, uint64_t ns)
+{
+	return h && t >= h && t - h < ns_to_tsc(ns);
+}
+
 void
 clock_init(void)
 {
@@ -22,12 +40,9 @@ clock_init(void)
 	 * read host_tsc then: a TSC past host_tsc, by less than a minute, is
 	 * that one (a fresh vCPU's is smaller: boot takes milliseconds).
 	 */
-	uint64_t limit = rdtsc() + ns_to_tsc(2000000000ULL);
-	while (!BOOT->host_tsc && rdtsc() < limit)
-		cpu_relax();            /* the host writes it as QEMU starts */
-	uint64_t t = rdtsc(), h = BOOT->host_tsc;
+	uint64_t h = host_written(&BOOT->host_tsc);     /* as QEMU starts */
 	real_at_tsc0 = BOOT->realtime_ns;
-	if (h && t >= h && t - h < ns_to_tsc(60000000000ULL)) {
+	if (tsc_is_hosts(rdtsc(), h, 60000000000ULL)) {
 		real_at_tsc0 -= (uint64_t)(((unsigned __int128)h * ns_per_tick_32) >> 32);
 		CTL->tsc_is_host = 1;
 	}
@@ -36,8 +51,9 @@ clock_init(void)
 /*
  * In a forked child, as it first runs: read what the parent's clocks read.
  * The host writes tsc_resume, their reading when the host's TSC was
- * host_tsc, once the vCPU runs (starting one after a migration takes ~20
- * ms); without it in 2 s, the child keeps the parent's adjustment.  A TSC
+ * host_tsc: before the vCPU runs when the parent's clocks follow the host's
+ * TSC, else once it runs (starting one after a migration takes ~20 ms);
+ * without it in 2 s, the child keeps the parent's adjustment.  A TSC
  * that is the host's (PVM's, whatever KVM restored) gives the exact
  * adjustment; another one, the reading as of now, late by however long
  * this vCPU waited for a CPU since the host wrote it.
@@ -45,13 +61,10 @@ clock_init(void)
 void
 clock_fork(void)
 {
-	uint64_t limit = rdtsc() + ns_to_tsc(2000000000ULL);
-	while (!BOOT->tsc_resume && rdtsc() < limit)
-		cpu_relax();
-	if (!BOOT->tsc_resume)
+	if (!host_written((volatile uint64_t *)&BOOT->tsc_resume))
 		return;
 	uint64_t t = rdtsc(), h = BOOT->host_tsc;
-	int host = h && t >= h && t - h < ns_to_tsc(1000000000ULL);
+	int host = tsc_is_hosts(t, h, 1000000000ULL);
 	BOOT->tsc_adjust = BOOT->tsc_resume - (int64_t)(host ? h : t);
 	CTL->tsc_is_host = host;
 }
