@@ -604,8 +604,9 @@ class Job:
             p = self.procs.get(pid)
             if p is None or not p.running or p.remote or p.vm is None:
                 continue
-            ctl = abi.CTL.read(p.vm.mem, abi.CTL_ADDR)
-            if ctl["sig_posted"] & ~ctl["sig_blocked"]:
+            mem = p.vm.mem
+            if (abi.CTL.get(mem, abi.CTL_ADDR, "sig_posted")
+                    & ~abi.CTL.get(mem, abi.CTL_ADDR, "sig_blocked")):
                 self._nudge(p)
         return min(self.nudges.values(), default=None)
 
