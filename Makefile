@@ -7,13 +7,13 @@
 
 PYTHON   ?= python3
 VENV     := .venv
-APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server iproute2 busybox-static nftables
+APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server iproute2 busybox-static nftables libssl-dev
 
-setup: .setup/apt $(VENV)/.installed guest
+setup: .setup/apt $(VENV)/.installed guest native
 	@$(VENV)/bin/python -m compileall -q broker workers bench tests >/dev/null
 
 # Debian packages, installed only when one is missing.
-.setup/apt:
+.setup/apt: Makefile
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
@@ -38,6 +38,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 guest:
 	@$(MAKE) -s -C guest
 
+# The pipe bridge's native half (workers/native/: the channels and the
+# data path between rings and channels), loaded by workers/channel.py.
+NATIVE_SRC := $(wildcard workers/native/*.c)
+native: workers/native/libufnet.so
+workers/native/libufnet.so: $(NATIVE_SRC) workers/native/net.h guest/include/unifork_abi.h
+	gcc -O2 -g -Wall -Wextra -shared -fPIC -pthread -o $@ $(NATIVE_SRC) -lcrypto
+
 # The example job: 8 forked workers count primes, results come back through
 # pipes, a formatter process (stdin dup2'ed from a pipe) prints the table.
 # Each process is a VM; the result is checked against the native run.
@@ -60,6 +67,7 @@ bench: setup
 
 clean:
 	$(MAKE) -C guest clean
+	rm -f workers/native/libufnet.so
 	rm -rf .setup
 
-.PHONY: setup guest demo test bench clean
+.PHONY: setup guest native demo test bench clean

@@ -276,17 +276,14 @@ class Bridge:
                      and (l.hungry or not local_r)), None)
 
     def _forward(self, ring, target: Link | None) -> None:
-        """The ring's bytes, all that is there, to (target)."""
+        """The ring's bytes, all that is there, to (target), as one frame."""
         if target is None or target.chan.room() < MAX_UNIT + _FRAME.size:
             return
-        out = target.chan.out           # the frame goes straight into the send buffer
-        at = len(out)
-        out += _FRAME.pack(b"U", 0)
-        n = ring.read_into(out, MAX_UNIT)
+        frame = bytearray(_FRAME.size)
+        n = ring.read_into(frame, MAX_UNIT)
         if n:
-            _FRAME.pack_into(out, at, b"U", n)
-        else:
-            del out[at:]
+            _FRAME.pack_into(frame, 0, b"U", n)
+            target.chan.send(frame)
 
     def _tell(self, link: Link, links: list[Link], local_r: int, local_w: int,
               target: Link | None, has_data: bool, hungry: bool) -> None:
