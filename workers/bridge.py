@@ -33,15 +33,26 @@ reader that wants them.  A link whose peer stops answering
 (channel.py's dead_after) is closed as if every end beyond it were: the
 pipe breaks visibly (EOF, EPIPE, and a line on the job's stderr), never
 with bytes silently lost or duplicated.
+
+Who moves the bytes: the Relay, a thread in C (native/relay.c) that owns
+the region's doorbells, the UDP socket and the channels' timers.  pump()
+decides, and tells it per ring where the bytes go (route) and per link
+where its U frames go (deliver); the thread then moves them by itself,
+and wakes the supervisor (fileno()) only for what it does not handle: a
+doorbell it did not cause, an S frame, a dying channel, a link waiting to
+be idle.  So a round trip between hosts has no Python on it.
+(UNIFORK_BRIDGE_STATS=1: the thread's counts on the job's stderr at the end.)
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import struct
 import time
 
 from . import abi
-from .channel import Endpoint, new_channel_id
+from .channel import Endpoint, native, new_channel_id
 from .rings import SharedRegion
 
 _FRAME = struct.Struct("<cI")
@@ -72,6 +83,25 @@ def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
     raise OSError(f"no free UDP port in UNIFORK_BRIDGE_PORTS={spec}")
 
 
+def _state_behind(buf, at: int) -> bool:
+    """Whether an S frame has arrived after the frames from (at)."""
+    while len(buf) - at >= _FRAME.size:
+        kind, n = _FRAME.unpack_from(buf, at)
+        if kind != b"U":
+            return True
+        at += _FRAME.size + n
+    return False
+
+
+def _locked(method):
+    """The method works on the endpoint: the relay's thread waits meanwhile."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.relay:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 def job_key(secret: bytes, job_id: str) -> bytes:
     """The key of a job's bridge datagrams (channel.py derives a key per
     channel and direction from it), from the cluster secret."""
@@ -99,12 +129,23 @@ class Bridge:
                  dead_after: float = 5.0, say=None) -> None:
         self.shm = shm
         self.ep = Endpoint(key, address, port, dead_after)
+        self.relay = Relay(self.ep, shm)
         self.links: dict[int, list[Link]] = {}
         self._seen: dict[int, tuple] = {}   # each ring's state() as our last look began
         self.say = say or (lambda msg: None)
+        self.stdio = 0                      # the rings the host reads (a mask)
 
     def fileno(self) -> int:
-        return self.ep.fileno()
+        """Readable when the bridge (or a doorbell) wants the supervisor."""
+        return self.relay.efd
+
+    def watch(self, vms: list) -> None:
+        """The region's VMs now (their doorbells go to the relay's thread,
+        which wakes the supervisor through fileno()); before a VM is closed."""
+        from .cpu import address
+        with self.relay:
+            self.relay.vms([(vm.bell.fileno(), address(vm.mem) + abi.CTL_ADDR, parked)
+                            for vm, parked in vms], self.stdio)
 
     @property
     def address(self) -> tuple:
@@ -115,6 +156,7 @@ class Bridge:
         return bool(self.links) or self.ep.lingering()
 
     # -- making links -------------------------------------------------------
+    @_locked
     def link_child(self, idx: int, child_r: int, child_w: int) -> dict:
         """A process holding (child_r, child_w) ends of our ring (idx) is
         being forked elsewhere: beyond the new link are its ends.  The
@@ -127,6 +169,7 @@ class Bridge:
         abi.RING.put(self.shm.map, abi.shm_ring_off(idx), bridged=1)
         return {"ring": idx, "cid": cid.hex(), "addr": list(self.address)}
 
+    @_locked
     def unlink(self, spec: dict) -> None:
         """Undo link_child() for a fork that failed."""
         cid = bytes.fromhex(spec["cid"])
@@ -138,6 +181,7 @@ class Bridge:
                 self._drop(link)
                 return
 
+    @_locked
     def link_parent(self, spec: dict, readers: int, writers: int) -> None:
         """Our root was forked here holding (readers, writers) ends of ring
         spec["ring"], whose other ends are beyond the link to its parent's
@@ -155,6 +199,7 @@ class Bridge:
         link.chan.ack_due = True        # say hello: the parent's side learns where we are
 
     # -- the work -------------------------------------------------------------
+    @_locked
     def pump(self) -> bool:
         """Move what can be moved; call on every turn of the supervisor.
         Whether a ring changed (a guest sleeping on it may be woken)."""
@@ -173,12 +218,15 @@ class Bridge:
                 while link.units and ring.write_whole(link.units[0]):
                     link.units.pop(0)
                 self._take_frames(link, ring)
+                # its U frames go straight into the ring while none are held
+                self.relay.deliver(link.chan, -1 if link.units else idx)
             for link in links:
                 self._ends(link)
             # the ring's state, read once for this turn
             local_r, local_w = self._local(ring, links)
             target = self._target(links, local_r)
-            self._forward(ring, target)
+            self.relay.route(idx, target.chan if target is not None else None)
+            self.relay.forward(idx)     # (and from now on its thread does)
             has_data = ring.readable_between_guests()
             hungry = local_r > 0 and ring.hungry > 0
             for link in list(links):
@@ -186,9 +234,11 @@ class Bridge:
                 if link.chan.dead:
                     self._lost(link)
                 elif ((link.told is not None and not any(link.told[:2])
-                       or not (link.beyond_w or link.beyond_r))
-                      and not link.units and link.chan.idle()):
-                    self._drop(link)        # one side has no end left, nor ever will
+                       or not (link.beyond_w or link.beyond_r)) and not link.units):
+                    if link.chan.idle():
+                        self._drop(link)    # one side has no end left, nor ever will
+                    else:
+                        self.relay.want_idle(link.chan)     # (then again)
             if idx in self.links:
                 self._arm(ring, links, local_r)
             # Next turn, the ring is skipped only if nothing moved since
@@ -202,8 +252,9 @@ class Bridge:
         """When pump() must run next, at the latest (monotonic)."""
         if any(l.units for ls in self.links.values() for l in ls):
             return time.monotonic() + 0.001      # waiting for room in a ring
-        return min(self.ep.next_event(), time.monotonic() + 0.05) if self.ep.channels \
-            else float("inf")
+        # (the channels' timers are the relay thread's; a look now and then
+        # notices dead links and what a doorbell did not tell)
+        return time.monotonic() + 0.05 if self.ep.channels else float("inf")
 
     def _arm(self, ring, links: list[Link], local_r: int) -> None:
         """Ask the guests for a doorbell when what we wait for may change."""
@@ -236,7 +287,11 @@ class Bridge:
             used += _FRAME.size + n
             if kind == b"U":
                 if link.units or not ring.write_whole(body):
-                    link.units.append(bytes(body))
+                    if not link.units and not _state_behind(buf, used):
+                        used -= _FRAME.size + n     # the relay's thread puts it in
+                        body.release()              # when the ring has room
+                        break
+                    link.units.append(bytes(body))  # (held: what follows is read)
                     held += n
             elif body:
                 link.beyond_w, link.beyond_r = bool(body[0] & WRITERS), bool(body[0] & READERS)
@@ -244,6 +299,7 @@ class Bridge:
                 link.keeps = bool(body[0] & KEEPS)
             body.release()
         view.release()
+        buf.release()                   # (a view of the channel's own buffer)
         if used:
             link.chan.consume(used)
 
@@ -274,16 +330,6 @@ class Bridge:
         waiting beyond it; else nowhere (they stay for the local readers)."""
         return next((l for l in links if l.beyond_r and not l.chan.dead
                      and (l.hungry or not local_r)), None)
-
-    def _forward(self, ring, target: Link | None) -> None:
-        """The ring's bytes, all that is there, to (target), as one frame."""
-        if target is None or target.chan.room() < MAX_UNIT + _FRAME.size:
-            return
-        frame = bytearray(_FRAME.size)
-        n = ring.read_into(frame, MAX_UNIT)
-        if n:
-            _FRAME.pack_into(frame, 0, b"U", n)
-            target.chan.send(frame)
 
     def _tell(self, link: Link, links: list[Link], local_r: int, local_w: int,
               target: Link | None, has_data: bool, hungry: bool) -> None:
@@ -324,11 +370,82 @@ class Bridge:
         if not links:
             self.links.pop(link.idx, None)
             self._seen.pop(link.idx, None)
+        self.relay.deliver(link.chan, -1)
+        if self.relay.routed(link.idx) is link.chan:
+            self.relay.route(link.idx, None)
         self.ep.drop(link.chan.cid)
 
     def close(self) -> None:
+        import os
+        if os.environ.get("UNIFORK_BRIDGE_STATS"):
+            self.say(f"pipe bridge: {self.relay.stats()} {self.ep.stats}")
+        self.relay.close()              # (its thread ends first)
         st = self.ep.stats
         if st["forged"] or st["duplicate"] or st["stale"]:
             self.say(f"pipe bridge: dropped {st['forged']} forged, {st['duplicate']} "
                      f"duplicate or replayed and {st['stale']} stale datagrams")
         self.ep.close()
+
+
+class Relay:
+    """The bridge's data path (native/relay.c): a thread that moves ring
+    bytes to channels and frames into rings, owns the region's doorbells
+    and the channels' timers.  `with relay:` holds it off."""
+
+    def __init__(self, ep: Endpoint, shm: SharedRegion) -> None:
+        from .cpu import address
+        lib = self._lib = native()
+        self._c = lib.uf_relay_new(ep._c, address(shm.map))
+        if not self._c:
+            raise OSError("the pipe bridge's thread did not start")
+        self.efd = lib.uf_relay_efd(self._c)
+        self._routes: dict[int, object] = {}
+
+    def __enter__(self) -> "Relay":
+        self._lib.uf_relay_lock(self._c)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lib.uf_relay_unlock(self._c, 1)
+
+    def route(self, idx: int, chan) -> None:
+        """Ring (idx)'s bytes go to (chan) (None: nowhere)."""
+        if self._routes.get(idx) is not chan:
+            self._lib.uf_relay_route(self._c, idx, chan._c if chan is not None else None)
+            self._routes[idx] = chan
+
+    def routed(self, idx: int):
+        return self._routes.get(idx)
+
+    def forward(self, idx: int) -> bool:
+        return bool(self._lib.uf_relay_forward(self._c, idx))
+
+    @property
+    def tid(self) -> int:
+        """The thread's id (0 until it runs)."""
+        return self._lib.uf_relay_tid(self._c)
+
+    def want_idle(self, chan) -> None:
+        """Wake the supervisor once all sent on (chan) is acknowledged."""
+        self._lib.uf_relay_want_idle(self._c, chan._c)
+
+    def deliver(self, chan, idx: int) -> None:
+        """U frames arriving on (chan) go into ring (idx) (-1: not by the thread)."""
+        self._lib.uf_relay_deliver(self._c, chan._c, idx)
+
+    def vms(self, vms: list[tuple[int, int, int]], stdio: int) -> None:
+        n = len(vms)
+        self._lib.uf_relay_vms(self._c, n, (ctypes.c_int * n)(*(v[0] for v in vms)),
+                               (ctypes.c_uint64 * n)(*(v[1] for v in vms)),
+                               (ctypes.c_int64 * n)(*(v[2] for v in vms)), stdio)
+
+    def stats(self) -> dict[str, int]:
+        names = ("turns", "supervisor", "forwarded", "delivered", "for_frames",
+                 "for_death", "for_doorbell")
+        st = (ctypes.c_uint64 * len(names)).from_address(self._lib.uf_relay_stats(self._c))
+        return dict(zip(names, st))
+
+    def close(self) -> None:
+        if self._c:
+            self._lib.uf_relay_free(self._c)
+            self._c = None

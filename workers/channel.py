@@ -113,7 +113,14 @@ def native() -> ctypes.CDLL:
             ("uf_chan_state", i, [p]), ("uf_chan_want_ack", None, [p]),
             ("uf_chan_kill", None, [p]),
             ("uf_chan_inbuf", p, [p, ctypes.POINTER(s)]), ("uf_chan_peer", i, [p, b]),
-            ("uf_chan_on_data", None, [p, p, u64, b, s])):
+            ("uf_chan_on_data", None, [p, p, u64, b, s]),
+            ("uf_relay_new", p, [p, p]), ("uf_relay_free", None, [p]),
+            ("uf_relay_lock", None, [p]), ("uf_relay_unlock", None, [p, i]),
+            ("uf_relay_efd", i, [p]), ("uf_relay_tid", i, [p]), ("uf_relay_route", None, [p, i, p]),
+            ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]), ("uf_relay_deliver", None, [p, p, i]),
+            ("uf_relay_vms", None, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
+                                    ctypes.POINTER(ctypes.c_int64), u64]),
+            ("uf_relay_stats", p, [p])):
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
     _lib = lib
@@ -153,10 +160,14 @@ class Channel:
         return bool(_lib.uf_chan_idle(self._c))
 
     @property
-    def inbuf(self) -> bytes:
+    def inbuf(self) -> memoryview:
+        """What arrived, in order: a view of the channel's buffer, good until
+        the next call into the channel (and, with a relay, while it is held)."""
         n = ctypes.c_size_t()
         at = _lib.uf_chan_inbuf(self._c, ctypes.byref(n))
-        return ctypes.string_at(at, n.value) if n.value else b""
+        if not n.value:
+            return memoryview(b"")
+        return memoryview((ctypes.c_ubyte * n.value).from_address(at)).cast("B")
 
     @property
     def dead(self) -> bool:
@@ -249,9 +260,8 @@ class Endpoint:
 
     def receive(self, now: float) -> set[bytes]:
         """Take every datagram waiting; the ids of the channels they were for."""
-        if not _lib.uf_ep_receive(self._c, now):
-            return set()
-        n = _lib.uf_ep_news(self._c, self._news, 64)
+        _lib.uf_ep_receive(self._c, now)
+        n = _lib.uf_ep_news(self._c, self._news, 64)    # (also what a relay received)
         raw = self._news.raw
         return {raw[16 * i:16 * i + 16] for i in range(n)}
 

@@ -47,6 +47,7 @@ class Proc:
         self.wstatus: int | None = None      # set when it has ended: a zombie
         self.killed_by: int | None = None    # a signal the host delivered
         self.parked_seq = -1                  # a WAIT request waiting for a child
+        self.watched_parked = -1              # ... as the bridge's thread knows it
         self.reaped = False                   # waited for by its parent
         # While its VM is sent to another host for a fork: the child's pid and
         # its pipes' links (bridge.py); the VM is closed only after that.
@@ -193,6 +194,8 @@ class Job:
         else:
             self._say_once(p.pid, f"unknown request {req} from the guest: ENOSYS")
             self.reply(p, -errno.ENOSYS)
+        if self.bridge is not None and p.parked_seq != p.watched_parked:
+            self.watch_vms()
 
     def reply(self, p: Proc, ret: int, val0: int = 0, val1: int = 0,
               wake: bool = True) -> None:
@@ -678,10 +681,20 @@ class Job:
             p.close_pending = True
             return
         if p.vm is not None:
+            if self.bridge is not None:     # its doorbell and memory: not the bridge's now
+                self.watch_vms(exclude=p)
             if p.vm._qmp is not None:
                 self.qmp.call(p.vm.aclose_qmp())
             p.vm.close()
             p.vm = None
+
+    def watch_vms(self, exclude: Proc | None = None) -> None:
+        """Tell the bridge's thread the VMs running here (their doorbells
+        and control pages) and the requests held back (parked)."""
+        procs = [q for q in self.live() if q is not exclude and q.vm is not None]
+        for q in procs:
+            q.watched_parked = q.parked_seq
+        self.bridge.watch([(q.vm, q.parked_seq) for q in procs])
 
     def close(self) -> None:
         """Stop and free everything; processes never reaped (the job broke

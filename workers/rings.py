@@ -52,6 +52,11 @@ class HostRing:
         self._w64, self._w32 = header.cast("Q"), header.cast("I")
         header.release()
 
+    @property
+    def offset(self) -> int:
+        """Where the ring is in its buffer."""
+        return self._off
+
     @classmethod
     def create(cls, buf: mmap.mmap, off: int, size: int) -> "HostRing":
         """Make an empty ring with one writer and one reader (memory must be zero)."""

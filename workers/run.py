@@ -53,11 +53,12 @@ def host_max_vms() -> int:
         return 64
 
 
-def _raise_priority() -> bytes | None:
+def _raise_priority(tid: int = 0) -> bytes | None:
     """A supervisor that carries pipes to other hosts (from their first
     link on) relays both ways of every round trip while the guests waiting
-    for the answer spin on the CPUs: let it take a CPU from a spinning
-    guest as soon as it wakes.  At
+    for the answer spin on the CPUs: let it (thread tid, 0: this one; the
+    bridge's thread above all) take a CPU from a spinning guest as soon as
+    it wakes.  At
     nice UNIFORK_BRIDGE_NICE (default -20; 0: as is) with a short time
     slice (100 us, which lets a waking task preempt under EEVDF, Linux
     6.12+): bench/xpipe.py's round trip ~1.09 ms with the nice alone,
@@ -70,11 +71,12 @@ def _raise_priority() -> bytes | None:
         nice = -20
     if nice == 0:
         return None
-    old = _sched_attr(None)
+    old = _sched_attr(None, tid)
     if old is None or struct.unpack_from("<I", old, 4)[0] != os.SCHED_OTHER:
         return None
     return old if _sched_attr(_SCHED_ATTR.pack(
-        _SCHED_ATTR.size, os.SCHED_OTHER, _RESET_ON_FORK, nice, 0, 100_000, 0, 0)) else None
+        _SCHED_ATTR.size, os.SCHED_OTHER, _RESET_ON_FORK, nice, 0, 100_000, 0, 0),
+        tid) else None
 
 
 # struct sched_attr (size, policy, flags, nice, priority, runtime, deadline, period)
@@ -83,16 +85,17 @@ _RESET_ON_FORK = 1
 _SYS_SCHED_SETATTR, _SYS_SCHED_GETATTR = 314, 315     # x86-64
 
 
-def _sched_attr(new: bytes | None) -> bytes | None:
-    """sched_setattr(2) on this thread with (new), or sched_getattr(2) if
-    None; the attributes read, (new) once set, or None if refused."""
+def _sched_attr(new: bytes | None, tid: int = 0) -> bytes | None:
+    """sched_setattr(2) on thread (tid, 0: this one) with (new), or
+    sched_getattr(2) if None; the attributes read, (new) once set, or None
+    if refused."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(new or _SCHED_ATTR.size, _SCHED_ATTR.size)
     if new is None:
-        ok = libc.syscall(_SYS_SCHED_GETATTR, 0, buf, _SCHED_ATTR.size, 0) == 0
+        ok = libc.syscall(_SYS_SCHED_GETATTR, tid, buf, _SCHED_ATTR.size, 0) == 0
     else:
-        ok = libc.syscall(_SYS_SCHED_SETATTR, 0, buf, 0) == 0
+        ok = libc.syscall(_SYS_SCHED_SETATTR, tid, buf, 0) == 0
     return buf.raw if ok else None
 
 
@@ -216,7 +219,9 @@ class Supervisor:
         if self.req.timeout:
             deadline = time.monotonic() + self.req.timeout
         pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
-        bridge_fd = job.bridge.fileno() if job.bridge is not None else -1
+        # (with a bridge, the doorbells come through its thread: every wake-up
+        # it passes on is the whole turn's)
+        bridge_fd = -1
         priority = None     # raised once a pipe reaches another host (a link)
         raise_when_linked = job.bridge is not None
         try:
@@ -252,6 +257,8 @@ class Supervisor:
                 if raise_when_linked and job.bridge.links:
                     raise_when_linked = False
                     priority = _raise_priority()
+                    if job.bridge.relay.tid:
+                        _raise_priority(job.bridge.relay.tid)   # (it ends with the bridge)
                 if moved or not bridge_only:
                     job.wake_sleepers()
                 if self._over(pid1) or self.stop_reason:
@@ -289,6 +296,11 @@ class Supervisor:
                 for fd, _ in events:
                     if fd == self.req.stdin:
                         self.stdin_ready = True
+                    elif job.bridge is not None and fd == job.bridge.fileno():
+                        try:
+                            os.read(fd, 8)      # (an eventfd: reset it)
+                        except OSError:
+                            pass
                     elif fd == sig_r:
                         try:
                             os.read(sig_r, 64)
@@ -330,10 +342,15 @@ class Supervisor:
         polled = {sig_r}
         if self.job.link is not None:
             polled.add(self.job.link.fileno())
-        if self.job.bridge is not None:
-            polled.add(self.job.bridge.fileno())
+        bridge = self.job.bridge
+        if bridge is not None:
+            polled.add(bridge.fileno())
+            bridge.stdio = sum(1 << i for i in range(abi.SHM_RINGS)
+                               if abi.shm_ring_off(i) in (self.stdout.offset, self.stderr.offset))
+            self.job.watch_vms()
         for p in self.job.live():
-            p.vm.fds = frozenset((p.vm.bell.fileno(), p.vm.pidfd, p.vm.stderr_fd))
+            bell = bridge.fileno() if bridge is not None else p.vm.bell.fileno()
+            p.vm.fds = frozenset((bell, p.vm.pidfd, p.vm.stderr_fd))
             polled |= p.vm.fds
         for fd in polled:
             poller.register(fd, select.POLLIN)

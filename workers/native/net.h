@@ -67,6 +67,7 @@ struct chan {
 	double heard, spoke, dead_after, closing;   /* closing < 0: not dropped */
 	int dead, news;                 /* news: heard since the user last asked */
 	int gone;                       /* out of the endpoint: its user frees it */
+	int want_idle;                  /* relay.c: its user waits for it to be idle */
 };
 
 enum { ST_FORGED, ST_STALE, ST_DUPLICATE, ST_TIMEOUTS, ST_RECOVERIES,
@@ -112,6 +113,8 @@ int uf_chan_state(struct chan *ch);
 void uf_chan_free(struct chan *ch);
 void uf_chan_on_data(struct ep *ep, struct chan *ch, uint64_t seq, const uint8_t *data,
     size_t n);
+
+const uint8_t *uf_chan_inbuf(struct chan *ch, size_t *n);
 
 int buf_reserve(struct buf *b, size_t more);
 uint8_t *buf_data(struct buf *b);

@@ -1,0 +1,527 @@
+/*
+ * relay.c: the pipe bridge's data path, a thread of the supervisor.
+ *
+ * A cross-host round trip used to be four turns of the supervisors'
+ * Python (the doorbell, then the datagram, on each side).  This thread
+ * does what those turns did for bytes: it owns the region's doorbells and
+ * the bridge's socket, and moves
+ *   - a ring's bytes, as U frames, into the channel bridge.py routed it to
+ *     (uf_relay_route), and
+ *   - U frames arriving on a channel into the ring bridge.py said
+ *     (uf_relay_deliver), in whole, until a frame is not U or does not fit,
+ * wakes the guests that slept on what it moved, and keeps the channels'
+ * timers.  Everything else (ends, S frames, held units, links, faults,
+ * requests, stdio) stays with bridge.py and the supervisor: the thread
+ * wakes the supervisor (uf_relay_efd) when a doorbell is not explained by
+ * bytes it forwarded, when frames are left for it, or when a channel dies.
+ *
+ * One lock: the thread holds it while it works; Python takes it
+ * (uf_relay_lock) around everything it does with the endpoint.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../../guest/include/unifork_abi.h"
+#include "net.h"
+
+#define HOST_LOCKER 0x7FFFFFFF          /* the host's "pid" in a ring's lock */
+#define FRAME       5                   /* kind (1), length (4, little-endian) */
+#define MAX_UNIT    UF_RING_SIZE
+#define MAX_VMS     UF_SHM_RINGS
+
+struct vm {
+	int bell;                       /* the supervisor's end of its doorbell */
+	volatile struct uf_ctl *ctl;    /* its control page, mapped here */
+	int64_t parked;                 /* a request the supervisor holds back */
+	uint64_t alarm;                 /* its alarm_real_ns, as the supervisor saw it */
+};
+
+struct relay {
+	struct ep *ep;
+	uint8_t *shm;
+	pthread_mutex_t mu;
+	pthread_t th;
+	int epfd, efd, kick, stop;
+	volatile int tid;               /* the thread's, for its priority */
+	struct chan *route[UF_SHM_RINGS];       /* ring -> channel */
+	struct { struct chan *ch; int ring; } dlv[UF_SHM_RINGS];    /* channel -> ring */
+	int ndlv;
+	struct vm vms[MAX_VMS];
+	int nvms;
+	uint64_t stdio;                 /* rings the host reads (stdout, stderr) */
+	int dead_seen;
+	int moved;                      /* bytes forwarded or delivered since the last doorbell */
+	uint64_t armed_rd, armed_wr;    /* rings whose rd_wait (wr_wait) it raised */
+	uint64_t ends[UF_SHM_RINGS];    /* each ring's ends as the supervisor saw them */
+	uint64_t stats[7];              /* wakes, supervisor woken, forwarded, delivered,
+	                                   and why: frames left, a channel died, a doorbell */
+	uint8_t frame[FRAME + MAX_UNIT];
+};
+
+static volatile struct uf_ring *
+ring(struct relay *r, int idx)
+{
+	return (volatile struct uf_ring *)(r->shm + UF_SHM_RING_OFF(idx));
+}
+
+static int
+ring_used(struct relay *r, int idx)
+{
+	return idx >= 0 && idx < UF_SHM_RINGS &&
+	    (((volatile struct uf_shm *)r->shm)->used >> idx & 1);
+}
+
+/* -- rings, as one of their writers or readers (rings.py's HostRing) ----- */
+
+static void
+lock(volatile uint32_t *l)
+{
+	for (;;) {
+		uint32_t free = 0;
+		if (__atomic_compare_exchange_n(l, &free, HOST_LOCKER, 0, __ATOMIC_ACQUIRE,
+		    __ATOMIC_RELAXED))
+			return;
+		while (*l)                      /* guests hold it only while they copy */
+			__builtin_ia32_pause();
+	}
+}
+
+static void
+unlock(volatile uint32_t *l)
+{
+	__atomic_store_n(l, 0, __ATOMIC_SEQ_CST);
+}
+
+/* Put all of (p, n) in at once, under the writers' lock; 0 if it does not fit. */
+static int
+write_whole(volatile struct uf_ring *g, const uint8_t *p, size_t n)
+{
+	uint32_t size = g->size;
+	if (size - (g->head - g->tail) < n)
+		return 0;
+	lock(&g->wlock);
+	uint64_t head = g->head;
+	if (size - (head - g->tail) < n) {
+		unlock(&g->wlock);
+		return 0;
+	}
+	uint64_t off = head & (size - 1), first = size - off < n ? size - off : n;
+	memcpy((uint8_t *)g->data + off, p, first);
+	memcpy((uint8_t *)g->data, p + first, n - first);
+	__atomic_store_n(&g->head, head + n, __ATOMIC_SEQ_CST);
+	unlock(&g->wlock);
+	return 1;
+}
+
+/* Take up to (limit) bytes into (out), under the readers' lock; the count. */
+static size_t
+read_into(volatile struct uf_ring *g, uint8_t *out, size_t limit)
+{
+	if (g->head == g->tail)
+		return 0;
+	lock(&g->rlock);
+	uint32_t size = g->size;
+	uint64_t tail = g->tail, n = g->head - tail;
+	if (n > size)
+		n = size;
+	if (n > limit)
+		n = limit;
+	uint64_t off = tail & (size - 1), first = size - off < n ? size - off : n;
+	memcpy(out, (const uint8_t *)g->data + off, first);
+	memcpy(out + first, (const uint8_t *)g->data, n - first);
+	__atomic_store_n(&g->tail, tail + n, __ATOMIC_SEQ_CST);
+	unlock(&g->rlock);
+	return n;
+}
+
+/* -- the data path ------------------------------------------------------ */
+
+/* Ring (idx)'s bytes into its channel, a frame at a time; whether any went. */
+int
+uf_relay_forward(struct relay *r, int idx)
+{
+	struct chan *ch = r->route[idx];
+	int moved = 0;
+	if (!ch || !ring_used(r, idx))
+		return 0;
+	volatile struct uf_ring *g = ring(r, idx);
+	for (;;) {
+		while (uf_chan_room(ch) >= FRAME + MAX_UNIT) {
+			size_t n = read_into(g, r->frame + FRAME, MAX_UNIT);
+			if (!n)
+				break;
+			r->frame[0] = 'U';
+			for (int i = 0; i < 4; i++)
+				r->frame[1 + i] = (uint8_t)(n >> 8 * i);
+			uf_chan_send(ch, r->frame, FRAME + n);
+			moved = 1;
+			r->stats[2]++;
+		}
+		if (g->rd_wait)
+			return moved;
+		/* a doorbell for the next write; bytes that came meanwhile go now */
+		__atomic_store_n(&g->rd_wait, 1, __ATOMIC_SEQ_CST);
+		r->armed_rd |= 1ull << idx;
+		if (g->head == g->tail || uf_chan_room(ch) < FRAME + MAX_UNIT)
+			return moved;
+	}
+}
+
+/* The U frames at the head of (ch)'s input into ring (idx), each in whole;
+ * whether what is left (if anything) is the supervisor's: a frame not U.
+ * A U frame that does not fit waits for room (the ring's reader rings). */
+static int
+deliver(struct relay *r, struct chan *ch, int idx)
+{
+	size_t n;
+	const uint8_t *in = (const uint8_t *)uf_chan_inbuf(ch, &n);
+	size_t used = 0;
+	int mine = 1;
+	volatile struct uf_ring *g = ring(r, idx);
+	while (n - used >= FRAME) {
+		uint32_t len = in[used + 1] | in[used + 2] << 8 | in[used + 3] << 16 |
+		    (uint32_t)in[used + 4] << 24;
+		if (in[used] != 'U' || len > MAX_UNIT) {
+			mine = 0;
+			break;
+		}
+		if (n - used < FRAME + len)
+			break;          /* the rest is on its way */
+		if (!write_whole(g, in + used + FRAME, len)) {
+			/* wait for room: a doorbell when the reader makes some */
+			__atomic_store_n(&g->wr_wait, 1, __ATOMIC_SEQ_CST);
+			r->armed_wr |= 1ull << idx;
+			if (!write_whole(g, in + used + FRAME, len))
+				break;
+		}
+		used += FRAME + len;
+		r->stats[3]++;
+	}
+	if (used)
+		uf_chan_consume(ch, used);
+	return mine;
+}
+
+/* Wake the guests whose wait is over (as the supervisor's wake_sleepers). */
+static void
+wake_sleepers(struct relay *r)
+{
+	for (int i = 0; i < r->nvms; i++) {
+		volatile struct uf_ctl *c = r->vms[i].ctl;
+		uint32_t what = c->asleep;
+		int ready;
+		if (what == UF_SLEEP_NONE || what == UF_SLEEP_TIMER)
+			continue;
+		if (what == UF_SLEEP_REPLY) {
+			ready = c->rep_seq == c->req_seq;
+		} else if (!ring_used(r, c->sleep_ring)) {
+			ready = 1;              /* nonsense: wake it, it re-checks */
+		} else {
+			volatile struct uf_ring *g = ring(r, c->sleep_ring);
+			ready = what == UF_SLEEP_READ ? g->head != g->tail || g->writers == 0
+			    : g->head - g->tail < g->size || g->readers == 0;
+		}
+		if (ready)
+			send(r->vms[i].bell, "\1", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+}
+
+static uint64_t
+ends(volatile struct uf_ring *g)
+{
+	return (uint64_t)g->writers << 32 | g->readers; /* (only to see a change) */
+}
+
+/* Whether the doorbells rung were for bytes moved since the last ones (or
+ * for a wait flag it raised, which a guest lowered to ring them),
+ * and nothing the supervisor must see: no request, no new alarm, no end
+ * opened or closed, no output, no hungry reader to tell of. */
+static int
+explained(struct relay *r, int cleared)
+{
+	if (!r->moved && !cleared)
+		return 0;
+	for (int i = 0; i < r->nvms; i++) {
+		volatile struct uf_ctl *c = r->vms[i].ctl;
+		if (c->req_seq != c->rep_seq && c->req_seq != r->vms[i].parked)
+			return 0;
+		if (c->alarm_real_ns != r->vms[i].alarm)
+			return 0;
+	}
+	uint64_t used = ((volatile struct uf_shm *)r->shm)->used;
+	for (int i = 0; i < UF_SHM_RINGS; i++) {
+		if (!(used >> i & 1))
+			continue;
+		volatile struct uf_ring *g = ring(r, i);
+		if (ends(g) != r->ends[i])
+			return 0;
+		if ((r->stdio >> i & 1) && g->head != g->tail)
+			return 0;
+		if ((g->bridged & UF_BRIDGED_TELL) && g->hungry)
+			return 0;       /* the bridge tells the far side of hunger */
+	}
+	return 1;
+}
+
+/* The supervisor is about to look at everything: what it will have seen. */
+static void
+seen(struct relay *r)
+{
+	for (int i = 0; i < r->nvms; i++)
+		r->vms[i].alarm = r->vms[i].ctl->alarm_real_ns;
+	for (int i = 0; i < UF_SHM_RINGS; i++)
+		r->ends[i] = ends(ring(r, i));
+}
+
+/* Take a doorbell's bytes (they carry no data).  At its end (the VM's QEMU
+ * is gone) it leaves the thread's watch: it would be readable for ever. */
+static void
+drain(struct relay *r, int fd)
+{
+	char junk[256];
+	ssize_t n;
+	while ((n = recv(fd, junk, sizeof junk, MSG_DONTWAIT)) > 0)
+		;
+	if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+		epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, 0);
+}
+
+static void *
+run(void *arg)
+{
+	struct relay *r = arg;
+	struct epoll_event evs[MAX_VMS + 2];
+	r->tid = gettid();
+	int timeout = -1;
+	for (;;) {
+		int n = epoll_wait(r->epfd, evs, MAX_VMS + 2, timeout);
+		pthread_mutex_lock(&r->mu);
+		if (r->stop)
+			break;
+		r->stats[0]++;
+		int rang = 0, need = 0, delivered = 0;
+		for (int i = 0; i < n; i++) {
+			int fd = evs[i].data.fd;
+			if (fd == r->kick) {
+				uint64_t v;
+				if (read(fd, &v, 8) < 0) {
+					/* nothing: it only woke us */
+				}
+			} else if (fd != r->ep->sock) {
+				drain(r, fd);
+				rang = 1;
+			}
+		}
+		int cleared = 0;                /* a guest lowered a flag of ours: it rang */
+		if (rang)
+			for (int i = 0; i < UF_SHM_RINGS; i++) {
+				uint64_t bit = 1ull << i;
+				if ((r->armed_rd & bit) && !ring(r, i)->rd_wait)
+					cleared = 1, r->armed_rd &= ~bit;
+				if ((r->armed_wr & bit) && !ring(r, i)->wr_wait)
+					cleared = 1, r->armed_wr &= ~bit;
+			}
+		double now = uf_now();
+		uf_ep_receive(r->ep, now);
+		for (int i = 0; i < r->ep->nchans; i++) {
+			struct chan *ch = r->ep->chans[i];
+			if (!ch->news && !ch->in.len)
+				continue;       /* (news: the supervisor clears it when it looks) */
+			int j = 0, mine = 0;
+			while (j < r->ndlv && r->dlv[j].ch != ch)
+				j++;
+			if (ch->in.len && j < r->ndlv) {
+				uint64_t before = r->stats[3];
+				mine = deliver(r, ch, r->dlv[j].ring);
+				delivered |= r->stats[3] != before;
+				r->moved |= delivered;
+			}
+			if (ch->news && ch->in.len && !mine) {
+				need = 1;       /* frames for the supervisor */
+				r->stats[4]++;
+			}
+			if (ch->want_idle && uf_chan_idle(ch)) {
+				ch->want_idle = 0;      /* it waited for that to drop a link */
+				need = 1;
+			}
+		}
+		int took = 0;
+		for (int i = 0; i < UF_SHM_RINGS; i++)
+			if (r->route[i] && uf_relay_forward(r, i)) {
+				r->moved = took = 1;
+				volatile struct uf_ring *g = ring(r, i);
+				if (g->wr_wait)         /* a writer sleeps for room */
+					g->wr_wait = 0, delivered = 1;
+			}
+		uf_ep_flush(r->ep, now);
+		int dead = 0;
+		for (int i = 0; i < r->ep->nchans; i++)
+			dead += r->ep->chans[i]->dead;
+		if (dead != r->dead_seen) {
+			need = 1, r->dead_seen = dead;
+			r->stats[5]++;
+		}
+		if (rang) {
+			if (!explained(r, cleared)) {
+				need = 1;
+				r->stats[6]++;
+			}
+			r->moved = 0;
+		}
+		if (rang || delivered)
+			wake_sleepers(r);
+		(void)took;
+		if (need) {
+			uint64_t one = 1;
+			seen(r);
+			r->stats[1]++;
+			if (write(r->efd, &one, 8) < 0) {
+				/* full: the supervisor has not looked yet; it will */
+			}
+		}
+		double next = uf_ep_next_event(r->ep, now);
+		timeout = isinf(next) ? -1 : (int)ceil(fmax(0, next - now) * 1000);
+		pthread_mutex_unlock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return 0;
+}
+
+/* -- for bridge.py ------------------------------------------------------ */
+
+struct relay *
+uf_relay_new(struct ep *ep, uint8_t *shm)
+{
+	struct relay *r = calloc(1, sizeof *r);
+	if (!r)
+		return 0;
+	r->ep = ep;
+	r->shm = shm;
+	pthread_mutex_init(&r->mu, 0);
+	r->epfd = epoll_create1(EPOLL_CLOEXEC);
+	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	r->kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN };
+	ev.data.fd = ep->sock;
+	epoll_ctl(r->epfd, EPOLL_CTL_ADD, ep->sock, &ev);
+	ev.data.fd = r->kick;
+	epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->kick, &ev);
+	if (r->epfd < 0 || r->efd < 0 || r->kick < 0 || pthread_create(&r->th, 0, run, r)) {
+		close(r->epfd), close(r->efd), close(r->kick);
+		free(r);
+		return 0;
+	}
+	return r;
+}
+
+void
+uf_relay_lock(struct relay *r)
+{
+	pthread_mutex_lock(&r->mu);
+}
+
+/* Let the thread go on; (kick): have it look again (timers, new routes). */
+void
+uf_relay_unlock(struct relay *r, int kick)
+{
+	pthread_mutex_unlock(&r->mu);
+	if (kick) {
+		uint64_t one = 1;
+		if (write(r->kick, &one, 8) < 0) {
+			/* full: it has a wake-up pending anyway */
+		}
+	}
+}
+
+int
+uf_relay_tid(struct relay *r)
+{
+	return r->tid;
+}
+
+int
+uf_relay_efd(struct relay *r)
+{
+	return r->efd;
+}
+
+void
+uf_relay_route(struct relay *r, int idx, struct chan *ch)
+{
+	r->route[idx] = ch;
+}
+
+/* Wake the supervisor once everything sent on (ch) is acknowledged. */
+void
+uf_relay_want_idle(struct relay *r, struct chan *ch)
+{
+	(void)r;
+	ch->want_idle = 1;
+}
+
+void
+uf_relay_deliver(struct relay *r, struct chan *ch, int idx)
+{
+	int j = 0;
+	while (j < r->ndlv && r->dlv[j].ch != ch)
+		j++;
+	if (idx < 0) {
+		if (j < r->ndlv)
+			r->dlv[j] = r->dlv[--r->ndlv];
+		return;
+	}
+	if (j == r->ndlv) {
+		if (r->ndlv == UF_SHM_RINGS)
+			return;         /* (more links than rings: the supervisor does it) */
+		r->ndlv++;
+	}
+	r->dlv[j].ch = ch;
+	r->dlv[j].ring = idx;
+}
+
+/* The VMs of the region now: their doorbells become the thread's. */
+void
+uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *ctls,
+    const int64_t *parked, uint64_t stdio)
+{
+	for (int i = 0; i < r->nvms; i++)
+		epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->vms[i].bell, 0);
+	r->nvms = 0;
+	for (int i = 0; i < n && i < MAX_VMS; i++) {
+		struct epoll_event ev = { .events = EPOLLIN };
+		ev.data.fd = bells[i];
+		epoll_ctl(r->epfd, EPOLL_CTL_ADD, bells[i], &ev);
+		volatile struct uf_ctl *c = (volatile struct uf_ctl *)ctls[i];
+		r->vms[r->nvms++] = (struct vm){ bells[i], c, parked[i], c->alarm_real_ns };
+	}
+	r->stdio = stdio;
+	seen(r);
+}
+
+uint64_t *
+uf_relay_stats(struct relay *r)
+{
+	return r->stats;
+}
+
+void
+uf_relay_free(struct relay *r)
+{
+	pthread_mutex_lock(&r->mu);
+	r->stop = 1;
+	pthread_mutex_unlock(&r->mu);
+	uint64_t one = 1;
+	if (write(r->kick, &one, 8) < 0) {
+		/* it wakes anyway */
+	}
+	pthread_join(r->th, 0);
+	close(r->epfd), close(r->efd), close(r->kick);
+	free(r);
+}
