@@ -193,23 +193,6 @@ class HostRing:
         finally:
             self._unlock(0)
 
-    def read_into(self, out: bytearray, limit: int = 1 << 30) -> int:
-        """Append what is there to (out), under the readers' lock; the count."""
-        if self._get(_HEAD) == self._get(_TAIL):
-            return 0
-        self._lock(1)
-        try:
-            tail = self._get(_TAIL)             # ours while we hold the lock
-            n = min((self._get(_HEAD) - tail) % 2**64, self.size, limit)
-            off = tail & (self.size - 1)
-            first = min(n, self.size - off)
-            out += self._data[off:off + first]
-            out += self._data[:n - first]
-            self._set(_TAIL, tail + n)
-            return n
-        finally:
-            self._unlock(1)
-
     def release_locks(self, pid: int) -> None:
         """Free the copy locks a dead process (pid) held."""
         for at in _LOCKS:
