@@ -420,11 +420,6 @@ class Relay:
     def forward(self, idx: int) -> bool:
         return bool(self._lib.uf_relay_forward(self._c, idx))
 
-    @property
-    def tid(self) -> int:
-        """The thread's id (0 until it runs)."""
-        return self._lib.uf_relay_tid(self._c)
-
     def want_idle(self, chan) -> None:
         """Wake the supervisor once all sent on (chan) is acknowledged."""
         self._lib.uf_relay_want_idle(self._c, chan._c)

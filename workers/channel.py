@@ -116,7 +116,7 @@ def native() -> ctypes.CDLL:
             ("uf_chan_on_data", None, [p, p, u64, b, s]),
             ("uf_relay_new", p, [p, p]), ("uf_relay_free", None, [p]),
             ("uf_relay_lock", None, [p]), ("uf_relay_unlock", None, [p, i]),
-            ("uf_relay_efd", i, [p]), ("uf_relay_tid", i, [p]), ("uf_relay_route", None, [p, i, p]),
+            ("uf_relay_efd", i, [p]), ("uf_relay_route", None, [p, i, p]),
             ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]), ("uf_relay_deliver", None, [p, p, i]),
             ("uf_relay_vms", None, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
                                     ctypes.POINTER(ctypes.c_int64), u64]),

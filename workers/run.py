@@ -53,12 +53,11 @@ def host_max_vms() -> int:
         return 64
 
 
-def _raise_priority(tid: int = 0) -> bytes | None:
+def _raise_priority() -> bytes | None:
     """A supervisor that carries pipes to other hosts (from their first
     link on) relays both ways of every round trip while the guests waiting
-    for the answer spin on the CPUs: let it (thread tid, 0: this one; the
-    bridge's thread above all) take a CPU from a spinning guest as soon as
-    it wakes.  At
+    for the answer spin on the CPUs: let it take a CPU from a spinning
+    guest as soon as it wakes.  At
     nice UNIFORK_BRIDGE_NICE (default -20; 0: as is) with a short time
     slice (100 us, which lets a waking task preempt under EEVDF, Linux
     6.12+): bench/xpipe.py's round trip ~1.09 ms with the nice alone,
@@ -71,12 +70,11 @@ def _raise_priority(tid: int = 0) -> bytes | None:
         nice = -20
     if nice == 0:
         return None
-    old = _sched_attr(None, tid)
+    old = _sched_attr(None)
     if old is None or struct.unpack_from("<I", old, 4)[0] != os.SCHED_OTHER:
         return None
     return old if _sched_attr(_SCHED_ATTR.pack(
-        _SCHED_ATTR.size, os.SCHED_OTHER, _RESET_ON_FORK, nice, 0, 100_000, 0, 0),
-        tid) else None
+        _SCHED_ATTR.size, os.SCHED_OTHER, _RESET_ON_FORK, nice, 0, 100_000, 0, 0)) else None
 
 
 # struct sched_attr (size, policy, flags, nice, priority, runtime, deadline, period)
@@ -85,17 +83,16 @@ _RESET_ON_FORK = 1
 _SYS_SCHED_SETATTR, _SYS_SCHED_GETATTR = 314, 315     # x86-64
 
 
-def _sched_attr(new: bytes | None, tid: int = 0) -> bytes | None:
-    """sched_setattr(2) on thread (tid, 0: this one) with (new), or
-    sched_getattr(2) if None; the attributes read, (new) once set, or None
-    if refused."""
+def _sched_attr(new: bytes | None) -> bytes | None:
+    """sched_setattr(2) on this thread with (new), or sched_getattr(2) if
+    None; the attributes read, (new) once set, or None if refused."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(new or _SCHED_ATTR.size, _SCHED_ATTR.size)
     if new is None:
-        ok = libc.syscall(_SYS_SCHED_GETATTR, tid, buf, _SCHED_ATTR.size, 0) == 0
+        ok = libc.syscall(_SYS_SCHED_GETATTR, 0, buf, _SCHED_ATTR.size, 0) == 0
     else:
-        ok = libc.syscall(_SYS_SCHED_SETATTR, tid, buf, 0) == 0
+        ok = libc.syscall(_SYS_SCHED_SETATTR, 0, buf, 0) == 0
     return buf.raw if ok else None
 
 
@@ -256,9 +253,9 @@ class Supervisor:
                 moved = job.bridge.pump() if job.bridge is not None else False
                 if raise_when_linked and job.bridge.links:
                     raise_when_linked = False
+                    # (not the bridge's thread: a 1-byte ping-pong between hosts
+                    # took 237-277 us with it at nice -20 too, 166-220 without)
                     priority = _raise_priority()
-                    if job.bridge.relay.tid:
-                        _raise_priority(job.bridge.relay.tid)   # (it ends with the bridge)
                 if moved or not bridge_only:
                     job.wake_sleepers()
                 if self._over(pid1) or self.stop_reason:

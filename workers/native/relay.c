@@ -49,7 +49,6 @@ struct relay {
 	pthread_mutex_t mu;
 	pthread_t th;
 	int epfd, efd, kick, stop;
-	volatile int tid;               /* the thread's, for its priority */
 	struct chan *route[UF_SHM_RINGS];       /* ring -> channel */
 	struct { struct chan *ch; int ring; } dlv[UF_SHM_RINGS];    /* channel -> ring */
 	int ndlv;
@@ -298,7 +297,6 @@ run(void *arg)
 {
 	struct relay *r = arg;
 	struct epoll_event evs[MAX_VMS + 2];
-	r->tid = gettid();
 	int timeout = -1;
 	for (;;) {
 		int n = epoll_wait(r->epfd, evs, MAX_VMS + 2, timeout);
@@ -438,12 +436,6 @@ uf_relay_unlock(struct relay *r, int kick)
 			/* full: it has a wake-up pending anyway */
 		}
 	}
-}
-
-int
-uf_relay_tid(struct relay *r)
-{
-	return r->tid;
 }
 
 int
