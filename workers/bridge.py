@@ -133,7 +133,7 @@ class Bridge:
         self.links: dict[int, list[Link]] = {}
         self._seen: dict[int, tuple] = {}   # each ring's state() as our last look began
         self.say = say or (lambda msg: None)
-        self.stdio = 0                      # the rings the host reads (a mask)
+        self.stdio = self.stdin = 0         # the rings the host reads, writes (masks)
 
     def fileno(self) -> int:
         """Readable when the bridge (or a doorbell) wants the supervisor."""
@@ -145,7 +145,7 @@ class Bridge:
         from .cpu import address
         with self.relay:
             self.relay.vms([(vm.bell.fileno(), address(vm.mem) + abi.CTL_ADDR, parked)
-                            for vm, parked in vms], self.stdio)
+                            for vm, parked in vms], self.stdio, self.stdin)
 
     @property
     def address(self) -> tuple:
@@ -428,11 +428,13 @@ class Relay:
         """U frames arriving on (chan) go into ring (idx) (-1: not by the thread)."""
         self._lib.uf_relay_deliver(self._c, chan._c, idx)
 
-    def vms(self, vms: list[tuple[int, int, int]], stdio: int) -> None:
+    def vms(self, vms: list[tuple[int, int, int]], stdio: int, stdin: int) -> None:
+        """The VMs (doorbell, control page address, request held back), and
+        the rings the host reads and writes (masks)."""
         n = len(vms)
         self._lib.uf_relay_vms(self._c, n, (ctypes.c_int * n)(*(v[0] for v in vms)),
                                (ctypes.c_uint64 * n)(*(v[1] for v in vms)),
-                               (ctypes.c_int64 * n)(*(v[2] for v in vms)), stdio)
+                               (ctypes.c_int64 * n)(*(v[2] for v in vms)), stdio, stdin)
 
     def stats(self) -> dict[str, int]:
         names = ("turns", "supervisor", "forwarded", "delivered", "for_frames",

@@ -342,8 +342,9 @@ class Supervisor:
         bridge = self.job.bridge
         if bridge is not None:
             polled.add(bridge.fileno())
-            bridge.stdio = sum(1 << i for i in range(abi.SHM_RINGS)
-                               if abi.shm_ring_off(i) in (self.stdout.offset, self.stderr.offset))
+            at = {abi.shm_ring_off(i): 1 << i for i in range(abi.SHM_RINGS)}
+            bridge.stdio = at.get(self.stdout.offset, 0) | at.get(self.stderr.offset, 0)
+            bridge.stdin = at.get(self.stdin.offset, 0)
             self.job.watch_vms()
         for p in self.job.live():
             bell = bridge.fileno() if bridge is not None else p.vm.bell.fileno()

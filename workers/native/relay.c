@@ -55,6 +55,8 @@ struct relay {
 	struct vm vms[MAX_VMS];
 	int nvms;
 	uint64_t stdio;                 /* rings the host reads (stdout, stderr) */
+	uint64_t stdin;                 /* rings the host writes (stdin) */
+	uint64_t stdin_waits;           /* ... whose wr_wait the host had raised */
 	int dead_seen;
 	int moved;                      /* bytes forwarded or delivered since the last doorbell */
 	uint64_t armed_rd, armed_wr;    /* rings whose rd_wait (wr_wait) it raised */
@@ -263,6 +265,8 @@ explained(struct relay *r, int cleared)
 			return 0;
 		if ((r->stdio >> i & 1) && g->head != g->tail)
 			return 0;
+		if ((r->stdin_waits >> i & 1) && !g->wr_wait)
+			return 0;       /* a guest made room for the host's input */
 		if ((g->bridged & UF_BRIDGED_TELL) && g->hungry)
 			return 0;       /* the bridge tells the far side of hunger */
 	}
@@ -384,6 +388,10 @@ run(void *arg)
 				/* full: the supervisor has not looked yet; it will */
 			}
 		}
+		r->stdin_waits = 0;
+		for (int i = 0; i < UF_SHM_RINGS; i++)
+			if ((r->stdin >> i & 1) && ring(r, i)->wr_wait)
+				r->stdin_waits |= 1ull << i;
 		double next = uf_ep_next_event(r->ep, now);
 		timeout = isinf(next) ? -1 : (int)ceil(fmax(0, next - now) * 1000);
 		pthread_mutex_unlock(&r->mu);
@@ -481,7 +489,7 @@ uf_relay_deliver(struct relay *r, struct chan *ch, int idx)
 /* The VMs of the region now: their doorbells become the thread's. */
 void
 uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *ctls,
-    const int64_t *parked, uint64_t stdio)
+    const int64_t *parked, uint64_t stdio, uint64_t stdin)
 {
 	for (int i = 0; i < r->nvms; i++)
 		epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->vms[i].bell, 0);
@@ -494,6 +502,7 @@ uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *ctls,
 		r->vms[r->nvms++] = (struct vm){ bells[i], c, parked[i], c->alarm_real_ns };
 	}
 	r->stdio = stdio;
+	r->stdin = stdin;
 	seen(r);
 }
 
