@@ -45,6 +45,7 @@ be idle.  So a round trip between hosts has no Python on it.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -153,7 +154,10 @@ class Bridge:
 
     def active(self) -> bool:
         """Links remain, or a dropped one still owes its peer an ACK."""
-        return bool(self.links) or self.ep.lingering()
+        if self.links:
+            return True
+        with self.relay.looking():
+            return self.ep.lingering()
 
     # -- making links -------------------------------------------------------
     @_locked
@@ -406,7 +410,16 @@ class Relay:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lib.uf_relay_unlock(self._c, 1)
+        self._lib.uf_relay_unlock(self._c, 1)      # (it looks again: timers, routes)
+
+    @contextlib.contextmanager
+    def looking(self):
+        """Held off only to read: it is not woken after."""
+        self._lib.uf_relay_lock(self._c)
+        try:
+            yield self
+        finally:
+            self._lib.uf_relay_unlock(self._c, 0)
 
     def route(self, idx: int, chan) -> None:
         """Ring (idx)'s bytes go to (chan) (None: nowhere)."""
