@@ -185,6 +185,8 @@ deliver(struct relay *r, struct chan *ch, int idx)
 	const uint8_t *in = (const uint8_t *)uf_chan_inbuf(ch, &n);
 	size_t used = 0;
 	int mine = 1;
+	if (!ring_used(r, idx))
+		return 0;               /* (its slot was freed: the supervisor drops the link) */
 	volatile struct uf_ring *g = ring(r, idx);
 	while (n - used >= FRAME) {
 		uint32_t len = in[used + 1] | in[used + 2] << 8 | in[used + 3] << 16 |
@@ -308,7 +310,9 @@ run(void *arg)
 		if (r->stop)
 			break;
 		r->stats[0]++;
-		int rang = 0, need = 0, delivered = 0;
+		/* rang: a doorbell; need: the supervisor must look; changed: a
+		 * ring moved under a guest that may sleep on it */
+		int rang = 0, need = 0, changed = 0;
 		for (int i = 0; i < n; i++) {
 			int fd = evs[i].data.fd;
 			if (fd == r->kick) {
@@ -342,8 +346,8 @@ run(void *arg)
 			if (ch->in.len && j < r->ndlv) {
 				uint64_t before = r->stats[3];
 				mine = deliver(r, ch, r->dlv[j].ring);
-				delivered |= r->stats[3] != before;
-				r->moved |= delivered;
+				changed |= r->stats[3] != before;
+				r->moved |= changed;
 			}
 			if (ch->news && ch->in.len && !mine) {
 				need = 1;       /* frames for the supervisor */
@@ -354,13 +358,12 @@ run(void *arg)
 				need = 1;
 			}
 		}
-		int took = 0;
 		for (int i = 0; i < UF_SHM_RINGS; i++)
 			if (r->route[i] && uf_relay_forward(r, i)) {
-				r->moved = took = 1;
+				r->moved = 1;
 				volatile struct uf_ring *g = ring(r, i);
 				if (g->wr_wait)         /* a writer sleeps for room */
-					g->wr_wait = 0, delivered = 1;
+					g->wr_wait = 0, changed = 1;
 			}
 		uf_ep_flush(r->ep, now);
 		int dead = 0;
@@ -377,9 +380,8 @@ run(void *arg)
 			}
 			r->moved = 0;
 		}
-		if (rang || delivered)
+		if (rang || changed)
 			wake_sleepers(r);
-		(void)took;
 		if (need) {
 			uint64_t one = 1;
 			seen(r);
