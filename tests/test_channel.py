@@ -226,3 +226,20 @@ def test_the_bridges_thread_carries_bytes_both_ways_without_its_supervisor():
         b.close()
         for shm in (shm_a, shm_b):
             shm.close()
+
+
+def test_the_python_face_says_what_the_c_does():
+    """channel.py's constants are native/net.h's and channel.c's."""
+    import re
+    text = "".join(open(os.path.join(ROOT, "workers", "native", f)).read()
+                   for f in ("net.h", "channel.c"))
+    defined = {m[0]: m[1] for m in re.findall(r"#define\s+(\w+)\s+\(?([^/\n]+?)\)?\s*(?:/\*|\n)", text)}
+
+    def value(name):
+        return eval(defined[name].replace("u <<", " <<"), {})      # e.g. (4u << 20)
+    for name in ("WINDOW", "MSS_MAX", "MSS_MIN", "MAX_SACK", "ACK_DELAY", "ACK_BYTES"):
+        assert value(name) == getattr(channel, name), name
+    assert [f"ST_{s.upper()}" for s in channel.STATS] == re.findall(
+        r"ST_\w+", text[text.index("enum { ST_"):text.index("NSTATS")])
+    assert (channel.DATA, channel.ACK, channel.PING) == (1, 2, 3)
+    assert "enum { DATA = 1, ACK = 2, PING = 3 };" in text

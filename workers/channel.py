@@ -83,7 +83,8 @@ MSS_MIN = 1200              # ... and on a lossy path (one IP fragment)
 ACK_DELAY = 0.002           # a lone segment's ACK waits this long for a ride
 ACK_BYTES = 16 << 10        # ... unless this much is unacknowledged
 MAX_SACK = 32               # SACK blocks per ACK (512 bytes: one IP fragment)
-# (the others are native/channel.c's own: RTO_MIN, RTO_MAX, PING_EVERY, MSS_ROUND)
+# (the same as native/net.h's and channel.c's: tests/test_channel.py checks; the
+# others are channel.c's own: RTO_MIN, RTO_MAX, PING_EVERY, MSS_ROUND)
 STATS = ("forged", "stale", "duplicate", "timeouts", "recoveries", "retransmits",
          "sent", "received", "acks")
 _DEAD, _HAS_PEER, _ACK_DUE, _GONE, _CLOSING, _ACK_AT = 1, 2, 4, 8, 16, 32
@@ -96,7 +97,11 @@ def native() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    lib = ctypes.CDLL(LIBRARY, use_errno=True)
+    try:
+        lib = ctypes.CDLL(LIBRARY, use_errno=True)
+    except OSError as err:
+        raise OSError(f"the pipe bridge's native half: {err} (`make setup` builds it)") \
+            from None
     p, i, u64, d, s, b = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_double,
                           ctypes.c_size_t, ctypes.c_char_p)
     for name, res, args in (
@@ -117,7 +122,8 @@ def native() -> ctypes.CDLL:
             ("uf_relay_new", p, [p, p]), ("uf_relay_free", None, [p]),
             ("uf_relay_lock", None, [p]), ("uf_relay_unlock", None, [p, i]),
             ("uf_relay_efd", i, [p]), ("uf_relay_route", None, [p, i, p]),
-            ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]), ("uf_relay_deliver", None, [p, p, i]),
+            ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]),
+            ("uf_relay_deliver", None, [p, p, i]),
             ("uf_relay_vms", None, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
                                     ctypes.POINTER(ctypes.c_int64), u64, u64]),
             ("uf_relay_stats", p, [p])):
