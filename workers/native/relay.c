@@ -26,6 +26,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../guest/include/unifork_abi.h"
@@ -303,9 +304,9 @@ run(void *arg)
 {
 	struct relay *r = arg;
 	struct epoll_event evs[MAX_VMS + 2];
-	int timeout = -1;
+	struct timespec wait, *timeout = 0;     /* 0: until something comes */
 	for (;;) {
-		int n = epoll_wait(r->epfd, evs, MAX_VMS + 2, timeout);
+		int n = epoll_pwait2(r->epfd, evs, MAX_VMS + 2, timeout, 0);
 		pthread_mutex_lock(&r->mu);
 		if (r->stop)
 			break;
@@ -395,7 +396,13 @@ run(void *arg)
 			if ((r->stdin >> i & 1) && ring(r, i)->wr_wait)
 				r->stdin_waits |= 1ull << i;
 		double next = uf_ep_next_event(r->ep, now);
-		timeout = isinf(next) ? -1 : (int)ceil(fmax(0, next - now) * 1000);
+		timeout = 0;            /* (to the microsecond: ACK_DELAY is 2 ms) */
+		if (!isinf(next)) {
+			double in = fmax(0, next - now);
+			wait.tv_sec = (time_t)in;
+			wait.tv_nsec = (long)((in - (double)wait.tv_sec) * 1e9);
+			timeout = &wait;
+		}
 		pthread_mutex_unlock(&r->mu);
 	}
 	pthread_mutex_unlock(&r->mu);
