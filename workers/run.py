@@ -216,9 +216,6 @@ class Supervisor:
         if self.req.timeout:
             deadline = time.monotonic() + self.req.timeout
         pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
-        # (with a bridge, the doorbells come through its thread: every wake-up
-        # it passes on is the whole turn's)
-        bridge_fd = -1
         priority = None     # raised once a pipe reaches another host (a link)
         raise_when_linked = job.bridge is not None
         try:
@@ -243,32 +240,28 @@ class Supervisor:
                     if exited:
                         self._ended(p)
                     else:
-                        p.vm.take_doorbells()
+                        if job.bridge is None:  # (else they are its thread's)
+                            p.vm.take_doorbells()
                         job.service(p)
-                # Only the bridge's socket spoke: the pipe bridge's turn alone
-                # (on a pipe between hosts, the round trip is made of these).
-                bridge_only = fired is not None and bridge_fd in fired and len(fired) == 1
-                if not bridge_only:
-                    self._pump()
-                moved = job.bridge.pump() if job.bridge is not None else False
+                self._pump()
+                if job.bridge is not None:
+                    job.bridge.pump()
                 if raise_when_linked and job.bridge.links:
                     raise_when_linked = False
                     # (not the bridge's thread: a 1-byte ping-pong between hosts
                     # took 237-277 us with it at nice -20 too, 166-220 without)
                     priority = _raise_priority()
-                if moved or not bridge_only:
-                    job.wake_sleepers()
+                job.wake_sleepers()
                 if self._over(pid1) or self.stop_reason:
                     break
                 if job.changed:         # a VM came or went: poll the new set
                     continue
-                if not bridge_only:
-                    self.stdout.arm("rd_wait")
-                    self.stderr.arm("rd_wait")
-                    if self.stdout.readable() or self.stderr.readable():
-                        fired = None
-                        continue
-                    self._sync_stdin(poller)
+                self.stdout.arm("rd_wait")
+                self.stderr.arm("rd_wait")
+                if self.stdout.readable() or self.stderr.readable():
+                    fired = None
+                    continue
+                self._sync_stdin(poller)
                 wait_ms = None
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -279,11 +272,8 @@ class Supervisor:
                 now = time.monotonic()
                 if job.bridge is not None and job.bridge.active():
                     wait_ms = _sooner(wait_ms, job.bridge.next_event(), now)
-                # SIGALRMs a computing program would miss: looked at when a
-                # guest spoke (arming one rings) or when due, not on the
-                # bridge's turns (the cross-host round trip is made of them)
-                if not bridge_only or (job.alarms_due is not None and now >= job.alarms_due):
-                    job.nudge_alarms(time.time())
+                # SIGALRMs a computing program would miss (arming one rings)
+                job.nudge_alarms(time.time())
                 if job.alarms_due is not None:
                     wait_ms = _sooner(wait_ms, job.alarms_due, now)
                 if job.nudges:          # a signal not taken yet: a nudge is due
