@@ -113,7 +113,7 @@ def native() -> ctypes.CDLL:
             ("uf_ep_count", i, [p]), ("uf_ep_fileno", i, [p]),
             ("uf_ep_stats", p, [p]), ("uf_ep_address", i, [p, b]),
             ("uf_ep_set_filter", None, [p, FILTER]),
-            ("uf_chan_send", None, [p, b, s]), ("uf_chan_consume", None, [p, s]),
+            ("uf_chan_send", i, [p, b, s]), ("uf_chan_consume", None, [p, s]),
             ("uf_chan_idle", i, [p]), ("uf_chan_room", s, [p]),
             ("uf_chan_state", i, [p]), ("uf_chan_want_ack", None, [p]),
             ("uf_chan_kill", None, [p]),
@@ -156,7 +156,8 @@ class Channel:
         return _lib.uf_chan_room(self._c)
 
     def send(self, data) -> None:
-        _lib.uf_chan_send(self._c, bytes(data), len(data))
+        if _lib.uf_chan_send(self._c, bytes(data), len(data)):
+            raise MemoryError(f"no memory to queue {len(data)} bytes on a bridge channel")
 
     def consume(self, n: int) -> None:
         _lib.uf_chan_consume(self._c, n)

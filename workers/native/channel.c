@@ -46,14 +46,16 @@ buf_reserve(struct buf *b, size_t more)
 {
 	if (b->off + b->len + more <= b->cap)
 		return 0;
-	if (b->off) {                   /* slide the bytes down first */
+	if (b->off && b->off >= b->len) {
+		/* slide the bytes down first, when fewer than the room it makes
+		 * (else each append could move a window's worth) */
 		memmove(b->p, b->p + b->off, b->len);
 		b->off = 0;
 		if (b->len + more <= b->cap)
 			return 0;
 	}
 	size_t cap = b->cap ? b->cap : 4096;
-	while (cap < b->len + more)
+	while (cap < b->off + b->len + more)
 		cap *= 2;
 	uint8_t *p = realloc(b->p, cap);
 	if (!p)
@@ -117,10 +119,11 @@ uf_chan_room(struct chan *ch)
 	return ch->out.len < WINDOW ? WINDOW - ch->out.len : 0;
 }
 
-void
+/* Queue (data); -1 (nothing queued) when there is no memory for it. */
+int
 uf_chan_send(struct chan *ch, const uint8_t *data, size_t n)
 {
-	buf_append(&ch->out, data, n);
+	return buf_append(&ch->out, data, n);
 }
 
 void
@@ -536,16 +539,21 @@ uf_chan_on_data(struct ep *ep, struct chan *ch, uint64_t seq, const uint8_t *dat
 		ch->nooo++;
 		return;
 	}
-	buf_append(&ch->in, data + (ch->rcv_nxt - seq), end - ch->rcv_nxt);
+	/* (no memory: as if it had not come; the sender sends it again) */
+	if (buf_append(&ch->in, data + (ch->rcv_nxt - seq), end - ch->rcv_nxt))
+		return;
 	ch->rcv_nxt = end;
 	int k = 0;                      /* what arrived early may follow now */
 	while (k < ch->nooo && ch->ooo[k].seq <= ch->rcv_nxt) {
-		struct seg *s = &ch->ooo[k++];
+		struct seg *s = &ch->ooo[k];
 		if (s->seq + s->n > ch->rcv_nxt) {
-			buf_append(&ch->in, s->data + (ch->rcv_nxt - s->seq), s->seq + s->n - ch->rcv_nxt);
+			if (buf_append(&ch->in, s->data + (ch->rcv_nxt - s->seq),
+			    s->seq + s->n - ch->rcv_nxt))
+				break;  /* kept: it follows once there is memory */
 			ch->rcv_nxt = s->seq + s->n;
 		}
 		free(s->data);
+		k++;
 	}
 	memmove(ch->ooo, ch->ooo + k, (ch->nooo - k) * sizeof(struct seg));
 	ch->nooo -= k;

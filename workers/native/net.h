@@ -100,7 +100,7 @@ int uf_ep_receive(struct ep *ep, double now);
 void uf_ep_flush(struct ep *ep, double now);
 double uf_ep_next_event(struct ep *ep, double now);
 int uf_ep_lingering(struct ep *ep);
-void uf_chan_send(struct chan *ch, const uint8_t *data, size_t n);
+int uf_chan_send(struct chan *ch, const uint8_t *data, size_t n);
 void uf_chan_consume(struct chan *ch, size_t n);
 int uf_chan_idle(struct chan *ch);
 size_t uf_chan_room(struct chan *ch);

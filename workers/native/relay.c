@@ -155,14 +155,17 @@ uf_relay_forward(struct relay *r, int idx)
 		return 0;
 	volatile struct uf_ring *g = ring(r, idx);
 	for (;;) {
-		while (uf_chan_room(ch) >= FRAME + MAX_UNIT) {
+		/* (room in the window, and the memory for it: else the bytes
+		 * wait in the ring) */
+		while (uf_chan_room(ch) >= FRAME + MAX_UNIT &&
+		    !buf_reserve(&ch->out, FRAME + MAX_UNIT)) {
 			size_t n = read_into(g, r->frame + FRAME, MAX_UNIT);
 			if (!n)
 				break;
 			r->frame[0] = 'U';
 			for (int i = 0; i < 4; i++)
 				r->frame[1 + i] = (uint8_t)(n >> 8 * i);
-			uf_chan_send(ch, r->frame, FRAME + n);
+			uf_chan_send(ch, r->frame, FRAME + n);  /* (reserved: it fits) */
 			moved = 1;
 			r->stats[2]++;
 		}
