@@ -204,14 +204,13 @@ class Bridge:
 
     # -- the work -------------------------------------------------------------
     @_locked
-    def pump(self) -> bool:
-        """Move what can be moved; call on every turn of the supervisor.
-        Whether a ring changed (a guest sleeping on it may be woken)."""
+    def pump(self) -> None:
+        """Decide what moves where; call on every turn of the supervisor
+        (which then wakes the guests whose wait is over)."""
         if not self.ep.channels:    # no pipe reaches elsewhere: not even a recvfrom
-            return False
+            return
         now = time.monotonic()
         heard = self.ep.receive(now)
-        moved = False
         for idx, links in list(self.links.items()):
             ring = self.shm.ring(idx)
             before = ring.state()
@@ -248,9 +247,7 @@ class Bridge:
             # Next turn, the ring is skipped only if nothing moved since
             # (before): a guest that wrote while we worked is not missed.
             self._seen[idx] = before
-            moved = moved or ring.state() != before
         self.ep.flush(now)
-        return moved
 
     def next_event(self) -> float:
         """When pump() must run next, at the latest (monotonic)."""
@@ -430,8 +427,9 @@ class Relay:
     def routed(self, idx: int):
         return self._routes.get(idx)
 
-    def forward(self, idx: int) -> bool:
-        return bool(self._lib.uf_relay_forward(self._c, idx))
+    def forward(self, idx: int) -> None:
+        """Ring (idx)'s bytes to its channel now (this turn's decision)."""
+        self._lib.uf_relay_forward(self._c, idx)
 
     def want_idle(self, chan) -> None:
         """Wake the supervisor once all sent on (chan) is acknowledged."""

@@ -74,7 +74,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import time
 
 DATA, ACK, PING = 1, 2, 3
 WINDOW = 4 << 20            # bytes a receiver buffers; a sender keeps unacked
@@ -87,7 +86,7 @@ MAX_SACK = 32               # SACK blocks per ACK (512 bytes: one IP fragment)
 # others are channel.c's own: RTO_MIN, RTO_MAX, PING_EVERY, MSS_ROUND)
 STATS = ("forged", "stale", "duplicate", "timeouts", "recoveries", "retransmits",
          "sent", "received", "acks")
-_DEAD, _HAS_PEER, _ACK_DUE, _GONE, _CLOSING, _ACK_AT = 1, 2, 4, 8, 16, 32
+_DEAD, _ACK_DUE, _GONE, _ACK_AT = 1, 4, 8, 32          # uf_chan_state()'s bits (net.h)
 FILTER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64)
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "libufnet.so")
 
@@ -108,7 +107,7 @@ def native() -> ctypes.CDLL:
             ("uf_ep_new", p, [b, i, d, b, i]), ("uf_ep_free", None, [p]),
             ("uf_chan_new", p, [p, b, b, b, b, i]), ("uf_chan_free", None, [p]),
             ("uf_ep_drop", None, [p, p]), ("uf_ep_receive", i, [p, d]),
-            ("uf_ep_flush", None, [p, d]), ("uf_ep_next_event", d, [p, d]),
+            ("uf_ep_flush", None, [p, d]),
             ("uf_ep_lingering", i, [p]), ("uf_ep_news", i, [p, b, i]),
             ("uf_ep_count", i, [p]), ("uf_ep_fileno", i, [p]),
             ("uf_ep_stats", p, [p]), ("uf_ep_address", i, [p, b]),
@@ -283,9 +282,6 @@ class Endpoint:
             if _lib.uf_chan_state(ch._c) & _GONE:
                 _lib.uf_chan_free(ch._c)
                 del self.channels[cid]
-
-    def next_event(self) -> float:
-        return _lib.uf_ep_next_event(self._c, time.monotonic())
 
     def set_filter(self, lose) -> None:
         """For tests: lose(kind, seq) -> True drops that datagram on its way out
