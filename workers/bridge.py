@@ -443,9 +443,10 @@ class Relay:
         """The VMs (doorbell, control page address, request held back), and
         the rings the host reads and writes (masks)."""
         n = len(vms)
-        self._lib.uf_relay_vms(self._c, n, (ctypes.c_int * n)(*(v[0] for v in vms)),
-                               (ctypes.c_uint64 * n)(*(v[1] for v in vms)),
-                               (ctypes.c_int64 * n)(*(v[2] for v in vms)), stdio, stdin)
+        if self._lib.uf_relay_vms(self._c, n, (ctypes.c_int * n)(*(v[0] for v in vms)),
+                                  (ctypes.c_uint64 * n)(*(v[1] for v in vms)),
+                                  (ctypes.c_int64 * n)(*(v[2] for v in vms)), stdio, stdin):
+            raise MemoryError(f"the pipe bridge's thread cannot watch {n} VMs")
 
     def stats(self) -> dict[str, int]:
         names = ("turns", "supervisor", "forwarded", "delivered", "for_frames",

@@ -123,7 +123,7 @@ def native() -> ctypes.CDLL:
             ("uf_relay_efd", i, [p]), ("uf_relay_route", None, [p, i, p]),
             ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]),
             ("uf_relay_deliver", None, [p, p, i]),
-            ("uf_relay_vms", None, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
+            ("uf_relay_vms", i, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
                                     ctypes.POINTER(ctypes.c_int64), u64, u64]),
             ("uf_relay_stats", p, [p])):
         f = getattr(lib, name)

@@ -218,6 +218,10 @@ class Supervisor:
         pid1 = job.procs.get(1)     # None in a subtree on another host (cluster.py)
         priority = None     # raised once a pipe reaches another host (a link)
         raise_when_linked = job.bridge is not None
+        if job.bridge is not None:      # what its thread must leave to us
+            at = {abi.shm_ring_off(i): 1 << i for i in range(abi.SHM_RINGS)}
+            job.bridge.stdio = at.get(self.stdout.offset, 0) | at.get(self.stderr.offset, 0)
+            job.bridge.stdin = at.get(self.stdin.offset, 0)
         try:
             fired: set[int] | None = None   # the fds poll() reported; None: look at all
             while True:
@@ -332,9 +336,6 @@ class Supervisor:
         bridge = self.job.bridge
         if bridge is not None:
             polled.add(bridge.fileno())
-            at = {abi.shm_ring_off(i): 1 << i for i in range(abi.SHM_RINGS)}
-            bridge.stdio = at.get(self.stdout.offset, 0) | at.get(self.stderr.offset, 0)
-            bridge.stdin = at.get(self.stdin.offset, 0)
             self.job.watch_vms()
         for p in self.job.live():
             bell = bridge.fileno() if bridge is not None else p.vm.bell.fileno()

@@ -35,7 +35,7 @@
 #define HOST_LOCKER 0x7FFFFFFF          /* the host's "pid" in a ring's lock */
 #define FRAME       5                   /* kind (1), length (4, little-endian) */
 #define MAX_UNIT    UF_RING_SIZE
-#define MAX_VMS     UF_SHM_RINGS
+#define EVENTS      64                  /* per epoll_wait: the rest come next */
 
 struct vm {
 	int bell;                       /* the supervisor's end of its doorbell */
@@ -53,8 +53,8 @@ struct relay {
 	struct chan *route[UF_SHM_RINGS];       /* ring -> channel */
 	struct { struct chan *ch; int ring; } dlv[UF_SHM_RINGS];    /* channel -> ring */
 	int ndlv;
-	struct vm vms[MAX_VMS];
-	int nvms;
+	struct vm *vms;                 /* (as many as the host runs for the job) */
+	int nvms, capvms;
 	uint64_t stdio;                 /* rings the host reads (stdout, stderr) */
 	uint64_t stdin;                 /* rings the host writes (stdin) */
 	uint64_t stdin_waits;           /* ... whose wr_wait the host had raised */
@@ -306,10 +306,10 @@ static void *
 run(void *arg)
 {
 	struct relay *r = arg;
-	struct epoll_event evs[MAX_VMS + 2];
+	struct epoll_event evs[EVENTS];
 	struct timespec wait, *timeout = 0;     /* 0: until something comes */
 	for (;;) {
-		int n = epoll_pwait2(r->epfd, evs, MAX_VMS + 2, timeout, 0);
+		int n = epoll_pwait2(r->epfd, evs, EVENTS, timeout, 0);
 		pthread_mutex_lock(&r->mu);
 		if (r->stop)
 			break;
@@ -498,24 +498,50 @@ uf_relay_deliver(struct relay *r, struct chan *ch, int idx)
 	r->dlv[j].ring = idx;
 }
 
-/* The VMs of the region now: their doorbells become the thread's. */
-void
+static int
+has_bell(const int *bells, int n, int fd)
+{
+	for (int i = 0; i < n; i++)
+		if (bells[i] == fd)
+			return 1;
+	return 0;
+}
+
+/* The VMs of the region now: their doorbells become the thread's (those
+ * it had already stay in its epoll; those gone leave it).  -1: no memory
+ * (nothing changed). */
+int
 uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *ctls,
     const int64_t *parked, uint64_t stdio, uint64_t stdin)
 {
-	for (int i = 0; i < r->nvms; i++)
-		epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->vms[i].bell, 0);
-	r->nvms = 0;
-	for (int i = 0; i < n && i < MAX_VMS; i++) {
-		struct epoll_event ev = { .events = EPOLLIN };
-		ev.data.fd = bells[i];
-		epoll_ctl(r->epfd, EPOLL_CTL_ADD, bells[i], &ev);
-		volatile struct uf_ctl *c = (volatile struct uf_ctl *)ctls[i];
-		r->vms[r->nvms++] = (struct vm){ bells[i], c, parked[i], c->alarm_real_ns };
+	if (n > r->capvms) {
+		struct vm *v = realloc(r->vms, n * sizeof *v);
+		if (!v)
+			return -1;
+		r->vms = v, r->capvms = n;
 	}
+	int old[r->nvms ? r->nvms : 1];
+	for (int i = 0; i < r->nvms; i++)
+		old[i] = r->vms[i].bell;
+	for (int i = 0; i < r->nvms; i++)
+		if (!has_bell(bells, n, old[i]))
+			epoll_ctl(r->epfd, EPOLL_CTL_DEL, old[i], 0);
+	for (int i = 0; i < n; i++) {
+		if (!has_bell(old, r->nvms, bells[i])) {
+			struct epoll_event ev = { .events = EPOLLIN };
+			ev.data.fd = bells[i];
+			epoll_ctl(r->epfd, EPOLL_CTL_ADD, bells[i], &ev);
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		volatile struct uf_ctl *c = (volatile struct uf_ctl *)ctls[i];
+		r->vms[i] = (struct vm){ bells[i], c, parked[i], c->alarm_real_ns };
+	}
+	r->nvms = n;
 	r->stdio = stdio;
 	r->stdin = stdin;
 	seen(r);
+	return 0;
 }
 
 uint64_t *
@@ -536,5 +562,6 @@ uf_relay_free(struct relay *r)
 	}
 	pthread_join(r->th, 0);
 	close(r->epfd), close(r->efd), close(r->kick);
+	free(r->vms);
 	free(r);
 }
