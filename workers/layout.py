@@ -50,7 +50,8 @@ class Layout:
 
 
 def page_tables(mem, layout: Layout) -> None:
-    """Identity-map RAM, the shm region and the APICs, at abi.PT_ADDR.
+    """Identity-map RAM, the shm region, the APICs and the virtio-mmio slots,
+    at abi.PT_ADDR.
 
     PML4, PDPT, four page directories (4 GiB), and one page table for the
     first 2 MiB so that page 0 stays unmapped (null pointers fault).
@@ -74,6 +75,9 @@ def page_tables(mem, layout: Layout) -> None:
     map_2m(0, layout.ram_size, user)
     map_2m(layout.shm_base, layout.shm_base + layout.shm_size, user)
     map_2m(_IOAPIC, _IOAPIC + (2 << 20), _P | _RW | _PCD | _PWT)
+    # the fast doorbell's notify register is written from ring 3 (bell.c)
+    map_2m(abi.VIRTIO_MMIO_BASE, abi.VIRTIO_MMIO_BASE + abi.VIRTIO_MMIO_SLOTS * abi.VIRTIO_MMIO_SLOT,
+           user | _PCD | _PWT)
     map_2m(_LAPIC, _LAPIC + (2 << 20), _P | _RW | _PCD | _PWT)
 
 

@@ -196,7 +196,7 @@ VEC 4
 VEC 5
 	.globl vector_6
 vector_6:                               /* #UD: the doorbell's and halt's first */
-	cmpq $doorbell_ud2, (%rsp)
+	cmpq $doorbell_port_ud2, (%rsp)
 	je 1f
 	cmpq $halt_ud2, (%rsp)
 	je 2f
@@ -311,7 +311,7 @@ gate_ud2:
 	ret
 
 /*
- * void doorbell(void): wake the host.  void halt(uint64_t tsc_deadline):
+ * void doorbell_port(void): wake the host through COM2.  void halt(uint64_t tsc_deadline):
  * sleep until an interrupt or the deadline (0: none).  At CPL 0 they run
  * here; at CPL 3 (PVM) each has a ud2 of its own, NAME_ud2, that vector_6
  * recognises before anything else.
@@ -328,7 +328,7 @@ gate_ud2:
 1:	\body
 	ret
 .endm
-	SHORT_GATE doorbell, DOORBELL_BODY
+	SHORT_GATE doorbell_port, DOORBELL_BODY
 	SHORT_GATE halt, HALT_BODY
 
 /* Clear what a Linux program finds clear at its entry (rdx: no atexit). */

@@ -45,13 +45,17 @@ unlock(volatile uint32_t *l)
 	__atomic_store_n(l, 0, __ATOMIC_RELEASE);
 }
 
-/* After moving a counter: wake a peer that waits for it. */
+/* After moving a counter of (r): wake a peer that waits for it.  On a
+ * bridged ring the peer is the host's bridge, and the doorbell's latency
+ * the pipe's: the fast doorbell is worth setting up. */
 static void
-wake(volatile uint32_t *flag)
+wake(volatile struct uf_ring *r, volatile uint32_t *flag)
 {
 	mfence();
 	if (*flag) {
 		*flag = 0;
+		if (r->bridged)
+			bell_want();
 		doorbell();
 	}
 }
@@ -167,7 +171,7 @@ ring_write(int idx, const void *buf, size_t n, int nonblock)
 		__atomic_store_n(&r->head, head + chunk, __ATOMIC_RELEASE);
 		unlock(&r->wlock);
 		done += chunk;
-		wake(&r->rd_wait);
+		wake(r, &r->rd_wait);
 	}
 	return (long)done;
 }
@@ -194,6 +198,7 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 				return -EAGAIN;
 			} else if (r->bridged) {   /* tell the bridge bytes are wanted here */
 				__atomic_add_fetch(&r->hungry, 1, __ATOMIC_SEQ_CST);
+				bell_want();
 				if (r->bridged & UF_BRIDGED_TELL)
 					doorbell();
 				int stop = wait_until(can_read, (void *)r, &r->rd_wait,
@@ -220,7 +225,7 @@ ring_read(int idx, void *buf, size_t n, int nonblock)
 		memcpy((uint8_t *)buf + first, (const void *)&r->data[0], chunk - first);
 		__atomic_store_n(&r->tail, tail + chunk, __ATOMIC_RELEASE);
 		unlock(&r->rlock);
-		wake(&r->wr_wait);
+		wake(r, &r->wr_wait);
 		small_reads[idx] = chunk <= UF_PIPE_BUF;
 		return (long)chunk;
 	}
