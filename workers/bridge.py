@@ -145,7 +145,8 @@ class Bridge:
         which wakes the supervisor through fileno()); before a VM is closed."""
         from .cpu import address
         with self.relay:
-            self.relay.vms([(vm.bell.fileno(), address(vm.mem) + abi.CTL_ADDR, parked)
+            self.relay.vms([(vm.bell.fileno(), vm.fast.handle if vm.fast else 0,
+                             address(vm.mem) + abi.CTL_ADDR, parked)
                             for vm, parked in vms], self.stdio, self.stdin)
 
     @property
@@ -379,7 +380,9 @@ class Bridge:
     def close(self) -> None:
         import os
         if os.environ.get("UNIFORK_BRIDGE_STATS"):
-            self.say(f"pipe bridge: {self.relay.stats()} {self.ep.stats}")
+            from . import bell
+            fast = bell._bells.stats() if bell._bells is not None else {}
+            self.say(f"pipe bridge: {self.relay.stats()} {self.ep.stats} fast doorbells: {fast}")
         self.relay.close()              # (its thread ends first)
         st = self.ep.stats
         if st["forged"] or st["duplicate"] or st["stale"]:
@@ -439,13 +442,15 @@ class Relay:
         """U frames arriving on (chan) go into ring (idx) (-1: not by the thread)."""
         self._lib.uf_relay_deliver(self._c, chan._c, idx)
 
-    def vms(self, vms: list[tuple[int, int, int]], stdio: int, stdin: int) -> None:
-        """The VMs (doorbell, control page address, request held back), and
-        the rings the host reads and writes (masks)."""
+    def vms(self, vms: list[tuple[int, int, int, int]], stdio: int, stdin: int) -> None:
+        """The VMs (doorbell, fast doorbell's handle or 0, control page
+        address, request held back), and the rings the host reads and
+        writes (masks)."""
         n = len(vms)
         if self._lib.uf_relay_vms(self._c, n, (ctypes.c_int * n)(*(v[0] for v in vms)),
                                   (ctypes.c_uint64 * n)(*(v[1] for v in vms)),
-                                  (ctypes.c_int64 * n)(*(v[2] for v in vms)), stdio, stdin):
+                                  (ctypes.c_uint64 * n)(*(v[2] for v in vms)),
+                                  (ctypes.c_int64 * n)(*(v[3] for v in vms)), stdio, stdin):
             raise MemoryError(f"the pipe bridge's thread cannot watch {n} VMs")
 
     def stats(self) -> dict[str, int]:

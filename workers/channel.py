@@ -124,8 +124,12 @@ def native() -> ctypes.CDLL:
             ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]),
             ("uf_relay_deliver", None, [p, p, i]),
             ("uf_relay_vms", i, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
-                                    ctypes.POINTER(ctypes.c_int64), u64, u64]),
-            ("uf_relay_stats", p, [p])):
+                                    ctypes.POINTER(u64), ctypes.POINTER(ctypes.c_int64), u64,
+                                    u64]),
+            ("uf_relay_stats", p, [p]),
+            ("uf_bells_new", p, []), ("uf_bells_free", None, [p]), ("uf_bells_stats", p, [p]),
+            ("uf_bell_new", p, [p, i]), ("uf_bell_free", None, [p, p]),
+            ("uf_bell_fd", i, [p]), ("uf_bell_take", i, [p])):
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
     _lib = lib

@@ -253,7 +253,9 @@ class Link:
                           "pipes": pipes, "tsc": tsc,
                           # its clocks follow this host's TSC: the child's will
                           # follow its host's (the same hypervisor), fork.py
-                          "host_tsc_clock": offset is not None}
+                          "host_tsc_clock": offset is not None,
+                          # its devices: the child's QEMU must have the same
+                          "fast_bell": parent_vm.fast is not None}
                 with memoryview(parent_vm.mem) as ram:
                     transfer.send_fork(sock, self.secret, nonce, header, parent_vm.ram_fd,
                                        ram, parent_vm.layout.ram_size, device_state)

@@ -128,7 +128,8 @@ class Job:
         """The warm pool of VMs for forks (pool.Pool), made at the first fork."""
         if self._pool is None:
             from .pool import Pool
-            self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size)
+            self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size,
+                              fast_bell=self.bridge is not None)
         return self._pool
 
     def new_pid(self) -> int:
@@ -241,7 +242,7 @@ class Job:
             self.reply(parent, pid, wake=False)
         try:
             if child_vm is None:
-                child_vm = VM(self.mem_mib, self.shm)
+                child_vm = VM(self.mem_mib, self.shm, fast_bell=self.bridge is not None)
                 child_vm.start(incoming=True)     # cold: clone() arms it
             # one conversation on the QMP thread (each hand-off costs ~0.3 ms)
             resumed = self._aio(fork.fork(parent.vm, child_vm, pid, parent.pid, cloned,

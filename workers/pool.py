@@ -17,15 +17,17 @@ class Pool:
     """Up to (size) idle VMs of (ram_mib) MiB mapping (shm); they are armed
     for a fork (fork.arm) in the background, on (qmp)'s loop."""
 
-    def __init__(self, ram_mib: int, shm: SharedRegion, qmp: QMPThread, size: int = 2) -> None:
+    def __init__(self, ram_mib: int, shm: SharedRegion, qmp: QMPThread, size: int = 2,
+                 fast_bell: bool = False) -> None:
         self.ram_mib, self.shm, self.size, self.qmp = ram_mib, shm, size, qmp
+        self.fast_bell = fast_bell  # its VMs have the fast doorbell (as the job's do)
         self.idle: list[VM] = []
 
     def fill(self, size: int) -> None:
         """Start VMs until (size) are idle; they start and arm asynchronously.
         Idle VMs hold no slot: a slot is a VM that runs a process."""
         while len(self.idle) < size:
-            vm = VM(self.ram_mib, self.shm)
+            vm = VM(self.ram_mib, self.shm, self.fast_bell)
             vm.start(incoming=True)
             vm.armed = self.qmp.submit(arm(vm))
             self.idle.append(vm)

@@ -3,7 +3,8 @@
 A VM is a `microvm` with no firmware tables, one vCPU, RAM and the job's
 shared-memory region as two `memory-backend-file,share=on` NUMA nodes (the
 second appears right after RAM), the doorbell UART (COM2), isa-debug-exit
-for power-off, and QMP.  Files and sockets are passed as inherited file
+for power-off, QMP, and for a VM of a job across hosts the fast doorbell's
+vhost-user-blk on a virtio-mmio slot (bell.py).  Files and sockets are passed as inherited file
 descriptors (/proc/self/fd/N, fd=N): nothing is created on disk.
 """
 from __future__ import annotations
@@ -64,12 +65,14 @@ class VMSpec:
     """What a VM is made of; the fds must be inheritable by QEMU."""
 
     def __init__(self, kernel: str, ram_mib: int, shm_mib: int, ram_fd: int, shm_fd: int,
-                 doorbell_fd: int, qmp_fd: int, kvm: bool, incoming: bool = False) -> None:
+                 doorbell_fd: int, qmp_fd: int, kvm: bool, incoming: bool = False,
+                 fast_bell_fd: int = -1) -> None:
         self.kernel, self.ram_mib, self.shm_mib = kernel, ram_mib, shm_mib
         self.ram_fd, self.shm_fd = ram_fd, shm_fd
         self.doorbell_fd, self.qmp_fd = doorbell_fd, qmp_fd
         self.kvm = kvm
         self.incoming = incoming    # wait for a migration (fork) instead of booting
+        self.fast_bell_fd = fast_bell_fd    # vhost-user socket of the fast doorbell, or -1
 
     def argv(self) -> list[str]:
         accel = "kvm" if self.kvm else "tcg"
@@ -94,6 +97,10 @@ class VMSpec:
             "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-kernel", self.kernel,
         ]
+        if self.fast_bell_fd >= 0:  # its notify register, an ioeventfd (bell.py)
+            args += ["-chardev", f"socket,id=fastbell,fd={self.fast_bell_fd}",
+                     "-device", "vhost-user-blk,chardev=fastbell,num-queues=1",
+                     "-global", "virtio-mmio.force-legacy=false"]
         if self.incoming:           # a pool VM: paused, until a fork migrates into it
             args += ["-S", "-incoming", "defer"]
         return args

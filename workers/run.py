@@ -142,7 +142,7 @@ def run(req: RunRequest) -> int:
     job = None
     try:
         rings = [shm.new_ring() for _ in range(3)]
-        vm = VM(req.mem_mib, shm)
+        vm = VM(req.mem_mib, shm, fast_bell=req.link is not None)
         tty = sum(1 << i for i, fd in enumerate((req.stdin, req.stdout, req.stderr))
                   if os.isatty(fd))
         try:

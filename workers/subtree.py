@@ -44,7 +44,7 @@ class Arrival:
         self.mem_mib = mem_mib
         self.shm = SharedRegion()
         self.qmp: fork.QMPThread | None = fork.QMPThread()
-        self.vm: VM | None = VM(mem_mib, self.shm)
+        self.vm: VM | None = VM(mem_mib, self.shm, fast_bell=True)   # as its parent's
         self.listener: socket.socket | None = None
         self.adopted = False        # a subtree's Job owns the VM (and its slot) now
         self.armed = None
@@ -97,6 +97,10 @@ class Arrival:
                 header, device_state = transfer.receive_fork(conn, secret, self.nonce, ram)
             if header.get("pid") != pid or header.get("ram_size") != self.vm.layout.ram_size:
                 raise transfer.TransferError("the fork stream is for another child")
+            if bool(header.get("fast_bell")) != (self.vm.fast is not None):
+                raise transfer.TransferError(
+                    "the parent's VM and this host's differ in the fast doorbell device "
+                    "(KVM on one host and not the other, or UNIFORK_FAST_BELL set differently)")
             fork.load_state(self.vm, device_state)
             return header, conn, began
         except BaseException:

@@ -42,7 +42,10 @@ class VMState:
 class VM:
     """A unikernel VM of (ram_mib) MiB that maps the job's (shm) region."""
 
-    def __init__(self, ram_mib: int, shm: SharedRegion) -> None:
+    def __init__(self, ram_mib: int, shm: SharedRegion, fast_bell: bool = False) -> None:
+        """(fast_bell): give it the fast doorbell (bell.py), if KVM runs it
+        and UNIFORK_FAST_BELL is not 0; the VMs of a job that spans hosts
+        have it (a fork's copies must be alike: the device migrates)."""
         if ram_mib % 2 or not 16 <= ram_mib <= abi.MAX_RAM >> 20:
             raise VMError(f"VM memory must be an even number of MiB in 16..{abi.MAX_RAM >> 20}")
         self.state = VMState.CREATED
@@ -57,6 +60,18 @@ class VM:
         self.bell, self._bell_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.bell.setblocking(False)
         self._qmp_sock, self._qmp_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.fast = None                # bell.Bell: the fast doorbell, if it has one
+        self._fast_peer = None
+        if fast_bell and self.kvm and os.environ.get("UNIFORK_FAST_BELL", "1") != "0":
+            from .bell import bells
+            ours, self._fast_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            try:
+                self.fast = bells().open(ours.fileno())
+            except BaseException:
+                ours.close()
+                self._fast_peer.close()
+                raise
+            ours.detach()               # the bell's now
         self.pid = 0
         self.pidfd = -1
         self.fds: frozenset[int] = frozenset()  # what the supervisor polls for it
@@ -83,7 +98,8 @@ class VM:
         sp = layout.initial_stack(self.mem, lay, prog, argv, envp, exe, uid, gid, hwcap)
         abi.BOOT.put(
             self.mem, abi.BOOT_ADDR, magic=abi.BOOT_MAGIC, abi_version=abi.ABI_VERSION,
-            features=abi.FEAT_KVM if self.kvm else 0, ram_size=lay.ram_size,
+            features=(abi.FEAT_KVM if self.kvm else 0) | (abi.FEAT_BELL if self.fast else 0),
+            ram_size=lay.ram_size,
             shm_base=lay.shm_base, shm_size=lay.shm_size, tsc_khz=tsc_khz,
             entry=prog.entry, sp=sp, brk=(prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
             mmap_top=lay.mmap_top, stack_low=lay.stack_low, pid=pid, ppid=ppid,
@@ -98,8 +114,11 @@ class VM:
         if not os.path.exists(KERNEL):
             raise VMError(f"guest kernel {KERNEL} is missing: run make setup")
         passed = (self.ram_fd, self.shm.fd, self._bell_peer.fileno(), self._qmp_peer.fileno())
+        fast_fd = self._fast_peer.fileno() if self._fast_peer is not None else -1
         spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm,
-                      incoming=incoming)
+                      incoming=incoming, fast_bell_fd=fast_fd)
+        if fast_fd >= 0:
+            passed += (fast_fd,)
         argv = spec.argv()
         if os.access(SETPRIV, os.X_OK):
             argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
@@ -122,6 +141,8 @@ class VM:
                 os.set_inheritable(fd, False)
             self._bell_peer.close()
             self._qmp_peer.close()
+            if self._fast_peer is not None:
+                self._fast_peer.close()
         self.pidfd = os.pidfd_open(self.pid)
         self.state = VMState.RUNNING
         if self._stamp_clock:
@@ -262,11 +283,15 @@ class VM:
         self.log.release()
         if self.mig_sock is not None:
             self.mig_sock.close()
-        for s in (self.bell, self._bell_peer, self._qmp_sock, self._qmp_peer):
+        for s in (self.bell, self._bell_peer, self._qmp_sock, self._qmp_peer, self._fast_peer):
             try:
-                s.close()
+                if s is not None:
+                    s.close()
             except OSError:
                 pass
+        if self.fast is not None:       # (QEMU is gone: it asks nothing more)
+            self.fast.close()
+            self.fast = None
         self.mem.close()
         os.close(self.ram_fd)
         self.state = VMState.CLOSED

@@ -116,6 +116,11 @@ void uf_chan_on_data(struct ep *ep, struct chan *ch, uint64_t seq, const uint8_t
 
 const uint8_t *uf_chan_inbuf(struct chan *ch, size_t *n);
 
+/* bell.c: a VM's fast doorbell (relay.c watches uf_bell_fd, takes its kicks) */
+struct bell;
+int uf_bell_fd(struct bell *b);
+int uf_bell_take(struct bell *b);
+
 int buf_reserve(struct buf *b, size_t more);
 uint8_t *buf_data(struct buf *b);
 void buf_drop(struct buf *b, size_t n);

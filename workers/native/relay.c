@@ -3,8 +3,8 @@
  *
  * A cross-host round trip used to be four turns of the supervisors'
  * Python (the doorbell, then the datagram, on each side).  This thread
- * does what those turns did for bytes: it owns the region's doorbells and
- * the bridge's socket, and moves
+ * does what those turns did for bytes: it owns the region's doorbells
+ * (COM2's, and the fast ones of bell.c) and the bridge's socket, and moves
  *   - a ring's bytes, as U frames, into the channel bridge.py routed it to
  *     (uf_relay_route), and
  *   - U frames arriving on a channel into the ring bridge.py said
@@ -39,6 +39,8 @@
 
 struct vm {
 	int bell;                       /* the supervisor's end of its doorbell */
+	struct bell *fast;              /* its fast doorbell (bell.c), or 0 */
+	int fastfd;                     /* uf_bell_fd(fast), or -1 */
 	volatile struct uf_ctl *ctl;    /* its control page, mapped here */
 	int64_t parked;                 /* a request the supervisor holds back */
 	uint64_t alarm;                 /* its alarm_real_ns, as the supervisor saw it */
@@ -289,6 +291,16 @@ seen(struct relay *r)
 		r->ends[i] = ends(ring(r, i));
 }
 
+/* The fast doorbell whose epoll fd is (fd), if it is one. */
+static struct bell *
+fast_bell(struct relay *r, int fd)
+{
+	for (int i = 0; i < r->nvms; i++)
+		if (r->vms[i].fastfd == fd)
+			return r->vms[i].fast;
+	return 0;
+}
+
 /* Take a doorbell's bytes (they carry no data).  At its end (the VM's QEMU
  * is gone) it leaves the thread's watch: it would be readable for ever. */
 static void
@@ -325,8 +337,11 @@ run(void *arg)
 					/* nothing: it only woke us */
 				}
 			} else if (fd != r->ep->sock) {
-				drain(r, fd);
-				rang = 1;
+				struct bell *fast = fast_bell(r, fd);
+				if (fast)
+					rang |= uf_bell_take(fast);
+				else
+					drain(r, fd), rang = 1;
 			}
 		}
 		int cleared = 0;                /* a guest lowered a flag of ours: it rang */
@@ -499,20 +514,21 @@ uf_relay_deliver(struct relay *r, struct chan *ch, int idx)
 }
 
 static int
-has_bell(const int *bells, int n, int fd)
+has_fd(const int *fds, int n, int fd)
 {
 	for (int i = 0; i < n; i++)
-		if (bells[i] == fd)
+		if (fds[i] == fd)
 			return 1;
 	return 0;
 }
 
-/* The VMs of the region now: their doorbells become the thread's (those
- * it had already stay in its epoll; those gone leave it).  -1: no memory
- * (nothing changed). */
+/* The VMs of the region now: their doorbells (COM2's socket, and the fast
+ * doorbell's epoll fd if it has one: 0 in fasts[i] if not) become the
+ * thread's; those it had already stay in its epoll, those gone leave it.
+ * -1: no memory (nothing changed). */
 int
-uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *ctls,
-    const int64_t *parked, uint64_t stdio, uint64_t stdin)
+uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *fasts,
+    const uint64_t *ctls, const int64_t *parked, uint64_t stdio, uint64_t stdin)
 {
 	if (n > r->capvms) {
 		struct vm *v = realloc(r->vms, n * sizeof *v);
@@ -520,22 +536,31 @@ uf_relay_vms(struct relay *r, int n, const int *bells, const uint64_t *ctls,
 			return -1;
 		r->vms = v, r->capvms = n;
 	}
-	int old[r->nvms ? r->nvms : 1];
-	for (int i = 0; i < r->nvms; i++)
-		old[i] = r->vms[i].bell;
-	for (int i = 0; i < r->nvms; i++)
-		if (!has_bell(bells, n, old[i]))
-			epoll_ctl(r->epfd, EPOLL_CTL_DEL, old[i], 0);
-	for (int i = 0; i < n; i++) {
-		if (!has_bell(old, r->nvms, bells[i])) {
-			struct epoll_event ev = { .events = EPOLLIN };
-			ev.data.fd = bells[i];
-			epoll_ctl(r->epfd, EPOLL_CTL_ADD, bells[i], &ev);
-		}
+	int old[2 * r->nvms + 1], nold = 0, now[2 * n + 1], nnow = 0;
+	for (int i = 0; i < r->nvms; i++) {
+		old[nold++] = r->vms[i].bell;
+		if (r->vms[i].fast)
+			old[nold++] = r->vms[i].fastfd;
 	}
 	for (int i = 0; i < n; i++) {
+		now[nnow++] = bells[i];
+		if (fasts[i])
+			now[nnow++] = uf_bell_fd((struct bell *)fasts[i]);
+	}
+	for (int i = 0; i < nold; i++)
+		if (!has_fd(now, nnow, old[i]))
+			epoll_ctl(r->epfd, EPOLL_CTL_DEL, old[i], 0);
+	for (int i = 0; i < nnow; i++)
+		if (!has_fd(old, nold, now[i])) {
+			struct epoll_event ev = { .events = EPOLLIN };
+			ev.data.fd = now[i];
+			epoll_ctl(r->epfd, EPOLL_CTL_ADD, now[i], &ev);
+		}
+	for (int i = 0; i < n; i++) {
 		volatile struct uf_ctl *c = (volatile struct uf_ctl *)ctls[i];
-		r->vms[i] = (struct vm){ bells[i], c, parked[i], c->alarm_real_ns };
+		struct bell *fast = (struct bell *)fasts[i];
+		r->vms[i] = (struct vm){ bells[i], fast, fast ? uf_bell_fd(fast) : -1, c, parked[i],
+		    c->alarm_real_ns };
 	}
 	r->nvms = n;
 	r->stdio = stdio;

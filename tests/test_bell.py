@@ -1,0 +1,94 @@
+"""The fast doorbell (guest/kernel/bell.c, workers/native/bell.c, bell.py):
+a VM of a job across hosts has a vhost-user-blk device; a guest that waits
+on a bridged ring sets it up, and from then on its doorbells are writes to
+the device's notify register that KVM turns into a signal on the bell's
+eventfd, not bytes on COM2.  A real VM under KVM runs `cat`."""
+from __future__ import annotations
+
+import select
+import time
+
+import pytest
+
+from workers import abi, elf
+from workers.bell import bells
+from workers.layout import Layout
+from workers.qemu import kvm_usable
+from workers.rings import SharedRegion
+from workers.vm import VM
+
+pytestmark = pytest.mark.skipif(
+    not kvm_usable(), reason="the fast doorbell needs KVM's ioeventfd; under TCG (no "
+    "/dev/kvm here) the guest keeps COM2")
+MIB = 32
+
+
+def readable(fd: int, seconds: float = 20.0) -> bool:
+    return bool(select.select([fd], [], [], seconds)[0])
+
+
+def com2_bytes(vm: VM) -> int:
+    """The doorbell bytes the guest wrote to COM2 since the last call."""
+    n = 0
+    try:
+        while chunk := vm.bell.recv(4096):
+            n += len(chunk)
+    except BlockingIOError:
+        pass
+    return n
+
+
+@pytest.fixture
+def cat(example):
+    """pid 1 is cat with a bridged stdin (hunger told: the guest rings when
+    it finds stdin empty), and a fast doorbell."""
+    shm = SharedRegion()
+    rings = [shm.new_ring() for _ in range(3)]
+    rings[0][1].bridged = abi.BRIDGED | abi.BRIDGED_TELL
+    path = str(example("cat", "musl"))
+    with open(path, "rb") as f:
+        prog = elf.parse(path, f.read(), abi.PIE_BASE, Layout(MIB << 20).mmap_top)
+    vm = VM(MIB, shm, fast_bell=True)
+    vm.load(prog, [b"cat"], [], path.encode(), pid=1, ppid=0,
+            stdio=tuple(i for i, _ in rings))
+    vm.start()
+    yield vm, [r for _, r in rings]
+    vm.close()
+    shm.close()
+
+
+def feed(vm: VM, stdin, data: bytes, close: bool = False) -> None:
+    stdin.write(data)
+    if close:
+        stdin.close_write()
+    vm.wake()                   # (if it sleeps on stdin)
+
+
+def test_a_guest_hungry_on_a_bridged_ring_rings_the_fast_doorbell_not_com2(cat):
+    vm, (stdin, stdout, _) = cat
+    assert vm.fast is not None
+    assert readable(vm.fast.fd), "the fast doorbell never rang"
+    assert vm.fast.take()
+    assert bells().stats()["kicks"] >= 1
+    com2_bytes(vm)
+    feed(vm, stdin, b"a")       # cat copies it, finds stdin empty again and rings
+    assert readable(vm.fast.fd), "the fast doorbell did not ring again"
+    assert vm.fast.take()
+    assert com2_bytes(vm) == 0, "a doorbell still went through COM2"
+    feed(vm, stdin, b"bc\n", close=True)
+    deadline = time.monotonic() + 20
+    while vm.poll() is None and time.monotonic() < deadline:
+        vm.wake()
+        time.sleep(0.01)
+    assert vm.poll() == 0 or abi.CTL.get(vm.mem, abi.CTL_ADDR, "state") == abi.State.EXITED
+    assert stdout.read()[0] == b"abc\n"
+
+
+def test_a_vm_of_a_job_on_one_host_has_no_fast_doorbell(example):
+    shm = SharedRegion()
+    try:
+        vm = VM(MIB, shm)
+        assert vm.fast is None
+        vm.close()
+    finally:
+        shm.close()
