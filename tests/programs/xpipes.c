@@ -29,6 +29,16 @@
  *                           writes into a pipe for ever: the parent reads
  *                           until end of file (the test kills the writer's
  *                           host) and reports how the writer ended
+ *   xpipes forked ROUNDS    ping-pong over two pipes, forking as it goes:
+ *                           a child C echoes ROUNDS bytes from the parent,
+ *                           then forks G, which echoes the rest; the
+ *                           parent, past its ROUNDS, releases its holder
+ *                           and forks D, which plays ROUNDS, then plays
+ *                           ROUNDS more itself.  On a cluster C and G run
+ *                           on other hosts than the parent, and every fork
+ *                           but the first copies a VM whose fast doorbell
+ *                           runs (the ping-pong set it up): a doorbell lost
+ *                           in a copy hangs the game
  *   xpipes clock            a child that holds its VM, then a child that
  *                           reads CLOCK_MONOTONIC once its parent's reading,
  *                           taken after the fork, has come to it, and sends
@@ -407,6 +417,66 @@ clock_order(void)
 	return 0;
 }
 
+/* Send (n) bytes on (to), each echoed back on (from); 0 if all came back. */
+static int
+play(int to, int from, int n, int *seq)
+{
+	for (int i = 0; i < n; i++, (*seq)++) {
+		char c = (char)*seq, back;
+		if (write(to, &c, 1) != 1 || read(from, &back, 1) != 1 || back != c)
+			return -1;
+	}
+	return 0;
+}
+
+/* Echo (n) bytes from (from) to (to); 0 if all came. */
+static int
+echo(int from, int to, int n)
+{
+	char c;
+	for (int i = 0; i < n; i++)
+		if (read(from, &c, 1) != 1 || write(to, &c, 1) != 1)
+			return -1;
+	return 0;
+}
+
+static int
+forked(int rounds)
+{
+	int ping[2], pong[2], seq = 0, status;
+	pid_t holder = hold();
+	pipe(ping);
+	pipe(pong);
+	pid_t c = fork();
+	if (c == 0) {
+		close(ping[1]), close(pong[0]);
+		if (echo(ping[0], pong[1], rounds))
+			_exit(1);
+		pid_t g = fork();
+		if (g == 0)
+			_exit(echo(ping[0], pong[1], 2 * rounds) ? 1 : 0);
+		close(ping[0]), close(pong[1]);
+		waitpid(g, &status, 0);
+		_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 2);
+	}
+	close(ping[0]), close(pong[1]);
+	int bad = play(ping[1], pong[0], rounds, &seq);
+	kill(holder, SIGKILL);
+	waitpid(holder, NULL, 0);
+	pid_t d = fork();
+	if (d == 0)
+		_exit(play(ping[1], pong[0], rounds, &seq) ? 1 : 0);
+	waitpid(d, &status, 0);
+	bad |= !WIFEXITED(status) || WEXITSTATUS(status);
+	seq += rounds;
+	bad |= play(ping[1], pong[0], rounds, &seq);
+	close(ping[1]), close(pong[0]);
+	waitpid(c, &status, 0);
+	bad |= !WIFEXITED(status) || WEXITSTATUS(status);
+	printf("forked: %d round trips, %s\n", 3 * rounds, bad ? "some lost" : "all back");
+	return bad;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -427,6 +497,8 @@ main(int argc, char **argv)
 		return readstdin();
 	if (argc == 2 && !strcmp(argv[1], "lost"))
 		return lost();
+	if (argc == 3 && !strcmp(argv[1], "forked"))
+		return forked(atoi(argv[2]));
 	if (argc == 2 && !strcmp(argv[1], "clock"))
 		return clock_order();
 	fprintf(stderr, "usage: see the comment at the top\n");
