@@ -84,11 +84,22 @@ def test_a_guest_hungry_on_a_bridged_ring_rings_the_fast_doorbell_not_com2(cat):
     assert stdout.read()[0] == b"abc\n"
 
 
-def test_a_vm_of_a_job_on_one_host_has_no_fast_doorbell(example):
+def test_only_a_vm_asked_for_it_has_a_fast_doorbell_and_the_knob_turns_it_off(monkeypatch):
     shm = SharedRegion()
     try:
-        vm = VM(MIB, shm)
-        assert vm.fast is None
-        vm.close()
+        for kwargs, knob, has in (({}, "1", False), ({"fast_bell": True}, "1", True),
+                                  ({"fast_bell": True}, "0", False)):
+            monkeypatch.setenv("UNIFORK_FAST_BELL", knob)
+            vm = VM(MIB, shm, **kwargs)
+            assert (vm.fast is not None) == has, (kwargs, knob)
+            vm.close()
     finally:
         shm.close()
+
+
+def test_qemu_gets_the_device_only_with_a_vhost_user_socket():
+    from workers.qemu import VMSpec
+    base = ("kernel.elf", MIB, 66, 3, 4, 5, 6)
+    assert "vhost-user-blk" not in " ".join(VMSpec(*base, kvm=True).argv())
+    argv = " ".join(VMSpec(*base, kvm=True, fast_bell_fd=7).argv())
+    assert "socket,id=fastbell,fd=7" in argv and "vhost-user-blk,chardev=fastbell" in argv
