@@ -53,6 +53,8 @@ enum {                                  /* the requests we look at */
 #define MAX_PAYLOAD     4096
 
 struct bell {
+	uint64_t id;                    /* the thread's epoll names it so (not by address:
+	                                   a freed bell's may be a new one's by then) */
 	int sock;                       /* our end of the VM's vhost-user socket */
 	int epfd;                       /* holds kick: what relay.c watches */
 	int kick;                       /* the queue's kick eventfd, -1: none yet */
@@ -66,6 +68,7 @@ struct bells {
 	pthread_t th;
 	pthread_mutex_t mu;             /* the list, and a message being served */
 	struct bell *list;
+	uint64_t ids;                   /* the last bell's id (0: stop) */
 	uint64_t stats[4];              /* messages, kicks installed, hang-ups, refused */
 };
 
@@ -79,9 +82,11 @@ reply(struct bell *b, uint32_t req, const void *p, uint32_t size)
 {
 	struct msg m = { .req = req, .flags = VERSION | IS_REPLY, .size = size };
 	memcpy(m.p, p, size);
-	if (send(b->sock, &m, 12 + size, MSG_NOSIGNAL) < 0) {
-		/* QEMU is gone: its hang-up comes next */
-	}
+	ssize_t n;
+	do
+		n = send(b->sock, &m, 12 + size, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	/* (n < 0: QEMU is gone; its hang-up comes next) */
 }
 
 static void
@@ -121,7 +126,14 @@ serve(struct bells *bs, struct bell *b)
 	struct iovec iov = { &m, 12 };
 	struct msghdr h = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
 	    .msg_controllen = sizeof ctl };
-	ssize_t n = recvmsg(b->sock, &h, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	ssize_t n;
+	/* Never wait here (the lock is held): QEMU writes a message whole,
+	 * header and payload in one write, so the payload is there too. */
+	do
+		n = recvmsg(b->sock, &h, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -129,7 +141,7 @@ serve(struct bells *bs, struct bell *b)
 				memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 		}
 	int ok = n == 12 && !(h.msg_flags & MSG_CTRUNC) && m.size <= MAX_PAYLOAD &&
-	    (m.size == 0 || recv(b->sock, m.p, m.size, MSG_WAITALL) == (ssize_t)m.size);
+	    (m.size == 0 || recv(b->sock, m.p, m.size, MSG_DONTWAIT) == (ssize_t)m.size);
 	if (!ok) {
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
@@ -185,12 +197,12 @@ serve(struct bells *bs, struct bell *b)
 	return 0;
 }
 
-static int
-alive(struct bells *bs, struct bell *b)
+static struct bell *
+find(struct bells *bs, uint64_t id)
 {
-	for (struct bell *x = bs->list; x; x = x->next)
-		if (x == b)
-			return 1;
+	for (struct bell *b = bs->list; b; b = b->next)
+		if (b->id == id)
+			return b;
 	return 0;
 }
 
@@ -202,11 +214,11 @@ run(void *arg)
 	for (;;) {
 		int n = epoll_wait(bs->epfd, evs, 16, -1);
 		for (int i = 0; i < n; i++) {
-			struct bell *b = evs[i].data.ptr;
-			if (!b)
+			if (!evs[i].data.u64)
 				return 0;
 			pthread_mutex_lock(&bs->mu);
-			if (alive(bs, b) && b->sock >= 0 && serve(bs, b) < 0) {
+			struct bell *b = find(bs, evs[i].data.u64);
+			if (b && b->sock >= 0 && serve(bs, b) < 0) {
 				/* QEMU is gone (or mad): the socket would be readable for ever */
 				epoll_ctl(bs->epfd, EPOLL_CTL_DEL, b->sock, 0);
 				close(b->sock);
@@ -226,9 +238,9 @@ uf_bells_new(void)
 	bs->epfd = epoll_create1(EPOLL_CLOEXEC);
 	bs->stop = eventfd(0, EFD_CLOEXEC);
 	pthread_mutex_init(&bs->mu, 0);
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = 0 };
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0 };
 	if (bs->epfd < 0 || bs->stop < 0 || epoll_ctl(bs->epfd, EPOLL_CTL_ADD, bs->stop, &ev) ||
-	    pthread_create(&bs->th, 0, run, bs)) {
+	    uf_thread_start(&bs->th, run, bs)) {
 		close(bs->epfd), close(bs->stop);
 		free(bs);
 		return 0;
@@ -248,9 +260,9 @@ uf_bell_new(struct bells *bs, int sock)
 	b->kick = -1;
 	b->epfd = epoll_create1(EPOLL_CLOEXEC);
 	pthread_mutex_init(&b->mu, 0);
-	fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) & ~O_NONBLOCK);
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = b };
 	pthread_mutex_lock(&bs->mu);
+	b->id = ++bs->ids;
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = b->id };
 	int bad = b->epfd < 0 || epoll_ctl(bs->epfd, EPOLL_CTL_ADD, sock, &ev);
 	if (!bad)
 		b->next = bs->list, bs->list = b;

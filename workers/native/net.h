@@ -1,6 +1,7 @@
 /*
  * net.h: the pipe bridge's native half (libufnet.so): the channel protocol
- * (channel.c) and its data path between rings and channels (relay.c).
+ * (channel.c), its data path between rings and channels (relay.c), and the
+ * fast doorbell's backend (bell.c).
  * workers/channel.py loads it with ctypes; every function here that is
  * not static is called from there (or from relay.c).
  */
@@ -9,6 +10,7 @@
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -115,6 +117,21 @@ void uf_chan_on_data(struct ep *ep, struct chan *ch, uint64_t seq, const uint8_t
     size_t n);
 
 const uint8_t *uf_chan_inbuf(struct chan *ch, size_t *n);
+
+/* Start a thread with every signal blocked.  Our threads live in Python
+ * processes (Celery workers, asyncio) that handle signals: one delivered to
+ * our thread would interrupt its system calls (EINTR), and Python runs its
+ * handlers in the main thread anyway. */
+static inline int
+uf_thread_start(pthread_t *th, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = pthread_create(th, 0, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, 0);
+	return err;
+}
 
 /* bell.c: a VM's fast doorbell (relay.c watches uf_bell_fd, takes its kicks) */
 struct bell;

@@ -446,7 +446,7 @@ uf_relay_new(struct ep *ep, uint8_t *shm)
 	epoll_ctl(r->epfd, EPOLL_CTL_ADD, ep->sock, &ev);
 	ev.data.fd = r->kick;
 	epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->kick, &ev);
-	if (r->epfd < 0 || r->efd < 0 || r->kick < 0 || pthread_create(&r->th, 0, run, r)) {
+	if (r->epfd < 0 || r->efd < 0 || r->kick < 0 || uf_thread_start(&r->th, run, r)) {
 		close(r->epfd), close(r->efd), close(r->kick);
 		free(r);
 		return 0;
