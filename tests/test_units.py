@@ -139,3 +139,29 @@ def test_a_bridged_supervisor_runs_at_raised_priority_and_what_it_starts_does_no
     if seen.get("refused"):
         pytest.skip("this machine refuses a negative nice to us (not root)")
     assert seen == {"raised": -20, "slice": 100_000, "child": "0", "restored": 0}
+
+
+@pytest.mark.parametrize("pid1_state", ["running", "killed"])
+def test_a_subtree_ends_when_pid_1s_host_is_lost_whatever_pid_1s_record_says(monkeypatch,
+                                                                               pid1_state):
+    """pid 1's host, going down, may have recorded pid 1 killed (its VM died
+    first) without sending the subtrees their "end": the subtrees end on
+    the host's lapse all the same.  (Redis is faked: the rule alone.)"""
+    from workers import cluster
+    link = object.__new__(cluster.Link)
+    link.superseded, link.pid1_lost, link.tree, link.watch = False, False, 5, {}
+    link.job_id, link.holder = "job", ("hostA", "1")
+    got: list[dict] = []
+    link._deliver = got.append
+    alive = {"hostB": True}
+    monkeypatch.setattr(cluster.state, "holds_job", lambda r, job, holder: True)
+    monkeypatch.setattr(cluster.state, "procs", lambda r, job: {
+        1: {"host": "hostB", "incarnation": "7", "state": pid1_state}})
+    monkeypatch.setattr(cluster.state, "host_alive", lambda r, host, inc: alive.get(host, False))
+    link._check_remote(None)
+    assert got == []                        # its host lives: its "end" will come
+    alive["hostB"] = False
+    link._check_remote(None)
+    assert [m["type"] for m in got] == ["end"] and "hostB was lost" in got[0]["why"]
+    link._check_remote(None)
+    assert len(got) == 1                    # once

@@ -158,8 +158,10 @@ class Link:
                 continue
             self.watch.pop(pid, None)
         init = records.get(1, {})
-        if (self.tree != 1 and not self.pid1_lost and init.get("state") == "running"
-                and not state.host_alive(r, init.get("host", ""), init.get("incarnation"))):
+        # pid 1's record may say "killed" already: written by its own host's
+        # supervisor as that host went down, with no "end" sent to us
+        if (self.tree != 1 and not self.pid1_lost and init.get("host")
+                and not state.host_alive(r, init["host"], init.get("incarnation"))):
             self.pid1_lost = True       # no "end" will come from there
             self._deliver({"type": "end", "why": f"pid 1's host {init.get('host')} was lost: "
                                                  "the job is over, its processes here are stopped"})
