@@ -103,3 +103,17 @@ def test_qemu_gets_the_device_only_with_a_vhost_user_socket():
     assert "vhost-user-blk" not in " ".join(VMSpec(*base, kvm=True).argv())
     argv = " ".join(VMSpec(*base, kvm=True, fast_bell_fd=7).argv())
     assert "socket,id=fastbell,fd=7" in argv and "vhost-user-blk,chardev=fastbell" in argv
+
+
+def test_a_forked_process_starts_a_backend_of_its_own():
+    import os
+    parent = bells()
+    pid = os.fork()
+    if pid == 0:                        # (no pytest here: the exit status says it)
+        ok = False
+        try:
+            ok = bells() is not parent and bells().stats()["messages"] == 0
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert bells() is parent

@@ -13,6 +13,7 @@ there is no ioeventfd, and the guest keeps COM2.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 from .channel import native
@@ -65,6 +66,15 @@ class Bells:
 
 _bells: Bells | None = None
 _lock = threading.Lock()
+
+
+def _forgotten_in_child() -> None:
+    """A forked child has no copy of the thread: it starts its own if it needs one."""
+    global _bells, _lock
+    _bells, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forgotten_in_child)
 
 
 def bells() -> Bells:
