@@ -4,11 +4,11 @@
  * ring-3 store that KVM turns into an eventfd signal, ~3 us.  Until then,
  * and in a VM without one, it is COM2 (doorbell_port, entry.S: ~50 us).
  *
- * Setting the device up costs ~0.5 ms of MMIO exits, and once it runs
- * each fork of the VM stops and restarts it in QEMU: so it is set up only
+ * Setting the device up costs ~0.5 ms of MMIO exits, so it is done only
  * when a ring with ends on other hosts is waited on or woken, where the
- * doorbell's latency is the pipe's (bell_want).  A forked child inherits
- * it running (QEMU migrates the device; the host's end follows).
+ * doorbell's latency is the pipe's (bell_want).  A fork stops it first
+ * (bell_fork): QEMU would otherwise restart it in both copies as they
+ * resume, and each copy sets it up again only if it needs it.
  */
 #include "defs.h"
 #include "x86.h"
@@ -28,7 +28,8 @@ enum {
 #define DRIVER_OK       4
 #define FEATURES_OK     8
 
-static volatile uint32_t *notify;       /* the queue's notify register, once running */
+static volatile uint32_t *dev;          /* the device's registers, once found */
+static volatile uint32_t *notify;       /* the queue's notify register, while running */
 static int tried;
 
 /* The device's registers, or 0.  Each read here is an exit to QEMU. */
@@ -59,7 +60,7 @@ bell_want(void)
 	if (tried || !(BOOT->features & UF_FEAT_BELL))
 		return;
 	tried = 1;
-	volatile uint32_t *m = find_device();
+	volatile uint32_t *m = dev ? dev : (dev = find_device());
 	if (!m) {
 		kprintf("unifork: no fast doorbell device: COM2 it is\n");
 		return;
@@ -82,6 +83,19 @@ bell_want(void)
 	m[QUEUE_READY] = 1;
 	m[STATUS] = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
 	notify = &m[QUEUE_NOTIFY];
+}
+
+/* Before a fork: stop the device.  QEMU restarts a running vhost device
+ * as each copy resumes, which held the child ~1 ms more before it ran;
+ * stopped, it is set up again by whichever copy needs it, when it does. */
+void
+bell_fork(void)
+{
+	if (!notify)
+		return;
+	notify = 0;
+	tried = 0;
+	dev[STATUS] = 0;                                /* reset */
 }
 
 void

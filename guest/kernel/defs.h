@@ -63,6 +63,7 @@ long gate(long op, long a, long b);
 void doorbell(void);                    /* wake the host (bell.c) */
 void doorbell_port(void);               /* ... through COM2 (entry.S) */
 void bell_want(void);                   /* set up the fast doorbell, if any */
+void bell_fork(void);                   /* ... and stop it before a fork */
 void halt(uint64_t tsc_deadline);       /* until an interrupt or the deadline */
 void enter_user(uint64_t entry, uint64_t sp) __attribute__((noreturn));
 void fault_entry(void);

@@ -176,6 +176,7 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 		return -EFAULT;
 	if ((flags & CLONE_PARENT_SETTID) && !user_ok((uint64_t)ptid, 4))
 		return -EFAULT;
+	bell_fork();
 	long pid = host_call(UF_REQ_FORK, flags, (long)clock_tsc(), 0, 0);
 	if (pid < 0)
 		return pid;

@@ -37,8 +37,9 @@
  *                           ROUNDS more itself.  On a cluster C and G run
  *                           on other hosts than the parent, and every fork
  *                           but the first copies a VM whose fast doorbell
- *                           runs (the ping-pong set it up): a doorbell lost
- *                           in a copy hangs the game
+ *                           ran (the ping-pong set it up; the fork stops it,
+ *                           each copy sets it up again): a doorbell lost in
+ *                           a copy hangs the game
  *   xpipes clock            a child that holds its VM, then a child that
  *                           reads CLOCK_MONOTONIC once its parent's reading,
  *                           taken after the fork, has come to it, and sends
