@@ -72,7 +72,7 @@ def hosts_of(net, got: subprocess.CompletedProcess) -> set[str]:
                               "writers-on-three-hosts-4096-byte-records", "epipe",
                               "a-pipe-made-away-from-pid-1",
                               "a-writer-done-before-its-reader-is-forked",
-                              "forks-of-vms-whose-fast-doorbell-runs"])
+                              "forks-of-vms-that-set-the-fast-doorbell-up"])
 def test_pipes_across_hosts_give_the_native_output(net, program, args):
     prog = program("xpipes", "musl")
     want = subprocess.run([prog, *map(str, args)], capture_output=True, timeout=60)
