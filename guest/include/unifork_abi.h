@@ -72,7 +72,7 @@
  * The fast doorbell.  Ringing COM2 traps the guest into ring 0 and reaches
  * the host through QEMU's main loop (~50 us each way on PVM).  A VM with
  * UF_FEAT_BELL also has a vhost-user-blk device on one of microvm's
- * virtio-mmio slots (modern transport), used for nothing but its queue's
+ * virtio-mmio slots (legacy transport), used for nothing but its queue's
  * notify register: KVM turns a write there, from ring 3, into a signal on
  * an eventfd that the host's bridge thread waits on (an ioeventfd), and
  * the guest goes on at once.  The guest sets it up (one queue of
