@@ -5,6 +5,7 @@ the device's notify register that KVM turns into a signal on the bell's
 eventfd, not bytes on COM2.  A real VM under KVM runs `cat`."""
 from __future__ import annotations
 
+import os
 import select
 import time
 
@@ -106,7 +107,6 @@ def test_qemu_gets_the_device_only_with_a_vhost_user_socket():
 
 
 def test_a_forked_process_starts_a_backend_of_its_own():
-    import os
     parent = bells()
     pid = os.fork()
     if pid == 0:                        # (no pytest here: the exit status says it)
@@ -117,3 +117,35 @@ def test_a_forked_process_starts_a_backend_of_its_own():
             os._exit(0 if ok else 1)
     assert os.waitpid(pid, 0)[1] == 0
     assert bells() is parent
+
+
+def test_a_qemu_gone_with_an_answer_unread_costs_the_process_no_descriptor():
+    """QEMU killed with our last answer unread: the backend's next read
+    fails (ECONNRESET).  It must not take the failed read's unset control
+    data for descriptors sent to it, and close them: they are anybody's by
+    now, here a file that took the number of one it had received."""
+    import socket
+    import struct
+    head = struct.Struct("<III")
+    ours, qemu = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    bell = bells().open(ours.detach())
+    try:
+        sent = os.eventfd(0)
+        qemu.sendmsg([head.pack(13, 1, 8) + struct.pack("<Q", 0)],       # SET_VRING_CALL
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", sent))])
+        os.close(sent)
+        qemu.sendall(head.pack(1, 1, 0))                                # GET_FEATURES
+        assert readable(qemu.fileno(), 5)
+        assert head.unpack(qemu.recv(12))[0] == 1 and len(qemu.recv(8)) == 8
+        # the backend closed its copy of the eventfd: a file of ours takes the number
+        files = [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]
+        qemu.sendall(head.pack(1, 1, 0))
+        assert readable(qemu.fileno(), 5)
+        qemu.close()                                    # the answer unread
+        time.sleep(0.2)
+        for fd in files:
+            os.fstat(fd)                                # EBADF if it was closed
+            os.close(fd)
+        assert bells().stats()["refused"] + bells().stats()["hangups"] >= 1
+    finally:
+        bell.close()

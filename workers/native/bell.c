@@ -134,12 +134,17 @@ serve(struct bells *bs, struct bell *b)
 	while (n < 0 && errno == EINTR);
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		return 0;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-			int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			for (int i = 0; i < k && nfds < MAX_FDS; i++)
-				memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-		}
+	/* Only a call that succeeded sets msg_controllen: after a failed one
+	 * (ECONNRESET, as QEMU is killed) ctl holds whatever the stack held,
+	 * and "descriptors" read from it would be closed: anybody's. */
+	if (n > 0)
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c))
+			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+				int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+				for (int i = 0; i < k && nfds < MAX_FDS; i++)
+					memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int),
+					    sizeof(int));
+			}
 	int ok = n == 12 && !(h.msg_flags & MSG_CTRUNC) && m.size <= MAX_PAYLOAD &&
 	    (m.size == 0 || recv(b->sock, m.p, m.size, MSG_DONTWAIT) == (ssize_t)m.size);
 	if (!ok) {
