@@ -228,6 +228,40 @@ def test_the_bridges_thread_carries_bytes_both_ways_without_its_supervisor():
             shm.close()
 
 
+def test_a_request_whose_doorbell_was_lost_reaches_the_supervisor_all_the_same():
+    """A doorbell can be lost (QEMU takes a pending kick for itself when it
+    stops the fast doorbell's device): the bridge's thread looks now and
+    then as if one had rung, so a guest's request posted without one still
+    wakes the supervisor (bytes go anyway: the channels' timers wake the
+    thread, and it forwards at every turn); an idle bridge does not."""
+    import ctypes
+    import socket
+    import struct
+    from workers import abi
+    from workers.bridge import Relay
+    from workers.rings import SharedRegion
+    a, b, ca, cb = pair()
+    shm = SharedRegion()
+    relay = Relay(a, shm)
+    ctl = ctypes.create_string_buffer(abi.CTL.size)     # a guest's control page
+    bell, guest_end = socket.socketpair()
+    try:
+        with relay:
+            relay.vms([(bell.fileno(), 0, ctypes.addressof(ctl), -1)], 0, 0)
+        woken, _, _ = select.select([relay.efd], [], [], 0.3)
+        assert woken == [], "an idle bridge woke its supervisor"
+        struct.pack_into("<I", ctl, abi.CTL.offsets["req_seq"], 1)    # no doorbell
+        woken, _, _ = select.select([relay.efd], [], [], 2)
+        assert woken == [relay.efd], "a request without a doorbell was never seen"
+    finally:
+        relay.close()
+        a.close()
+        b.close()
+        shm.close()
+        bell.close()
+        guest_end.close()
+
+
 def test_the_python_face_says_what_the_c_does():
     """channel.py's constants are native/net.h's and channel.c's."""
     import re

@@ -36,6 +36,7 @@
 #define FRAME       5                   /* kind (1), length (4, little-endian) */
 #define MAX_UNIT    UF_RING_SIZE
 #define EVENTS      64                  /* per epoll_wait: the rest come next */
+#define LOOK_EVERY  0.05                /* s: a look as if a doorbell rang, when none did */
 
 struct vm {
 	int bell;                       /* the supervisor's end of its doorbell */
@@ -62,6 +63,7 @@ struct relay {
 	uint64_t stdin_waits;           /* ... whose wr_wait the host had raised */
 	int dead_seen;
 	int moved;                      /* bytes forwarded or delivered since the last doorbell */
+	double looked;                  /* when a doorbell (or a look) was last seen to */
 	uint64_t armed_rd, armed_wr;    /* rings whose rd_wait (wr_wait) it raised */
 	uint64_t ends[UF_SHM_RINGS];    /* each ring's ends as the supervisor saw them */
 	uint64_t stats[7];              /* wakes, supervisor woken, forwarded, delivered,
@@ -344,7 +346,16 @@ run(void *arg)
 					drain(r, fd), rang = 1;
 			}
 		}
-		int cleared = 0;                /* a guest lowered a flag of ours: it rang */
+		/* A doorbell can be lost (QEMU takes a pending kick for itself
+		 * when it stops the device, bell.c): every LOOK_EVERY without
+		 * one, look as if one had rung, and wake the supervisor only if
+		 * something is left unexplained.  A lost doorbell then costs a
+		 * delay, never a hang. */
+		double now = uf_now();
+		int look = !rang && now - r->looked >= LOOK_EVERY;
+		if (rang || look)
+			r->looked = now;
+		int cleared = look;             /* a guest lowered a flag of ours: it rang */
 		if (rang)
 			for (int i = 0; i < UF_SHM_RINGS; i++) {
 				uint64_t bit = 1ull << i;
@@ -353,7 +364,6 @@ run(void *arg)
 				if ((r->armed_wr & bit) && !ring(r, i)->wr_wait)
 					cleared = 1, r->armed_wr &= ~bit;
 			}
-		double now = uf_now();
 		uf_ep_receive(r->ep, now);
 		for (int i = 0; i < r->ep->nchans; i++) {
 			struct chan *ch = r->ep->chans[i];
@@ -392,14 +402,15 @@ run(void *arg)
 			need = 1, r->dead_seen = dead;
 			r->stats[5]++;
 		}
-		if (rang) {
+		if (rang || look) {
 			if (!explained(r, cleared)) {
 				need = 1;
 				r->stats[6]++;
 			}
-			r->moved = 0;
+			if (rang)
+				r->moved = 0;
 		}
-		if (rang || changed)
+		if (rang || look || changed)
 			wake_sleepers(r);
 		if (need) {
 			uint64_t one = 1;
@@ -413,7 +424,7 @@ run(void *arg)
 		for (int i = 0; i < UF_SHM_RINGS; i++)
 			if ((r->stdin >> i & 1) && ring(r, i)->wr_wait)
 				r->stdin_waits |= 1ull << i;
-		double next = uf_ep_next_event(r->ep, now);
+		double next = fmin(uf_ep_next_event(r->ep, now), r->looked + LOOK_EVERY);
 		timeout = 0;            /* (to the microsecond: ACK_DELAY is 2 ms) */
 		if (!isinf(next)) {
 			double in = fmax(0, next - now);
@@ -437,6 +448,7 @@ uf_relay_new(struct ep *ep, uint8_t *shm)
 		return 0;
 	r->ep = ep;
 	r->shm = shm;
+	seen(r);                        /* the rings' ends as the supervisor knows them */
 	pthread_mutex_init(&r->mu, 0);
 	r->epfd = epoll_create1(EPOLL_CLOEXEC);
 	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
