@@ -95,17 +95,24 @@ class Arrival:
             fork.punch(self.vm.ram_fd, 0, self.vm.layout.ram_size)
             with memoryview(self.vm.mem) as ram:
                 header, device_state = transfer.receive_fork(conn, secret, self.nonce, ram)
-            if header.get("pid") != pid or header.get("ram_size") != self.vm.layout.ram_size:
-                raise transfer.TransferError("the fork stream is for another child")
-            if bool(header.get("fast_bell")) != (self.vm.fast is not None):
-                raise transfer.TransferError(
-                    "the parent's VM and this host's differ in the fast doorbell device "
-                    "(KVM on one host and not the other, or UNIFORK_FAST_BELL set differently)")
+            why = self._refusal(header, pid)
+            if why:                     # the whole stream came: the parent waits for our word
+                transfer.send_reply(conn, secret, self.nonce, {"error": why})
+                raise transfer.TransferError(why)
             fork.load_state(self.vm, device_state)
             return header, conn, began
         except BaseException:
             conn.close()
             raise
+
+    def _refusal(self, header: dict, pid: int) -> str | None:
+        """Why a whole fork stream cannot become this child, if it cannot."""
+        if header.get("pid") != pid or header.get("ram_size") != self.vm.layout.ram_size:
+            return "the fork stream is for another child"
+        if bool(header.get("fast_bell")) != (self.vm.fast is not None):
+            return ("the parent's VM and this host's differ in the fast doorbell device "
+                    "(KVM on one host and not the other, or UNIFORK_FAST_BELL set differently)")
+        return None
 
     def close(self) -> None:
         if self.listener is not None:
