@@ -124,12 +124,17 @@ class Job:
         return self._qmp
 
     @property
+    def spans_hosts(self) -> bool:
+        """Its pipes may reach other hosts: its VMs get the fast doorbell."""
+        return self.bridge is not None
+
+    @property
     def pool(self):
         """The warm pool of VMs for forks (pool.Pool), made at the first fork."""
         if self._pool is None:
             from .pool import Pool
             self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size,
-                              fast_bell=self.bridge is not None)
+                              fast_bell=self.spans_hosts)
         return self._pool
 
     def new_pid(self) -> int:
@@ -242,7 +247,7 @@ class Job:
             self.reply(parent, pid, wake=False)
         try:
             if child_vm is None:
-                child_vm = VM(self.mem_mib, self.shm, fast_bell=self.bridge is not None)
+                child_vm = VM(self.mem_mib, self.shm, fast_bell=self.spans_hosts)
                 child_vm.start(incoming=True)     # cold: clone() arms it
             # one conversation on the QMP thread (each hand-off costs ~0.3 ms)
             resumed = self._aio(fork.fork(parent.vm, child_vm, pid, parent.pid, cloned,
