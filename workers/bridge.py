@@ -250,13 +250,15 @@ class Bridge:
             self._seen[idx] = before
         self.ep.flush(now)
 
-    def next_event(self) -> float:
-        """When pump() must run next, at the latest (monotonic)."""
+    def next_event(self) -> float | None:
+        """When pump() must run next, at the latest (monotonic); None: when
+        fileno() says so."""
         if any(l.units for ls in self.links.values() for l in ls):
             return time.monotonic() + 0.001      # waiting for room in a ring
-        # (the channels' timers are the relay thread's; a look now and then
-        # notices dead links and what a doorbell did not tell)
-        return time.monotonic() + 0.05 if self.ep.channels else float("inf")
+        # The rest wakes us through fileno(): the channels' timers and deaths
+        # are the relay thread's, and so is the look every 50 ms for what no
+        # doorbell told (an end closed, hunger, a request).
+        return None
 
     def _arm(self, ring, links: list[Link], local_r: int) -> None:
         """Ask the guests for a doorbell when what we wait for may change."""
