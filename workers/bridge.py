@@ -201,7 +201,7 @@ class Bridge:
         abi.SHM.put(self.shm.map, 0, used=self.shm.used() | 1 << idx)
         self.links.setdefault(idx, []).append(link)
         self._seen.pop(idx, None)
-        link.chan.ack_due = True        # say hello: the parent's side learns where we are
+        link.chan.want_ack()            # say hello: the parent's side learns where we are
 
     # -- the work -------------------------------------------------------------
     @_locked
@@ -283,7 +283,7 @@ class Bridge:
             if n > MAX_UNIT or kind not in (b"U", b"S"):
                 self.say(f"pipe {link.idx}: a malformed frame from the other side: "
                          "the link is closed")
-                link.chan.dead = True
+                link.chan.kill()
                 break
             if len(buf) - used < _FRAME.size + n:
                 break

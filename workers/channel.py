@@ -183,20 +183,17 @@ class Channel:
     def dead(self) -> bool:
         return bool(_lib.uf_chan_state(self._c) & _DEAD)
 
-    @dead.setter
-    def dead(self, dead: bool) -> None:
-        """Its user gave up on it (the peer broke the frames' rules)."""
-        if dead:
-            _lib.uf_chan_kill(self._c)
+    def kill(self) -> None:
+        """Its user gives up on it (the peer broke the frames' rules)."""
+        _lib.uf_chan_kill(self._c)
 
     @property
     def ack_due(self) -> bool:
         return bool(_lib.uf_chan_state(self._c) & _ACK_DUE)
 
-    @ack_due.setter
-    def ack_due(self, due: bool) -> None:
-        if due:
-            _lib.uf_chan_want_ack(self._c)
+    def want_ack(self) -> None:
+        """Send an ACK soon, even with nothing to acknowledge (a hello)."""
+        _lib.uf_chan_want_ack(self._c)
 
     @property
     def ack_at(self) -> bool | None:
