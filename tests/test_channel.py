@@ -262,6 +262,41 @@ def test_a_request_whose_doorbell_was_lost_reaches_the_supervisor_all_the_same()
         guest_end.close()
 
 
+def test_a_malformed_frame_from_the_far_side_closes_the_link_and_says_so():
+    """Two bridges (two regions, one ring each end) on loopback; the far
+    side sends a frame of an unknown kind: this side closes the link, says
+    why, and its ring's far ends count as closed (a reader sees EOF)."""
+    import struct
+    from workers.bridge import Bridge
+    from workers.rings import SharedRegion
+    shm_a, shm_b = SharedRegion(), SharedRegion()
+    said: list[str] = []
+    a = Bridge(shm_a, b"k" * 32, "127.0.0.1", say=said.append)
+    b = Bridge(shm_b, b"k" * 32, "127.0.0.1")
+    try:
+        idx, ring = shm_a.new_ring()
+        b.link_parent(a.link_child(idx, 1, 1), 1, 1)
+        with b.relay:
+            b.links[idx][0].chan.send(struct.pack("<cI", b"X", 3) + b"bad")
+        deadline = time.monotonic() + 5
+        while not said:
+            assert time.monotonic() < deadline, "the malformed frame went unnoticed"
+            a.pump()
+            b.pump()
+            time.sleep(0.01)
+        assert "a malformed frame from the other side: the link is closed" in said[0]
+        while a.links:                              # the link goes
+            assert time.monotonic() < deadline, "the link stayed"
+            a.pump()
+            time.sleep(0.01)
+        assert ring.writers == 1                    # only the host's own end is left
+    finally:
+        a.close()
+        b.close()
+        shm_a.close()
+        shm_b.close()
+
+
 def test_the_python_face_says_what_the_c_does():
     """channel.py's constants are native/net.h's and channel.c's."""
     import re
