@@ -32,8 +32,9 @@ if h[3] == '1' or tonumber(h[2] or 0) >= tonumber(h[1] or 0) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'used', 1)
 return 1
 """
-# The live, undrained host with the most free slots but ARGV[1], or false.
-# (It reads host keys it is not passed: fine on one Redis, not on a cluster.)
+# The live, undrained host with the most free slots but ARGV[1], or false
+# (KEYS[1] the set of hosts, ARGV[2] the prefix of their keys).  It reads
+# host keys it is not passed: fine on one Redis, not on a cluster.
 _PICK = """
 local best, most = false, 0
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -45,6 +46,13 @@ for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return best
 """
+# A new ticket KEYS[2] (job ARGV[3], pid ARGV[4], created ARGV[5], living
+# ARGV[6] s), and _PICK's answer: one round trip on the fork's path.
+_OPEN_TICKET = """
+redis.call('HSET', KEYS[2], 'state', 'waiting', 'job', ARGV[3], 'pid', ARGV[4],
+           'created', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+""" + _PICK
 # Claim ticket KEYS[1] for host ARGV[1] whose hash is KEYS[2], taking one of
 # its slots, in one step.  Returns the ticket's state if it is not waiting,
 # 'full' if the host has no free slot (or drains), else 'won'.
@@ -57,19 +65,18 @@ redis.call('HINCRBY', KEYS[2], 'used', 1)
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'host', ARGV[1])
 return 'won'
 """
+# The same, and when won, where the child runs (ARGV[2], JSON) for the
+# parent's host (list KEYS[3], living ARGV[3] s): one round trip.
+_CLAIM_AND_PLACE = _CLAIM_WITH_SLOT.replace("return 'won'", """
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 'won'""")
 # Move a ticket from state ARGV[1] to ARGV[2], setting field 'host' to ARGV[3].
 _MOVE = """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'host', ARGV[3])
 return 1
 """
-
-
-def pick(r: redis.Redis, but: str) -> str | None:
-    """The host to send a fork to: alive, not draining, with the most free
-    slots, other than (but); None when no host has a free slot."""
-    got = r.eval(_PICK, 1, keys.HOSTS, but, keys.host(""))
-    return got.decode() if got else None
 
 
 def take_slot(r: redis.Redis, host: str) -> bool:
@@ -81,12 +88,14 @@ def give_slot(r: redis.Redis, host: str) -> None:
     r.hincrby(keys.host(host), "used", -1)
 
 
-def new_ticket(r: redis.Redis, ticket: str, job: str, pid: int) -> None:
-    p = r.pipeline()
-    p.hset(keys.ticket(ticket), mapping={"state": "waiting", "job": job, "pid": pid,
-                                         "created": time.time()})
-    p.expire(keys.ticket(ticket), TICKET_TTL)
-    p.execute()
+def open_ticket(r: redis.Redis, ticket: str, job: str, pid: int, but: str) -> str | None:
+    """Make ticket (ticket) for job (job)'s fork of (pid), waiting, and say
+    which host to send it to: alive, not draining, with the most free
+    slots, other than (but); None when no host has a free slot.  One round
+    trip (it is on the fork's path)."""
+    got = r.eval(_OPEN_TICKET, 2, keys.HOSTS, keys.ticket(ticket), but, keys.host(""), job,
+                 pid, time.time(), TICKET_TTL)
+    return got.decode() if got else None
 
 
 def claim_with_slot(r: redis.Redis, ticket: str, host: str) -> str:
@@ -95,6 +104,14 @@ def claim_with_slot(r: redis.Redis, ticket: str, host: str) -> str:
     ticket's state when it is not waiting any more ('claimed': a
     duplicate delivery; 'abandoned'; 'gone': expired)."""
     got = r.eval(_CLAIM_WITH_SLOT, 2, keys.ticket(ticket), keys.host(host), host)
+    return got.decode() if isinstance(got, bytes) else str(got)
+
+
+def claim_and_place(r: redis.Redis, ticket: str, host: str, where: dict) -> str:
+    """claim_with_slot(), and when it is won, place(r, ticket, where), in
+    one round trip."""
+    got = r.eval(_CLAIM_AND_PLACE, 3, keys.ticket(ticket), keys.host(host),
+                 keys.ticket_placed(ticket), host, json.dumps(where), TICKET_TTL)
     return got.decode() if isinstance(got, bytes) else str(got)
 
 

@@ -9,16 +9,22 @@ import pytest
 from conftest import ROOT
 from workers import abi
 
-RECORDS = [abi.BOOT, abi.CTL, abi.RING, abi.SHM]
+RECORDS = [abi.BOOT, abi.CTL, abi.RING, abi.SHM, abi.PARK]
 CONSTANTS = [
     "ABI_VERSION", "PAGE_SIZE", "KERNEL_BASE", "BOOT_ADDR", "CTL_ADDR", "PT_ADDR",
-    "PT_PAGES", "LOG_ADDR", "LOG_SIZE", "USER_BASE", "PIE_BASE", "MAX_RAM",
+    "PT_PAGES", "LOG_ADDR", "LOG_SIZE", "PARK_ADDR", "PARK_SIZE", "USER_BASE", "PIE_BASE", "MAX_RAM",
     "DOORBELL_PORT", "DOORBELL_IRQ", "EXIT_PORT", "VEC_TIMER", "VEC_DOORBELL",
     "VEC_SPURIOUS", "BOOT_MAGIC", "FEAT_KVM", "FEAT_BELL", "VIRTIO_MMIO_BASE",
     "VIRTIO_MMIO_SLOT", "VIRTIO_MMIO_SLOTS", "BELL_DEVICE_ID", "BELL_VRING", "BELL_QUEUE", "TTY_STDIN", "TTY_STDOUT", "TTY_STDERR",
     "SHM_MAGIC", "SHM_RINGS", "RING_SIZE", "SHM_SLOT", "SHM_SIZE", "BRIDGED", "BRIDGED_TELL",
 ]
-STATES = {"NONE": 0, "RUNNING": 1, "EXITED": 2, "KILLED": 3, "PANIC": 4}
+ENUMS = {  # the header's prefix, the Python class
+    "UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep,
+}
+
+
+def _members(cls) -> dict[str, int]:
+    return {k: v for k, v in vars(cls).items() if k.isupper()}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +38,9 @@ def header_facts(tmp_path_factory) -> dict[str, int]:
             lines.append(f'printf("{rec.name}.{field} %zu\\n", offsetof(struct {rec.name}, {field}));')
     for c in CONSTANTS:
         lines.append(f'printf("UF_{c} %llu\\n", (unsigned long long)(UF_{c}));')
-    for s in STATES:
-        lines.append(f'printf("UF_STATE_{s} %d\\n", UF_STATE_{s});')
+    for prefix, cls in ENUMS.items():
+        for name in (*_members(cls), "MAX"):
+            lines.append(f'printf("{prefix}{name} %d\\n", {prefix}{name});')
     lines.append('printf("ring_off_5 %llu\\n", (unsigned long long)UF_SHM_RING_OFF(5));')
     lines.append("return 0; }")
     d = tmp_path_factory.mktemp("abi")
@@ -56,7 +63,14 @@ def test_constants_agree(header_facts, name):
     assert header_facts[f"UF_{name}"] == getattr(abi, name)
 
 
-def test_states_and_ring_offsets_agree(header_facts):
-    for s, v in STATES.items():
-        assert header_facts[f"UF_STATE_{s}"] == getattr(abi.State, s) == v
+@pytest.mark.parametrize("prefix", ENUMS)
+def test_every_code_of_each_enum_agrees_and_none_is_missing(header_facts, prefix):
+    members = _members(ENUMS[prefix])
+    for name, value in members.items():
+        assert header_facts[prefix + name] == value, name
+    # the header's codes run 0 .. MAX-1: Python has each of them
+    assert sorted(members.values()) == list(range(header_facts[prefix + "MAX"]))
+
+
+def test_ring_offsets_agree(header_facts):
     assert header_facts["ring_off_5"] == abi.shm_ring_off(5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
@@ -18,6 +18,8 @@ PT_ADDR = 0x202000
 PT_PAGES = 8
 LOG_ADDR = 0x20A000
 LOG_SIZE = 0x4000
+PARK_ADDR = 0x210000
+PARK_SIZE = 0x2000
 USER_BASE = 0x400000
 PIE_BASE = 0x400000
 MAX_RAM = 0x80000000
@@ -72,6 +74,7 @@ class Req:
     WAIT = 2
     KILL = 3
     EXEC = 4
+    EXIT = 5
 
 
 class Sleep:
@@ -167,6 +170,8 @@ RING = Record("uf_ring", [
     ("readers", "I"), ("writers", "I"), ("size", "I"), ("bridged", "I"), ("hungry", "I"),
     ("_pad2", "44s"),
 ])
+
+PARK = Record("uf_park", [("parked", "I"), ("go", "I"), ("_pad", "56s")])
 
 SHM = Record("uf_shm", [("magic", "Q"), ("abi_version", "I"), ("nrings", "I"),
                         ("used", "Q")])

@@ -1,10 +1,11 @@
 """A job on this host: the process tree of one program, one VM a process.
 
 The Job answers its guests' requests (fork, wait, kill, execve: struct
-uf_ctl in unifork_abi.h), reaps VMs that stop, reparents orphans to pid 1,
-closes the pipe ends of a VM that died without closing them, and wakes the
-guests whose wait is over.  It does no I/O of its own beyond the guests'
-memory: the supervisor (run.py) tells it what happened.
+uf_ctl in unifork_abi.h), reaps processes that end (their VMs park, and
+go back to the job's idle VMs, pool.py) and VMs that stop, reparents
+orphans to pid 1, closes the pipe ends of a VM that died without closing
+them, and wakes the guests whose wait is over.  It does no I/O of its own
+beyond the guests' memory: the supervisor (run.py) tells it what happened.
 
 Everything read from a guest's memory is untrusted: a guest that writes
 garbage gets an error reply or is killed, never the host's trouble.
@@ -21,8 +22,9 @@ from .errors import BadProgram
 from .rings import SharedRegion
 from .vm import VM
 
-# The fork engine (asyncio, qemu.qmp, threads) is imported at the first fork:
-# `unifork run` of a program that never forks must start in milliseconds.
+# The fork engine and the pool are imported at the first fork, QMP at the
+# first nudge: `unifork run` of a program that never forks must start in
+# milliseconds.
 
 SIGKILL, SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH = \
     9, 17, 18, 19, 20, 21, 22, 23, 28
@@ -91,7 +93,7 @@ class Job:
     """
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
-                 max_procs: int, slots: "Slots", say, pool_size: int = 2,
+                 max_procs: int, slots: "Slots", say, fork_wait: float = 5.0,
                  events=None, link=None, tree: int = 1, bridge=None) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
@@ -101,8 +103,8 @@ class Job:
         self.events = events        # events(pid, ppid, state, wstatus, tree): changes
         self.procs: dict[int, Proc] = {}
         self.next_pid = 1
-        self.pool_size = pool_size
-        self._qmp = None            # fork.QMPThread, made at the first fork
+        self.fork_wait = fork_wait  # how long a fork waits for a VM to be ready
+        self._qmp = None            # qmp.QMPThread, made at the first nudge
         self._pool = None           # pool.Pool, made at the first fork
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
         self._said: set[str] = set()
@@ -119,7 +121,7 @@ class Job:
     def qmp(self):
         """The thread that runs QMP (qemu.qmp is asyncio), made when first needed."""
         if self._qmp is None:
-            from .fork import QMPThread
+            from .qmp import QMPThread
             self._qmp = QMPThread()
         return self._qmp
 
@@ -130,10 +132,10 @@ class Job:
 
     @property
     def pool(self):
-        """The warm pool of VMs for forks (pool.Pool), made at the first fork."""
+        """The job's idle VMs here, for forks (pool.Pool), made at the first fork."""
         if self._pool is None:
             from .pool import Pool
-            self._pool = Pool(self.mem_mib, self.shm, self.qmp, self.pool_size,
+            self._pool = Pool(self.mem_mib, self.shm, min(idle_vms_cap(), self.slots.limit),
                               fast_bell=self.spans_hosts)
         return self._pool
 
@@ -197,6 +199,8 @@ class Job:
             self._kill(p, args[0], args[1])
         elif req == abi.Req.EXEC:
             self._exec(p, args[0], args[1], args[2])
+        elif req == abi.Req.EXIT:
+            return              # it has ended and parked: the supervisor reaps it
         else:
             self._say_once(p.pid, f"unknown request {req} from the guest: ENOSYS")
             self.reply(p, -errno.ENOSYS)
@@ -236,36 +240,31 @@ class Job:
                            "(VMs) are all in use: EAGAIN")
             return self.reply(parent, -errno.EAGAIN)
         from . import fork
-        child_vm = self.pool.take()
-        pid = self.new_pid()
-        parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
-
-        def cloned() -> None:
-            """Both copies are stopped: the child's ends count, the parent's
-            answer is its pid (it is woken once it runs again)."""
-            self._count_ends(child_vm, +1)
-            self.reply(parent, pid, wake=False)
         try:
-            if child_vm is None:
-                child_vm = VM(self.mem_mib, self.shm, fast_bell=self.spans_hosts)
-                child_vm.start(incoming=True)     # cold: clone() arms it
-            # one conversation on the QMP thread (each hand-off costs ~0.3 ms)
-            resumed = self._aio(fork.fork(parent.vm, child_vm, pid, parent.pid, cloned,
-                                          asked, parent_tsc))
+            child_vm = self.pool.take(self.fork_wait)
+        except Exception as err:        # noqa: BLE001 - QEMU cannot start: EAGAIN
+            self.slots.give()
+            self.say(parent.pid, f"fork failed: {err}")
+            return self.reply(parent, -errno.EAGAIN)
+        if child_vm is None:
+            self.slots.give()
+            self._say_once(parent.pid, f"fork: no VM was ready within {self.fork_wait:g} s: "
+                           "EAGAIN")
+            return self.reply(parent, -errno.EAGAIN)
+        pid = self.new_pid()
+        try:
+            fork.make_child(parent.vm, child_vm, pid, parent.pid)
         except Exception as err:        # noqa: BLE001 - any failure: EAGAIN, nothing left
             self.slots.give()
-            if child_vm is not None:
-                self.qmp.call(child_vm.aclose_qmp())
-                child_vm.close()
+            child_vm.close()
             self.say(parent.pid, f"fork failed: {err}")
-            self.reply(parent, -errno.EAGAIN)
-            return
-        child = self.add(child_vm, parent.pid, pid)
-        if resumed is not None and not child_vm.ran_and_ended():
-            self.say(child.pid, f"fork: resuming failed: {resumed}")
-        self._wake_if(parent, abi.Sleep.REPLY)
-        self._wake_if(child, abi.Sleep.REPLY)
-        self.pool.fill(self.pool_size)
+            return self.reply(parent, -errno.EAGAIN)
+        self._count_ends(child_vm, +1)
+        parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
+        fork.start(child_vm, parent_tsc, asked, fork.clock_offset(parent.vm))
+        self.reply(parent, pid)
+        self.add(child_vm, parent.pid, pid)     # (its record in Redis: off their path)
+        self.pool.fill()
 
     def _fork_remote(self, parent: Proc, asked: float) -> None:
         """No slot here: the fork goes to whichever host has one (cluster.py).
@@ -281,7 +280,7 @@ class Job:
                 r, w = ends[2 * i], ends[2 * i + 1]
                 if (r or w) and used >> i & 1:
                     pipes.append(self.bridge.link_child(i, r, w))
-        self.link.fork(self.qmp, parent.vm, pid, parent.pid, asked,
+        self.link.fork(parent.vm, pid, parent.pid, asked,
                        abi.CTL.get(mem, abi.CTL_ADDR, "arg")[1],
                        abi.BOOT.get(mem, abi.BOOT_ADDR, "tsc_khz"), self.program, self.mem_mib,
                        pipes)
@@ -647,8 +646,9 @@ class Job:
         posted signals from the program's own code (trap.c)."""
         if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") != abi.Sleep.NONE:
             return
+        from .qmp import inject_nmi
         try:
-            self._aio(_inject_nmi(p.vm))
+            self._aio(inject_nmi(p.vm))
         except Exception:       # noqa: BLE001 - the VM is going: its end says so
             pass
 
@@ -680,6 +680,10 @@ class Job:
             if ready:
                 p.vm.wake()
 
+    def tend_pool(self) -> float | None:
+        """Let go of idle VMs past their time; when (monotonic) to look again."""
+        return self._pool.tend() if self._pool is not None else None
+
     def close_vm(self, p: Proc) -> None:
         """Free (p)'s VM (its QEMU has exited or is killed), unless a fork
         onto another host still reads it (then when that is over)."""
@@ -689,10 +693,12 @@ class Job:
         if p.vm is not None:
             if self.bridge is not None:     # its doorbell and memory: not the bridge's now
                 self.watch_vms(exclude=p)
-            if p.vm._qmp is not None:
-                self.qmp.call(p.vm.aclose_qmp())
-            p.vm.close()
-            p.vm = None
+            vm, p.vm = p.vm, None
+            if vm.poll() is None and vm.parked and self._pool is not None and self._pool.give(vm):
+                return                      # idle now, for the next fork
+            if vm._qmp is not None:
+                self.qmp.call(vm.aclose_qmp())
+            vm.close()
 
     def watch_vms(self, exclude: Proc | None = None) -> None:
         """Tell the bridge's thread the VMs running here (their doorbells
@@ -734,6 +740,9 @@ class Job:
 NUDGE_AFTER = 0.02
 
 
-async def _inject_nmi(vm: VM) -> None:
-    qmp = await vm.qmp()
-    await qmp.execute("inject-nmi")
+def idle_vms_cap() -> int:
+    """The most idle VMs a job keeps on a host (UNIFORK_IDLE_VMS, default 4)."""
+    try:
+        return max(1, int(os.environ.get("UNIFORK_IDLE_VMS", "4")))
+    except ValueError:
+        return 4

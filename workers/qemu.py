@@ -65,13 +65,11 @@ class VMSpec:
     """What a VM is made of; the fds must be inheritable by QEMU."""
 
     def __init__(self, kernel: str, ram_mib: int, shm_mib: int, ram_fd: int, shm_fd: int,
-                 doorbell_fd: int, qmp_fd: int, kvm: bool, incoming: bool = False,
-                 fast_bell_fd: int = -1) -> None:
+                 doorbell_fd: int, qmp_fd: int, kvm: bool, fast_bell_fd: int = -1) -> None:
         self.kernel, self.ram_mib, self.shm_mib = kernel, ram_mib, shm_mib
         self.ram_fd, self.shm_fd = ram_fd, shm_fd
         self.doorbell_fd, self.qmp_fd = doorbell_fd, qmp_fd
         self.kvm = kvm
-        self.incoming = incoming    # wait for a migration (fork) instead of booting
         self.fast_bell_fd = fast_bell_fd    # vhost-user socket of the fast doorbell, or -1
 
     def argv(self) -> list[str]:
@@ -100,8 +98,5 @@ class VMSpec:
         if self.fast_bell_fd >= 0:  # its notify register, an ioeventfd (bell.py)
             args += ["-chardev", f"socket,id=fastbell,fd={self.fast_bell_fd}",
                      "-device", "vhost-user-blk,chardev=fastbell,num-queues=1",
-                     # (its state migrates in ~15 us; the modern transport's, ~300)
-                     "-global", "virtio-mmio.force-legacy=true"]
-        if self.incoming:           # a pool VM: paused, until a fork migrates into it
-            args += ["-S", "-incoming", "defer"]
+                     "-global", "virtio-mmio.force-legacy=true"]     # (bell.c says why)
         return args

@@ -34,7 +34,7 @@ class RunRequest:
     def __init__(self, program: str, args: list[str], env: list[str], mem_mib: int = 128,
                  timeout: float | None = None, stdin: int = 0, stdout: int = 1,
                  stderr: int = 2, max_procs: int = 64, name: str | None = None,
-                 slots=None, events=None, link=None) -> None:
+                 slots=None, events=None, link=None, fork_wait: float = 5.0) -> None:
         self.program, self.args, self.env = program, args, env
         self.mem_mib, self.timeout = mem_mib, timeout
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -43,6 +43,7 @@ class RunRequest:
         self.slots = slots              # the host's VM slots (job.Slots by default)
         self.events = events            # process changes, for the cluster's state
         self.link = link                # cluster.Link: forks may go to other hosts
+        self.fork_wait = fork_wait      # how long a fork waits for a VM (then EAGAIN)
 
 
 def host_max_vms() -> int:
@@ -160,7 +161,7 @@ def run(req: RunRequest) -> int:
             bridge = open_bridge(shm, req.link.secret, req.link.job_id, req.link.address,
                                  lambda msg: sup.say(1, msg))
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
-                  events=req.events, link=req.link, bridge=bridge)
+                  fork_wait=req.fork_wait, events=req.events, link=req.link, bridge=bridge)
         sup.job = job
         job.add(vm, pid=1)
         vm.start()
@@ -241,11 +242,11 @@ class Supervisor:
                     if not exited and p.vm.check_stderr():
                         p.vm.kill()     # QEMU paused a guest it cannot run
                         exited = True
-                    if exited:
+                    if not exited and job.bridge is None:   # (else its thread's)
+                        p.vm.take_doorbells()   # before looking: none is lost
+                    if exited or p.vm.parked:   # (parked: its process has ended)
                         self._ended(p)
                     else:
-                        if job.bridge is None:  # (else they are its thread's)
-                            p.vm.take_doorbells()
                         job.service(p)
                 self._pump()
                 if job.bridge is not None:
@@ -282,6 +283,7 @@ class Supervisor:
                     wait_ms = _sooner(wait_ms, job.alarms_due, now)
                 if job.nudges:          # a signal not taken yet: a nudge is due
                     wait_ms = _sooner(wait_ms, job.nudge_due(now), now)
+                wait_ms = _sooner(wait_ms, job.tend_pool(), now)
                 events = poller.poll(wait_ms)
                 fired = {fd for fd, _ in events} if events else None
                 for fd, _ in events:
@@ -347,9 +349,10 @@ class Supervisor:
         return polled
 
     def _ended(self, p: Proc) -> None:
-        """(p)'s QEMU has exited: reap it, keep its last log lines, free it."""
+        """(p) has ended (its VM parked) or its QEMU has exited: reap it,
+        keep its last log lines, free or recycle its VM."""
         vm = p.vm
-        vm.wait()
+        vm.poll()
         self._drain_log(p)
         # What it wrote goes out before its end is told (to a parent on
         # another host, which may print next): the order a reader expects.

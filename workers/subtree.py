@@ -1,11 +1,12 @@
 """The receiving end of a fork across hosts, and the subtree it starts.
 
 A worker that claimed a fork ticket (broker/placement.py) makes the child
-here: a QEMU waiting with -incoming defer in a shared region of its own,
-a listening socket whose address and nonce go to the parent's host, the
-parent's RAM and device state read from that socket (transfer.py), and
-then the child runs as the root of a subtree that this worker supervises
-until its last process here ends (cluster.py says how subtrees talk).
+here: a parked VM in a shared region of its own (each worker process keeps
+one booted ahead of time), a listening socket whose address goes to the
+parent's host, the parent's RAM read from that socket into the
+parked VM (transfer.py, fork.py), and then the child runs as the root of a
+subtree that this worker supervises until its last process here ends
+(cluster.py says how subtrees talk).
 
 The child keeps what it inherited: its stdout and stderr (and its
 children's) go to the job's output from here; its stdin and its pipes
@@ -30,36 +31,44 @@ from .job import Job
 from .layout import Layout
 from .rings import SharedRegion
 from .run import RunRequest, Supervisor
-from .vm import VM
+from .vm import VM, kernel_id
 
 ACCEPT_TIMEOUT = 15.0
 
 
 class Arrival:
-    """A child VM being made here for a fork ticket: a QEMU of (mem_mib)
-    waiting with -incoming defer in a shared region of its own, armed in
-    the background.  Each worker process keeps one ready (spare())."""
+    """A child VM to be made here for a fork ticket: a VM of (mem_mib) that
+    boots with no program and parks, in a shared region of its own.  Each
+    worker process keeps one ready (spare())."""
 
     def __init__(self, mem_mib: int) -> None:
         self.mem_mib = mem_mib
         self.shm = SharedRegion()
-        self.qmp: fork.QMPThread | None = fork.QMPThread()
         self.vm: VM | None = VM(mem_mib, self.shm, fast_bell=True)   # as its parent's
         self.listener: socket.socket | None = None
         self.adopted = False        # a subtree's Job owns the VM (and its slot) now
-        self.armed = None
         try:
-            self.vm.start(incoming=True)
+            self.vm.load_vessel()
+            self.vm.start()
         except BaseException:
             self.close()
             raise
-        self.armed = self.qmp.submit(fork.arm(self.vm))
 
     def usable(self, mem_mib: int) -> bool:
-        return (self.mem_mib == mem_mib and self.vm.poll() is None
-                and not (self.armed.done() and self.armed.exception()))
+        return self.mem_mib == mem_mib and self.vm.poll() is None and not self.vm.check_stderr()
 
-    def listen(self, address: str) -> None:
+    def _parked(self, timeout: float) -> None:
+        """Wait for the VM to have booted and parked."""
+        deadline = time.monotonic() + timeout
+        while not self.vm.parked:
+            if self.vm.poll() is not None or time.monotonic() > deadline:
+                raise transfer.TransferError(
+                    f"this host's VM for the child did not boot: {self.vm.qemu_stderr()}")
+            select.select([self.vm.bell, self.vm.pidfd], [], [], 0.05)
+        self.vm.take_doorbells()
+
+    def listen(self, address: str, nonce: bytes) -> None:
+        """Listen for the parent's stream, sealed under keys from (nonce)."""
         for port in _ports():
             try:
                 self.listener = socket.create_server((address, port), backlog=1)
@@ -70,15 +79,14 @@ class Arrival:
             raise OSError(f"no free TCP port in UNIFORK_FORK_PORTS="
                           f"{os.environ.get('UNIFORK_FORK_PORTS')}")
         self.listener.settimeout(ACCEPT_TIMEOUT)
-        self.nonce = os.urandom(16)
+        self.nonce = nonce
 
     def where(self, host: str, address: str) -> dict:
-        return {"host": host, "address": address, "port": self.listener.getsockname()[1],
-                "nonce": self.nonce.hex()}
+        return {"host": host, "address": address, "port": self.listener.getsockname()[1]}
 
     def receive(self, secret: bytes, pid: int) -> tuple[dict, socket.socket, float]:
-        """Take the parent's stream and load it: the child is ready to run
-        (paused).  Returns the header, the connection, and when the stream
+        """Take the parent's stream into the parked VM: the child is ready
+        to be let go.  Returns the header, the connection, and when the stream
         began to arrive (monotonic): the header's clock reading was taken
         just before it was sent, so the child's clock runs on from then."""
         conn, _ = self.listener.accept()
@@ -89,18 +97,18 @@ class Arrival:
             if not select.select([conn], [], [], 30)[0]:
                 raise transfer.TransferError("the parent's host sent no fork stream")
             began = time.monotonic()
-            # QEMU writes its ROMs (the kernel) into RAM as it starts: only
-            # once it is armed may the parent's RAM go in.
-            self.armed.result(30)
-            fork.punch(self.vm.ram_fd, 0, self.vm.layout.ram_size)
+            self._parked(30)
+            # Where the parked kernel does not run, the parent's RAM goes
+            # straight in (fork.py); what was there is not the child's.
+            fork.punch(self.vm.ram_fd, abi.USER_BASE, self.vm.layout.ram_size - abi.USER_BASE)
             with memoryview(self.vm.mem) as ram:
-                header, device_state = transfer.receive_fork(conn, secret, self.nonce, ram)
-            why = self._refusal(header, pid)
+                got = transfer.receive_fork(conn, secret, self.nonce, ram, abi.USER_BASE)
+            why = self._refusal(got.header, pid)
             if why:                     # the whole stream came: the parent waits for our word
                 transfer.send_reply(conn, secret, self.nonce, {"error": why})
                 raise transfer.TransferError(why)
-            fork.load_state(self.vm, device_state)
-            return header, conn, began
+            fork.fill_received(self.vm, got)
+            return got.header, conn, began
         except BaseException:
             conn.close()
             raise
@@ -109,6 +117,8 @@ class Arrival:
         """Why a whole fork stream cannot become this child, if it cannot."""
         if header.get("pid") != pid or header.get("ram_size") != self.vm.layout.ram_size:
             return "the fork stream is for another child"
+        if header.get("kernel") != kernel_id():
+            return "the parent's host and this one run different guest kernels (make setup)"
         if bool(header.get("fast_bell")) != (self.vm.fast is not None):
             return ("the parent's VM and this host's differ in the fast doorbell device "
                     "(KVM on one host and not the other, or UNIFORK_FAST_BELL set differently)")
@@ -118,21 +128,16 @@ class Arrival:
         if self.listener is not None:
             self.listener.close()
         if self.vm is not None:
-            if self.qmp is not None:
-                if self.armed is not None:
-                    self.armed.cancel()
-                self.qmp.call(self.vm.aclose_qmp())
             self.vm.close()
-        if self.qmp is not None:
-            self.qmp.close()
         self.shm.close()
 
 
 _spare: Arrival | None = None
 
 
-def arrival(mem_mib: int, address: str) -> Arrival:
-    """A child VM for a fork: this process's spare if it fits, else a new one."""
+def arrival(mem_mib: int, address: str, nonce: bytes) -> Arrival:
+    """A child VM for a fork, listening for its stream (sealed under keys
+    from (nonce)): this process's spare if it fits, else a new one."""
     global _spare
     a, _spare = _spare, None
     if a is not None and not a.usable(mem_mib):
@@ -140,11 +145,22 @@ def arrival(mem_mib: int, address: str) -> Arrival:
         a = None
     a = a or Arrival(mem_mib)
     try:
-        a.listen(address)
+        a.listen(address, nonce)
     except BaseException:
         a.close()
         raise
     return a
+
+
+def give_back(a: Arrival) -> None:
+    """(a) was not needed after all: the next fork's, if it can be."""
+    global _spare
+    a.listener.close()
+    a.listener = None
+    if _spare is None and a.usable(a.mem_mib):
+        _spare = a
+    else:
+        a.close()
 
 
 def spare(mem_mib: int = 128) -> None:
@@ -257,15 +273,10 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
                 sup = Supervisor(req, *(a.shm.ring(i) for i in range(3)), out=out)
                 if 0 in pipes:
                     sup.stdin_elsewhere()       # the job's stdin comes over its link
-                try:
-                    a.qmp.call(fork.start_child(a.vm, int(header["tsc"]), began,
-                                                bool(header.get("host_tsc_clock"))))
-                except Exception:
-                    if not a.vm.ran_and_ended():
-                        raise
+                fork.start(a.vm, int(header["tsc"]), began)
             except Exception as err:
                 why = str(err) or repr(err)
-                if a.vm.poll() is not None:         # QEMU refused the state: its words
+                if a.vm.poll() is not None:         # the VM died: QEMU's words
                     why = f"QEMU exited ({a.vm.returncode}): {a.vm.qemu_stderr() or why}"
                 transfer.send_reply(conn, secret, a.nonce, {"error": why})
                 raise RuntimeError(why) from err
@@ -274,10 +285,8 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
         link = Link(url, job_id, host, pid, image, fork_wait, address, holder)
         if bridge is None:      # for the pipes the subtree makes and forks elsewhere
             bridge = make_bridge()
-        job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, events=events,
-                  link=link, tree=pid, bridge=bridge)
-        job._qmp = a.qmp            # the arrival's QMP thread serves the subtree
-        a.qmp = None
+        job = Job(image_path, prog, mem_mib, a.shm, 64, slots, sup.say, fork_wait=fork_wait,
+                  events=events, link=link, tree=pid, bridge=bridge)
         sup.job = job
         job.add(a.vm, ppid, pid=pid, parent_tree=parent_tree)
         a.vm, a.adopted = None, True

@@ -218,27 +218,37 @@ def _result(r, job_id: str, info: dict) -> dict:
 @app.task(name=FORK_CHILD, bind=True, max_retries=None)   # bounded by (deadline)
 def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppid: int,
                parent_tree: int, mem_mib: int, deadline: float, fork_wait: float = 5.0,
-               holder: list[str] | tuple[str, str] = ("", "")) -> str:
+               holder: list[str] | tuple[str, str] = ("", ""), nonce: str = "") -> str:
     """Run the child of a fork whose parent's host had no free slot, and its
     descendants here, until they end.  A host with no free slot puts the
     task back for another; the first to take a slot claims the ticket.
     (holder) is the (host, incarnation) of the run of the job the parent
-    is of: the child's output and records count only while it holds it."""
+    is of: the child's output and records count only while it holds it.
+    (nonce), hex, is the fork's: its stream's keys come from it."""
     from . import subtree
     r, host, address = _here()
     if time.time() > deadline:
         return placement.refused(r, "late")
-    got = placement.claim_with_slot(r, ticket, host)
-    if got == "full":               # put back at once; past a few bounces, gently
-        if self.request.retries >= len(state.hosts(r)):
-            time.sleep(0.01)
-        raise self.retry(countdown=0, queue=FORKS_QUEUE)
+    arrival = failed = None
+    try:                            # the child's VM, listening, before the claim:
+        if len(bytes.fromhex(nonce)) != 16:             # claim and place: one trip
+            raise ValueError("the fork task has no nonce (a parent's host of an older unifork)")
+        arrival = subtree.arrival(mem_mib, address, bytes.fromhex(nonce))
+    except Exception as err:        # noqa: BLE001 - said to the parent once claimed
+        failed = err
+    got = (placement.claim_and_place(r, ticket, host, arrival.where(host, address))
+           if arrival is not None else placement.claim_with_slot(r, ticket, host))
     if got != "won":
+        if arrival is not None:
+            subtree.give_back(arrival)
+        if got == "full":           # put back at once; past a few bounces, gently
+            if self.request.retries >= len(state.hosts(r)):
+                time.sleep(0.01)
+            raise self.retry(countdown=0, queue=FORKS_QUEUE)
         return placement.refused(r, "duplicate" if got == "claimed" else "late")
-    arrival = None
     try:
-        arrival = subtree.arrival(mem_mib, address)
-        placement.place(r, ticket, arrival.where(host, address))
+        if failed is not None:
+            raise failed
         from .cluster import cluster_secret
         subtree.run_child(r, app.conf.broker_url, arrival, host, host_incarnation(), job,
                           cached_image(r, image), name, pid, ppid, parent_tree, mem_mib,

@@ -1,45 +1,45 @@
-"""The wire format of a fork across hosts: the parent's host sends its
-touched RAM and device state straight to the child's host over TCP,
-sealed with AES-256-GCM.
+"""The wire format of a fork across hosts: the parent's host sends the
+RAM its parent holds straight to the child's host over TCP, sealed with
+AES-256-GCM, while the parent waits for its fork to be answered.
 
-One connection per fork; the child's host listens (its address and a fresh
-nonce are in the fork's placement) and the parent's host connects.  Each
-direction is a series of records, u32 n and n bytes sealed (ciphertext and
-a 16-byte tag); record i is sealed under nonce i with a key made from the
-cluster secret and the fork's nonce, one key per direction.  In the clear,
-the records are:
+One connection per fork; the child's host listens (its address is in the
+fork's placement) and the parent's host connects.  Each direction is a
+series of records, u32 n and n bytes sealed (ciphertext and a 16-byte tag);
+record i is sealed under nonce i with a key made from the cluster secret
+and the fork's nonce, one key per direction.  The nonce is fresh for each
+fork, made by the parent's host and sent with the fork's task (a ticket is
+claimed once), so that the parent's host seals its RAM while the task
+travels (seal_ram) and sends it as soon as it is placed.  In the clear, the
+records are:
 
-    parent → child   b"UFK2", u32 n, n bytes of JSON header (ticket, pid,
-                        ppid, ram_size, clocks, pipes)
+    parent → child   b"UFK3", u32 n, n bytes of JSON header (pid, ppid,
+                        ram_size, the guest kernel, clocks, pipes, devices)
                      per extent of RAM: (u64 offset, u64 length), then its
                         bytes, one record per MiB; then (0, 0)
-                     QEMU's device state (a migration stream made with
-                        x-ignore-shared: it holds no RAM)
     child → parent   JSON: {"ok": true} or {"error": why}
 
-The receiver decrypts RAM straight into the child's (not yet running) RAM
-file, and feeds the device state to QEMU and lets the child run only when
-everything has opened: a stream made without the cluster secret, altered,
-cut, reordered or replayed (the fork's nonce, hence its keys, is new for
-every fork) never runs anything, nor do its bytes cross the network in
-clear.  Sealing costs ~0.13 ms a MiB each side here.
+The child's VM is a parked one on the receiving host (fork.py): what goes
+below UF_USER_BASE, where its parked kernel runs, is held aside until every
+record has opened, and the rest, which it does not touch, is decrypted
+straight into its RAM file; it is let go only when everything has opened.
+A stream made without the cluster secret, altered, cut, reordered or
+replayed (the fork's nonce, hence its keys, is new for every fork) never
+runs anything, nor do its bytes cross the network in clear.  Sealing costs
+~0.13 ms a MiB each side here.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import socket
 import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-MAGIC = b"UFK2"
+MAGIC = b"UFK3"
 TAG_SIZE = 16
 MAX_HEADER = 1 << 16
-MAX_DEVICE_STATE = 64 << 20
 CHUNK = 1 << 20
 _Q, _I, _QQ = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<QQ")
 
@@ -55,21 +55,25 @@ def _cipher(secret: bytes, nonce: bytes, direction: bytes) -> AESGCM:
 
 class _Sealed:
     """One direction of a fork's connection: records sealed under nonces
-    0, 1, 2...  (the order is part of what is authenticated)."""
+    (first), (first)+1...  (the order is part of what is authenticated)."""
 
-    def __init__(self, sock: socket.socket, secret: bytes, nonce: bytes,
-                 direction: bytes) -> None:
-        self.sock, self.aead, self.n = sock, _cipher(secret, nonce, direction), 0
+    def __init__(self, sock: socket.socket | None, secret: bytes, nonce: bytes,
+                 direction: bytes, first: int = 0) -> None:
+        self.sock, self.aead, self.n = sock, _cipher(secret, nonce, direction), first
 
     def _nonce(self) -> bytes:
         self.n += 1
         return (self.n - 1).to_bytes(12, "little")
 
-    def send(self, data) -> None:
+    def seal(self, data) -> bytearray:
+        """The next record, (data) sealed."""
         record = bytearray(4 + len(data) + TAG_SIZE)
         _I.pack_into(record, 0, len(data) + TAG_SIZE)
         self.aead.encrypt_into(self._nonce(), data, None, memoryview(record)[4:])
-        self.sock.sendall(record)
+        return record
+
+    def send(self, data) -> None:
+        self.sock.sendall(self.seal(data))
 
     def _record(self, limit: int) -> bytearray:
         n = _I.unpack(_recv_exact(self.sock, 4))[0]
@@ -103,23 +107,6 @@ def _forged() -> TransferError:
                          "secret, altered, or replayed")
 
 
-def extents(fd: int, size: int):
-    """The (offset, length) extents of memfd (fd) that hold data."""
-    off = 0
-    while off < size:
-        try:
-            data = os.lseek(fd, off, os.SEEK_DATA)
-        except OSError as err:
-            if err.errno == errno.ENXIO:
-                return
-            raise
-        if data >= size:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
-        yield data, hole - data
-        off = hole
-
-
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
     _recv_into(sock, memoryview(buf))
@@ -134,28 +121,42 @@ def _recv_into(sock: socket.socket, view: memoryview) -> None:
         view = view[got:]
 
 
-def send_fork(sock: socket.socket, secret: bytes, nonce: bytes, header: dict,
-              ram_fd: int, ram: memoryview, ram_size: int, device_state: bytes) -> int:
-    """Send one fork; returns the bytes of RAM sent."""
-    out = _Sealed(sock, secret, nonce, b">")
-    head = json.dumps(header).encode()
-    out.send(MAGIC + _I.pack(len(head)) + head)
-    sent = 0
-    for off, length in extents(ram_fd, ram_size):
-        out.send(_QQ.pack(off, length))
+def seal_ram(secret: bytes, nonce: bytes, ram: memoryview, extents) -> list[bytearray]:
+    """The records of a fork stream after its header: the (extents) of
+    (ram), sealed, ready for send_fork."""
+    out = _Sealed(None, secret, nonce, b">", first=1)   # record 0 is the header
+    records = []
+    for off, length in extents:
+        records.append(out.seal(_QQ.pack(off, length)))
         for at in range(off, off + length, CHUNK):
-            out.send(ram[at:min(at + CHUNK, off + length)])
-        sent += length
-    out.send(_QQ.pack(0, 0))
-    out.send(device_state)
-    return sent
+            records.append(out.seal(ram[at:min(at + CHUNK, off + length)]))
+    records.append(out.seal(_QQ.pack(0, 0)))
+    return records
+
+
+def send_fork(sock: socket.socket, secret: bytes, nonce: bytes, header: dict,
+              ram_records: list[bytearray]) -> None:
+    """Send one fork: (header), sealed now, then the records seal_ram made."""
+    head = json.dumps(header).encode()
+    _Sealed(sock, secret, nonce, b">").send(MAGIC + _I.pack(len(head)) + head)
+    for record in ram_records:
+        sock.sendall(record)
+
+
+class Received:
+    """A fork stream, opened: its header, the extents of RAM it held, and
+    those below (aside) kept here, (offset, bytes), not yet in RAM."""
+
+    def __init__(self, header: dict) -> None:
+        self.header = header
+        self.extents: list[tuple[int, int]] = []
+        self.aside: list[tuple[int, bytearray]] = []
 
 
 def receive_fork(sock: socket.socket, secret: bytes, nonce: bytes,
-                 ram: memoryview) -> tuple[dict, bytes]:
-    """Receive one fork: RAM goes into (ram), the child's mapping (zero
-    beforehand).  Returns the header and the device state, once every
-    record has opened.
+                 ram: memoryview, aside: int) -> Received:
+    """Receive one fork: RAM at offsets from (aside) on goes straight into
+    (ram), the child's mapping; what is below is kept in the result.
 
     :raise TransferError: a malformed stream, or one that does not open.
     """
@@ -172,20 +173,27 @@ def receive_fork(sock: socket.socket, secret: bytes, nonce: bytes,
         raise TransferError("fork header is not JSON") from err
     if not isinstance(header, dict):
         raise TransferError("fork header is not a JSON object")
-    size = len(ram)
+    size, out, last = len(ram), Received(header), 0
     while True:
         extent = got.take(_QQ.size)
         if len(extent) != _QQ.size:
             raise TransferError("a malformed RAM extent")
         off, length = _QQ.unpack(extent)
         if length == 0:
-            break
-        if off % 4096 or off + length > size:
-            raise TransferError(f"RAM extent {off:#x}+{length:#x} is outside the VM's "
-                                f"{size >> 20} MiB")
+            return out
+        if off % 4096 or length % 4096 or off < last or off + length > size:
+            raise TransferError(f"RAM extent {off:#x}+{length:#x} is out of order or "
+                                f"outside the VM's {size >> 20} MiB")
+        last = off + length
+        out.extents.append((off, length))
         for at in range(off, off + length, CHUNK):
-            got.take_into(ram[at:min(at + CHUNK, off + length)])
-    return header, got.take(MAX_DEVICE_STATE)
+            end = min(at + CHUNK, off + length)
+            if at < aside:      # a record is opened whole: all of it aside
+                buf = bytearray(end - at)
+                got.take_into(memoryview(buf))
+                out.aside.append((at, buf))
+            else:
+                got.take_into(ram[at:end])
 
 
 def send_reply(sock: socket.socket, secret: bytes, nonce: bytes, reply: dict) -> None:

@@ -1,11 +1,16 @@
 """One unifork VM: its RAM file, its QEMU process, its doorbell and QMP.
 
 The RAM is a memfd that the host maps (to lay out the program before boot,
-and to read the control page and kernel log) and QEMU maps through
-/proc/self/fd.  The doorbell and QMP are socketpairs.  QEMU runs in its own
-session (a terminal's Ctrl-C reaches us, not it) and is killed if we die
-(setpriv --pdeathsig).  After close() nothing remains: no process, no file,
-no socket path.
+to fill it with a forked child, and to read the control page and kernel
+log) and QEMU maps through /proc/self/fd.  The doorbell and QMP are
+socketpairs.  QEMU runs in its own session (a terminal's Ctrl-C reaches us,
+not it) and is killed if we die (setpriv --pdeathsig).  After close()
+nothing remains: no process, no file, no socket path.
+
+A VM outlives its process: when the process ends, the guest parks
+(unifork_abi.h, "Vessels") and the VM may become another process of the
+job, a forked child (fork.py); a VM can also boot with no program at all,
+straight into the park (load_vessel).
 
 Start-up speed matters (`unifork run` is measured against a bare QEMU
 launch): this module imports nothing heavy; QMP is imported when used.
@@ -28,6 +33,22 @@ KERNEL = os.environ.get(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  "guest", "build", "kernel.elf"))
 SETPRIV = "/usr/bin/setpriv"
+_kernel_id: str | None = None
+
+
+def kernel_id() -> str:
+    """What the guest kernel is (a hash of its image): a forked child's VM
+    must run the same one as its parent's (the child resumes in its
+    parent's kernel, from its own parked one)."""
+    global _kernel_id
+    if _kernel_id is None:
+        import hashlib
+        try:
+            with open(KERNEL, "rb") as f:
+                _kernel_id = hashlib.sha256(f.read()).hexdigest()[:32]
+        except OSError as err:
+            raise VMError(f"guest kernel {KERNEL}: {err.strerror}; run make setup") from err
+    return _kernel_id
 
 
 class VMState:
@@ -45,7 +66,7 @@ class VM:
     def __init__(self, ram_mib: int, shm: SharedRegion, fast_bell: bool = False) -> None:
         """(fast_bell): give it the fast doorbell (bell.py), if KVM runs it
         and UNIFORK_FAST_BELL is not 0; the VMs of a job that spans hosts
-        have it (a fork's copies must be alike: the device migrates)."""
+        have it (a child resumes in its parent's kernel, which may use it)."""
         if ram_mib % 2 or not 16 <= ram_mib <= abi.MAX_RAM >> 20:
             raise VMError(f"VM memory must be an even number of MiB in 16..{abi.MAX_RAM >> 20}")
         self.state = VMState.CREATED
@@ -80,9 +101,6 @@ class VM:
         self._stderr_buf = b""
         self.log = HostRing.create(self.mem, abi.LOG_ADDR, abi.LOG_SIZE)
         self._qmp = None               # qemu.qmp QMPClient, connected on first use
-        self.migration_ready = False   # capabilities set for fork
-        self.mig_sock = None           # a pool VM's end of its incoming migration
-        self.armed = None              # a pool VM's arm() future
         self.clock_k: int | None = None  # its clocks read the host's TSC + this, if known
 
     # -- before boot -------------------------------------------------------
@@ -108,15 +126,24 @@ class VM:
             hostname=hostname[:64], realtime_ns=0, host_tsc=0)
         self._stamp_clock = True        # start() does, once QEMU is on its way
 
-    def start(self, incoming: bool = False) -> None:
-        """Start QEMU: the guest boots at once, or with (incoming) QEMU waits
-        paused for a fork to migrate a running guest into it."""
+    def load_vessel(self) -> None:
+        """Lay out a VM with no program: it boots and parks, for a fork to
+        fill (the boot page's entry is 0)."""
+        lay = self.layout
+        layout.page_tables(self.mem, lay)
+        abi.BOOT.put(
+            self.mem, abi.BOOT_ADDR, magic=abi.BOOT_MAGIC, abi_version=abi.ABI_VERSION,
+            features=(abi.FEAT_KVM if self.kvm else 0) | (abi.FEAT_BELL if self.fast else 0),
+            ram_size=lay.ram_size, shm_base=lay.shm_base, shm_size=lay.shm_size, entry=0)
+
+    def start(self) -> None:
+        """Start QEMU; the guest boots at once."""
         if not os.path.exists(KERNEL):
             raise VMError(f"guest kernel {KERNEL} is missing: run make setup")
         passed = (self.ram_fd, self.shm.fd, self._bell_peer.fileno(), self._qmp_peer.fileno())
         fast_fd = self._fast_peer.fileno() if self._fast_peer is not None else -1
         spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm,
-                      incoming=incoming, fast_bell_fd=fast_fd)
+                      fast_bell_fd=fast_fd)
         if fast_fd >= 0:
             passed += (fast_fd,)
         argv = spec.argv()
@@ -154,6 +181,23 @@ class VM:
             abi.BOOT.put(self.mem, abi.BOOT_ADDR, host_tsc=cpu.rdtsc())
             self._stamp_clock = False
 
+    # -- between processes ---------------------------------------------------
+    @property
+    def parked(self) -> bool:
+        """Whether the guest has parked (its process ended, or it booted with
+        none) and waits to be made another process (fork.py)."""
+        mem = self.mem
+        return (abi.CTL.get(mem, abi.CTL_ADDR, "req") == abi.Req.EXIT
+                and abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
+                != abi.CTL.get(mem, abi.CTL_ADDR, "rep_seq"))
+
+    def go(self) -> None:
+        """Let a parked guest whose RAM the host has filled run: it becomes
+        the process that RAM holds (park.c)."""
+        self.log.corrupt = False        # (the same ring; the parent's copy of it)
+        abi.PARK.put(self.mem, abi.PARK_ADDR, go=abi.PARK.get(self.mem, abi.PARK_ADDR, "parked"))
+        self.wake()
+
     # -- running -------------------------------------------------------------
     def wake(self) -> None:
         """Wake a halted guest: one byte to its doorbell UART."""
@@ -169,15 +213,6 @@ class VM:
                 pass
         except OSError:
             pass
-
-    def ran_and_ended(self) -> bool:
-        """Whether a child whose `cont` failed had in fact run, and ended so
-        fast that QEMU exited before it answered (TCG does, often)."""
-        deadline = time.monotonic() + 1.0
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.001)
-        return self.poll() is not None and abi.CTL.get(self.mem, abi.CTL_ADDR, "state") in (
-            abi.State.EXITED, abi.State.KILLED)
 
     def poll(self) -> int | None:
         """QEMU's exit code if it has exited (and reap it), else None."""
@@ -281,8 +316,6 @@ class VM:
             if fd >= 0:
                 os.close(fd)
         self.log.release()
-        if self.mig_sock is not None:
-            self.mig_sock.close()
         for s in (self.bell, self._bell_peer, self._qmp_sock, self._qmp_peer, self._fast_peer):
             try:
                 if s is not None:

@@ -38,7 +38,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      8
+#define UF_ABI_VERSION      9
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -49,6 +49,8 @@
 #define UF_PT_PAGES         8                /* PML4, PDPT, 4 PDs, 1 PT, spare */
 #define UF_LOG_ADDR         UF_UL(0x20a000)  /* kernel log ring, guest RAM */
 #define UF_LOG_SIZE         UF_UL(0x4000)    /* its data bytes */
+#define UF_PARK_ADDR        UF_UL(0x210000)  /* struct uf_park, and the parked kernel's stack */
+#define UF_PARK_SIZE        UF_UL(0x2000)
 #define UF_USER_BASE        UF_UL(0x400000)  /* lowest address of the program */
 #define UF_PIE_BASE         UF_UL(0x400000)  /* where a static-PIE is loaded */
 #define UF_MAX_RAM          UF_UL(0x80000000) /* 2 GiB; the shm region follows RAM */
@@ -98,7 +100,8 @@
  * The boot page: everything the guest needs to start the program.  The host
  * has already laid out the ELF segments, the initial stack (argc, argv, envp,
  * auxv) and the page tables; the guest enters the program at (entry) with its
- * stack pointer at (sp).
+ * stack pointer at (sp).  With (entry) 0 there is no program: the VM is a
+ * vessel made ahead of time, and parks as soon as it has booted ("Vessels").
  */
 struct uf_boot {
 	uint64_t magic;             /* UF_BOOT_MAGIC */
@@ -125,12 +128,11 @@ struct uf_boot {
 	char     hostname[65];      /* uname nodename */
 	char     _pad1[7];
 	/* Ticks added to the TSC for the clocks.  A forked child's own TSC is
-	 * unrelated to its parent's (KVM may even re-synchronize the restored
-	 * value), so at its resume it sets tsc_adjust to read tsc_resume: the
-	 * parent's clock when it asked to fork (FORK's arg1) plus the time the
-	 * host saw pass since, as of host_tsc.  The host writes it once the
-	 * child runs (0 until then: the child waits for it), since starting a
-	 * vCPU takes a while. */
+	 * its VM's, unrelated to its parent's, so as it resumes it sets
+	 * tsc_adjust to read tsc_resume: the parent's clock when it asked to
+	 * fork (FORK's arg1) plus the time the host saw pass since, as of
+	 * host_tsc.  The host writes it before it lets the child go (0 until
+	 * then: the child waits for it). */
 	int64_t  tsc_adjust;
 	int64_t  tsc_resume;
 	uint64_t host_tsc;          /* the host's TSC at realtime_ns, written last,
@@ -164,6 +166,9 @@ enum uf_state {
  *   EXEC  (arg0) path, (arg1) argv, (arg2) envp  ret: 0 | -errno; on success
  *         the host has laid out the new image: entry, sp, brk, mmap_top in
  *         the boot page
+ *   EXIT  none: the process has ended (state     no reply: the VM is parked
+ *         and status say how), or a vessel has      ("Vessels")
+ *         booted (state NONE)
  */
 enum uf_req {
 	UF_REQ_NONE = 0,
@@ -171,7 +176,39 @@ enum uf_req {
 	UF_REQ_WAIT,
 	UF_REQ_KILL,
 	UF_REQ_EXEC,
+	UF_REQ_EXIT,
 	UF_REQ_MAX
+};
+
+/*
+ * Vessels.  A VM outlives its process.  When the process ends (exit, a
+ * fatal signal, a fault) the kernel writes state and status, stops the
+ * fast doorbell, and parks: in ring 0, interrupts off, on the stack in the
+ * park page, it bumps (parked), posts UF_REQ_EXIT and halts until the host
+ * sets (go) to (parked).  Parked, it uses no memory but its code, its
+ * descriptor tables, the page tables and the park page, so the host may
+ * rewrite all the rest of its RAM meanwhile.
+ *
+ * Fork is a cooperative clone into a parked VM.  The parent's kernel saves
+ * its own context in its RAM (registers, FPU/SSE state; the rest of the
+ * process is RAM already) and asks to FORK; while it waits, the host copies
+ * its RAM into a parked VM of the job on this host (all of it but the park
+ * page: what the parent does not hold is punched, and reads as zero), writes
+ * the child's pid, ppid, seed, clock and fork's reply (ret 0), sets (go) and
+ * wakes it.  The parked kernel flushes its TLB, restores the saved context
+ * and returns 0 from fork: no QEMU starts, none pauses, nothing migrates.
+ * A context that does not check out kills the child (UF_STATE_KILLED,
+ * SIGKILL), which parks again.
+ *
+ * The host writes nothing in the park page but (go); the guest wrote a (go)
+ * that is not (parked) as it parked, so nothing of a previous occupant's
+ * starts it.
+ */
+struct uf_park {
+	volatile uint32_t parked;   /* guest: bumped as it parks */
+	volatile uint32_t go;       /* host: = parked, to make it the child */
+	uint32_t _pad[14];
+	/* the rest of UF_PARK_SIZE is the parked kernel's stack */
 };
 
 /* What a halted guest waits for (struct uf_ctl.asleep). */
@@ -186,8 +223,9 @@ enum uf_sleep {
 
 /*
  * The control page: one per VM, in its RAM (so a fork copies it).  The
- * guest writes state and status before it powers off (through
- * UF_EXIT_PORT); the host reads them after QEMU has exited.
+ * guest writes state and status as its process ends, before it parks
+ * (UF_REQ_EXIT), or before it powers off through UF_EXIT_PORT when its
+ * kernel fails (UF_STATE_PANIC); the host reads them then.
  */
 struct uf_ctl {
 	uint32_t state;             /* enum uf_state */
@@ -308,6 +346,7 @@ _Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, ends) == 256, "uf_ctl lines");
 _Static_assert(sizeof(struct uf_ring) == 192, "uf_ring layout");
+_Static_assert(sizeof(struct uf_park) == 64, "uf_park layout");
 _Static_assert(__builtin_offsetof(struct uf_ring, tail) == 64, "uf_ring lines");
 _Static_assert(__builtin_offsetof(struct uf_ring, readers) == 128, "uf_ring lines");
 _Static_assert(UF_SHM_RING_OFF(UF_SHM_RINGS) <= UF_SHM_SIZE, "shm fits");

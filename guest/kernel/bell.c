@@ -6,17 +6,16 @@
  *
  * Setting the device up costs ~0.5 ms of MMIO exits, so it is done only
  * when a ring with ends on other hosts is waited on or woken, where the
- * doorbell's latency is the pipe's (bell_want).  A fork stops it first
- * (bell_fork): QEMU would otherwise restart it in both copies as they
- * resume, and each copy sets it up again only if it needs it.
+ * doorbell's latency is the pipe's (bell_want).  A fork and the end of a
+ * process stop it (bell_stop); each process sets it up again only if it
+ * needs it.
  */
 #include "defs.h"
 #include "x86.h"
 
 /* Legacy virtio-mmio registers (virtio 1.x, "Legacy interface"), as
- * indices of 32-bit words.  Legacy, not the modern transport: QEMU
- * migrates a modern transport's state for all its 1024 possible queues,
- * ~0.3 ms of each fork of the VM whether or not the device is in use. */
+ * indices of 32-bit words.  Legacy, not the modern transport: a queue is
+ * set up in fewer register accesses, each an exit to QEMU. */
 enum {
 	MAGIC = 0x00 / 4, VERSION = 0x04 / 4, DEVICE_ID = 0x08 / 4,
 	GUEST_FEATURES = 0x20 / 4, GUEST_FEATURES_SEL = 0x24 / 4,
@@ -79,11 +78,12 @@ bell_want(void)
 	notify = &m[QUEUE_NOTIFY];
 }
 
-/* Before a fork: stop the device.  QEMU restarts a running vhost device
- * as each copy resumes, which held the child ~1 ms more before it ran;
- * stopped, it is set up again by whichever copy needs it, when it does. */
+/* Before a fork, and as the process ends: stop the device.  A child's VM
+ * has its own, stopped: the parent's state of it is not the child's, and
+ * nothing of it passes to a VM's next process.  Whichever process needs it
+ * sets it up again, when it does. */
 void
-bell_fork(void)
+bell_stop(void)
 {
 	if (!notify)
 		return;

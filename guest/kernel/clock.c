@@ -51,12 +51,11 @@ clock_init(void)
 /*
  * In a forked child, as it first runs: read what the parent's clocks read.
  * The host writes tsc_resume, their reading when the host's TSC was
- * host_tsc: before the vCPU runs when the parent's clocks follow the host's
- * TSC, else once it runs (starting one after a migration takes ~20 ms);
- * without it in 2 s, the child keeps the parent's adjustment.  A TSC
- * that is the host's (PVM's, whatever KVM restored) gives the exact
- * adjustment; another one, the reading as of now, late by however long
- * this vCPU waited for a CPU since the host wrote it.
+ * host_tsc, before it lets the child go (park.c); without it in 2 s, the
+ * child keeps the parent's adjustment.  A TSC that is the host's (PVM's)
+ * gives the exact adjustment; another one (TCG's, a real KVM's, which
+ * starts at 0 in each VM), the reading as of now, late by however long
+ * this vCPU took to wake since the host wrote it.
  */
 void
 clock_fork(void)

@@ -63,19 +63,45 @@ long gate(long op, long a, long b);
 void doorbell(void);                    /* wake the host (bell.c) */
 void doorbell_port(void);               /* ... through COM2 (entry.S) */
 void bell_want(void);                   /* set up the fast doorbell, if any */
-void bell_fork(void);                   /* ... and stop it before a fork */
+void bell_stop(void);                   /* ... and stop it (a fork, the end) */
 void halt(uint64_t tsc_deadline);       /* until an interrupt or the deadline */
 void enter_user(uint64_t entry, uint64_t sp) __attribute__((noreturn));
 void fault_entry(void);
 void async_entry(void);
 void syscall_entry(void);
 void start_program(uint64_t entry, uint64_t sp) __attribute__((noreturn));
+void park_gate(void) __attribute__((noreturn));   /* into ring 0, to park (park.c) */
+void park_enter(void) __attribute__((noreturn));  /* ring 0: onto the park stack */
+
+/*
+ * A parent's context at fork, as fork_save stores it and fork_jump loads
+ * it (entry.S, by these offsets): where fork_save returns to, the stack
+ * pointer after its return, the callee-saved registers, the CPL (CS) it
+ * ran at, and the FPU/SSE state (fxsave).  All else of the process is in
+ * RAM, the user's registers on the system-call stack.
+ */
+struct forkctx {
+	uint64_t rip, rsp, rbx, rbp, r12, r13, r14, r15;
+	uint64_t cs, magic;
+	uint64_t _pad[6];
+	uint8_t fpu[512] __attribute__((aligned(16)));
+};
+_Static_assert(__builtin_offsetof(struct forkctx, cs) == 0x40, "entry.S: forkctx");
+_Static_assert(__builtin_offsetof(struct forkctx, fpu) == 0x80, "entry.S: forkctx");
+long fork_save(struct forkctx *c) __attribute__((returns_twice));
+void fork_jump(const struct forkctx *c) __attribute__((noreturn));
+
+// park.c
+extern struct forkctx forkctx;
+long fork_call(long flags);
+void park(void) __attribute__((noreturn));
 
 // syscall.c
 long syscall_dispatch(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
 
 // proc.c
 void proc_init(void);
+long host_call(int req, long a0, long a1, long a2, long a3);
 void proc_exit(int status) __attribute__((noreturn));
 void proc_kill(int sig) __attribute__((noreturn));
 long sys_arch_prctl(long code, long addr);
@@ -100,6 +126,7 @@ uint64_t signal_alarm_tsc(void);
 
 // sys_misc.c
 long user_timespec_ns(long p, uint64_t *ns);
+void restore_fs_base(void);
 
 // vm.c
 void vm_init(void);

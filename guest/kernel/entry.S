@@ -200,6 +200,8 @@ vector_6:                               /* #UD: the doorbell's and halt's first 
 	je 1f
 	cmpq $halt_ud2, (%rsp)
 	je 2f
+	cmpq $park_ud2, (%rsp)
+	je park_enter                   /* (the frame is dead: never returns) */
 	pushq $0
 	pushq $6
 	jmp trap_common
@@ -331,6 +333,16 @@ gate_ud2:
 	SHORT_GATE doorbell_port, DOORBELL_BODY
 	SHORT_GATE halt, HALT_BODY
 
+/* void park_gate(void): the process has ended; park in ring 0 (park.c),
+ * at CPL 3 through a ud2 of its own that vector_6 sends straight there. */
+	.globl park_gate, park_ud2
+park_gate:
+	movw %cs, %ax
+	testb $3, %al
+	jz park_enter
+park_ud2:
+	ud2
+
 /* Clear what a Linux program finds clear at its entry (rdx: no atexit). */
 .macro CLEAR_REGS
 	xorl %eax, %eax
@@ -370,6 +382,57 @@ start_program:
 	CLEAR_REGS
 	jmp *%rcx
 
+/* void park_enter(void): ring 0, from anywhere (park_gate, a fault): onto
+ * the park stack, whose page the host never rewrites, and park there
+ * (park.c).  What was on the stacks before is dead. */
+	.globl park_enter
+park_enter:
+	cli
+	movq $(UF_PARK_ADDR + UF_PARK_SIZE), %rsp
+	call park
+	ud2
+
+/*
+ * long fork_save(struct forkctx *c): like setjmp, into (c) (defs.h gives
+ * the offsets): 0 now, and 1 when a VM given a copy of this one's RAM
+ * resumes from it (fork_jump).  The caller-saved registers need no saving
+ * (the compiler treats this as a call that returns twice), nor do the
+ * kernel's flags: the system-call layer runs with them as they come.
+ */
+	.globl fork_save
+fork_save:
+	movq (%rsp), %rax
+	movq %rax, 0x00(%rdi)           /* rip: where we return */
+	leaq 8(%rsp), %rax
+	movq %rax, 0x08(%rdi)           /* rsp, as after the return */
+	movq %rbx, 0x10(%rdi)
+	movq %rbp, 0x18(%rdi)
+	movq %r12, 0x20(%rdi)
+	movq %r13, 0x28(%rdi)
+	movq %r14, 0x30(%rdi)
+	movq %r15, 0x38(%rdi)
+	xorl %eax, %eax
+	movw %cs, %ax
+	movq %rax, 0x40(%rdi)           /* the CPL we run at */
+	fxsave64 0x80(%rdi)             /* the program's FPU and SSE state */
+	xorl %eax, %eax
+	ret
+
+/* void fork_jump(const struct forkctx *c): return 1 from the fork_save
+ * that wrote (c), at the CPL it ran at (park.c checked (c)). */
+	.globl fork_jump
+fork_jump:
+	fxrstor64 0x80(%rdi)
+	movq 0x10(%rdi), %rbx
+	movq 0x18(%rdi), %rbp
+	movq 0x20(%rdi), %r12
+	movq 0x28(%rdi), %r13
+	movq 0x30(%rdi), %r14
+	movq 0x38(%rdi), %r15
+	movq 0x08(%rdi), %rsp
+	movl $1, %eax
+	jmpq *0x00(%rdi)
+
 	.bss
 	.p2align 12
 	.globl sys_user_rsp
@@ -383,6 +446,7 @@ sys_ret_flags:
 sys_full_return:                        /* 1: leave through full_exit */
 	.byte 0
 	.p2align 12
+	.globl sys_stack
 sys_stack:
 	.skip 32768 - 15 * 8
 	.globl sys_uregs                /* struct uregs: syscall_entry's pushes */

@@ -104,6 +104,8 @@ kmain(void)
 	idt_init();
 	cpu_init();
 	irq_init();
+	if (!b->entry)                  /* a vessel made ahead of time: park.c */
+		park_enter();
 	CTL->state = UF_STATE_RUNNING;
 	enter_user((uint64_t)user_start, (uint64_t)sys_stack_top);
 }

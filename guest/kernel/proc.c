@@ -1,8 +1,8 @@
 /*
  * proc.c: this process and its relatives.  fork, wait, kill of others and
- * execve are requests to the host (struct uf_ctl), which clones the VM,
- * keeps the job's process table and lays out new images.  Signals
- * themselves are signal.c's.
+ * execve are requests to the host (struct uf_ctl), which fills a parked VM
+ * with a copy of this one (park.c), keeps the job's process table and lays
+ * out new images.  Signals themselves are signal.c's.
  */
 #include "defs.h"
 #include "linux.h"
@@ -42,11 +42,8 @@ replied(void *seq)
 	return CTL->rep_seq == *(uint32_t *)seq;
 }
 
-/*
- * Ask the host (req) with up to four arguments and wait for its answer.
- * A forked child comes back to life inside this wait, with its reply.
- */
-static long
+/* Ask the host (req) with up to four arguments and wait for its answer. */
+long
 host_call(int req, long a0, long a1, long a2, long a3)
 {
 	uint32_t seq = CTL->req_seq + 1;
@@ -63,28 +60,30 @@ host_call(int req, long a0, long a1, long a2, long a3)
 	return CTL->ret;
 }
 
+/* The process is over: close what it holds, say how it ended, and park
+ * the VM for the host to give it another process (park.c). */
+static void __attribute__((noreturn))
+proc_end(int state, int status)
+{
+	file_close_all();
+	bell_stop();
+	CTL->status = status;
+	CTL->state = (uint32_t)state;
+	park_gate();
+}
+
 void
 proc_exit(int status)
 {
 	if (clear_tid && user_ok(clear_tid, 4))
 		*(volatile int *)clear_tid = 0;
-	file_close_all();
-	CTL->status = status & 0xff;
-	CTL->state = UF_STATE_EXITED;
-	gate(GATE_POWEROFF, 0, 0);
-	for (;;)
-		;
+	proc_end(UF_STATE_EXITED, status & 0xff);
 }
 
 void
 proc_kill(int sig)
 {
-	file_close_all();
-	CTL->status = sig;
-	CTL->state = UF_STATE_KILLED;
-	gate(GATE_POWEROFF, 0, 0);
-	for (;;)
-		;
+	proc_end(UF_STATE_KILLED, sig);
 }
 
 long
@@ -176,8 +175,8 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 		return -EFAULT;
 	if ((flags & CLONE_PARENT_SETTID) && !user_ok((uint64_t)ptid, 4))
 		return -EFAULT;
-	bell_fork();
-	long pid = host_call(UF_REQ_FORK, flags, (long)clock_tsc(), 0, 0);
+	bell_stop();
+	long pid = fork_call(flags);
 	if (pid < 0)
 		return pid;
 	if (pid == 0) {                 /* the child, in its own VM */
@@ -186,8 +185,7 @@ sys_clone(long flags, long newsp, long ptid, long ctid, long tls)
 		signal_fork();
 		if (flags & CLONE_CHILD_SETTID)
 			*(int *)ctid = (int)BOOT->pid;
-		if (flags & CLONE_CHILD_CLEARTID)
-			clear_tid = (uint64_t)ctid;
+		clear_tid = flags & CLONE_CHILD_CLEARTID ? (uint64_t)ctid : 0;
 		if (flags & CLONE_SETTLS)
 			sys_arch_prctl(ARCH_SET_FS, tls);
 		if (newsp)              /* vfork-style clone onto a new stack */

@@ -30,6 +30,15 @@ sys_arch_prctl(long code, long addr)
 	return -EINVAL;
 }
 
+/* In a forked child: the thread pointer as the parent had it (the value is
+ * in RAM, the register is not). */
+void
+restore_fs_base(void)
+{
+	if (fs_base)
+		sys_arch_prctl(ARCH_SET_FS, (long)fs_base);
+}
+
 long
 sys_set_tid_address(long p)
 {

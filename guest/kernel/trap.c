@@ -63,7 +63,7 @@ idt_init(void)
 	__asm__ volatile("lidt %0" : : "m"(p));
 }
 
-static void
+static void __attribute__((noreturn))
 poweroff(void)
 {
 	outb(UF_EXIT_PORT, 0);
@@ -188,7 +188,14 @@ trap(struct trapframe *tf)
 	    tf->rip, addr, tf->error,
 	    (tf->cs & 3) ? "" : ", in the kernel");
 	CTL->status = sig;
-	CTL->state = (tf->cs & 3) || tf->rip >= UF_USER_BASE ?
-	    UF_STATE_KILLED : UF_STATE_PANIC;
+	if ((tf->cs & 3) || tf->rip >= UF_USER_BASE) {
+		/* The program's own fault: its VM parks for another process (the
+		 * host closes the ends its files held, as the table in the
+		 * control page says). */
+		CTL->state = UF_STATE_KILLED;
+		bell_stop();
+		park_enter();
+	}
+	CTL->state = UF_STATE_PANIC;    /* a kernel that fails is not reused */
 	poweroff();
 }

@@ -55,6 +55,10 @@ static inline uint64_t read_cr4(void)
 { uint64_t v; __asm__ volatile("mov %%cr4, %0" : "=r"(v)); return v; }
 static inline void write_cr4(uint64_t v)
 { __asm__ volatile("mov %0, %%cr4" : : "r"(v)); }
+static inline uint64_t read_cr3(void)
+{ uint64_t v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); return v; }
+static inline void write_cr3(uint64_t v)
+{ __asm__ volatile("mov %0, %%cr3" : : "r"(v) : "memory"); }
 
 /* Unprivileged: fine at any CPL. */
 static inline uint64_t rdtsc(void)

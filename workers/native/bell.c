@@ -17,9 +17,9 @@
  *
  * The protocol is QEMU's docs/interop/vhost-user.rst: a message is a
  * 12-byte header (request, flags, size), then (size) bytes, with file
- * descriptors in the header's ancillary data.  We offer what migration
- * (fork) needs (LOG_ALL, LOG_SHMFD) and what vhost-user-blk insists on
- * (CONFIG), nothing else: no REPLY_ACK, so QEMU waits only for GETs.
+ * descriptors in the header's ancillary data.  We offer what vhost-user-blk
+ * insists on (CONFIG), nothing else: no REPLY_ACK, so QEMU waits only for
+ * GETs; no dirty logging (nothing migrates a VM: a fork fills a parked one).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,16 +37,13 @@
 
 enum {                                  /* the requests we look at */
 	GET_FEATURES = 1, GET_VRING_BASE = 11, SET_VRING_KICK = 12,
-	GET_PROTOCOL_FEATURES = 15, GET_QUEUE_NUM = 17, SET_LOG_BASE = 6,
-	GET_CONFIG = 24,
+	GET_PROTOCOL_FEATURES = 15, GET_QUEUE_NUM = 17, GET_CONFIG = 24,
 };
 #define VERSION         1u              /* header flags */
 #define IS_REPLY        4u
 #define NEED_REPLY      8u
-#define F_LOG_ALL       (1ull << 26)
 #define F_PROTOCOL      (1ull << 30)
 #define F_VERSION_1     (1ull << 32)
-#define P_LOG_SHMFD     (1ull << 1)
 #define P_CONFIG        (1ull << 9)
 #define KICK_NO_FD      0x100           /* SET_VRING_KICK: polling, no eventfd */
 #define MAX_FDS         16
@@ -160,16 +157,13 @@ serve(struct bells *bs, struct bell *b)
 		memcpy(&u64, m.p, 8);
 	switch (m.req) {
 	case GET_FEATURES:
-		reply_u64(b, m.req, F_VERSION_1 | F_LOG_ALL | F_PROTOCOL);
+		reply_u64(b, m.req, F_VERSION_1 | F_PROTOCOL);
 		break;
 	case GET_PROTOCOL_FEATURES:
-		reply_u64(b, m.req, P_LOG_SHMFD | P_CONFIG);
+		reply_u64(b, m.req, P_CONFIG);
 		break;
 	case GET_QUEUE_NUM:
 		reply_u64(b, m.req, 1);
-		break;
-	case SET_LOG_BASE:                      /* we write no guest memory: nothing to log */
-		reply_u64(b, m.req, 0);
 		break;
 	case GET_VRING_BASE:                    /* stopping: the ring stays where it is */
 		reply(b, m.req, (uint32_t[]){ (uint32_t)u64, 0 }, 8);
