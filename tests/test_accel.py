@@ -89,3 +89,15 @@ def test_a_signal_reaches_a_computing_program_under_tcg(program):
     prog = program("computing", "glibc")
     got = unifork("run", prog, env=TCG, timeout=120)
     assert got.stdout == native(prog).stdout, got.stderr.decode()
+
+
+@pytest.mark.tcg
+@pytest.mark.parametrize("name,libc", [("forkbasic", "glibc"), ("pipeline", "musl"),
+                                       ("recycle", "musl"), ("family", "musl")])
+def test_forks_into_parked_vms_match_native_under_tcg(program, name, libc):
+    """There the system-call layer runs at CPL 0: the parent's context is
+    saved there, and a parked VM resumes it there (park.c)."""
+    prog = program(name, libc)
+    got = unifork("run", "--mem", "64", prog, env=TCG, timeout=120)
+    assert got.stdout == native(prog).stdout, got.stderr.decode()
+    assert status(got) == status(native(prog))
