@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 from workers import abi
 
-RECORDS = [abi.BOOT, abi.CTL, abi.RING, abi.SHM, abi.PARK]
+RECORDS = [abi.BOOT, abi.CTL, abi.RING, abi.SHM, abi.PARK, abi.KID]
 CONSTANTS = [
     "ABI_VERSION", "PAGE_SIZE", "KERNEL_BASE", "BOOT_ADDR", "CTL_ADDR", "PT_ADDR",
     "PT_PAGES", "LOG_ADDR", "LOG_SIZE", "PARK_ADDR", "PARK_SIZE", "USER_BASE", "PIE_BASE", "MAX_RAM",
@@ -17,9 +17,10 @@ CONSTANTS = [
     "VEC_SPURIOUS", "BOOT_MAGIC", "FEAT_KVM", "FEAT_BELL", "VIRTIO_MMIO_BASE",
     "VIRTIO_MMIO_SLOT", "VIRTIO_MMIO_SLOTS", "BELL_DEVICE_ID", "BELL_VRING", "BELL_QUEUE", "TTY_STDIN", "TTY_STDOUT", "TTY_STDERR",
     "SHM_MAGIC", "SHM_RINGS", "RING_SIZE", "SHM_SLOT", "SHM_SIZE", "BRIDGED", "BRIDGED_TELL",
+    "KIDS",
 ]
 ENUMS = {  # the header's prefix, the Python class
-    "UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep,
+    "UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep, "UF_KID_": abi.Kid,
 }
 
 

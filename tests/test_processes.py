@@ -123,3 +123,46 @@ def test_a_hostile_job_does_not_affect_another_job(program, example):
     hostile.communicate(timeout=60)
     assert got.returncode == 0
     assert got.stdout == native(prog, 100000, 4).stdout
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_waits_on_more_ended_children_than_the_table_lists_reap_each_once(program, libc):
+    """40 ended children: the control page lists 32 (unifork_abi.h,
+    "Children"), the host answers for the rest; WNOWAIT looks without
+    reaping, a wait for a pid takes that one, ECHILD after."""
+    prog = program("zombies", libc)
+    got = unifork("run", prog)
+    assert got.stdout == native(prog).stdout, got.stderr.decode()
+
+
+def test_a_wait_the_childrens_table_answers_asks_the_host_nothing(program, monkeypatch, tmp_path):
+    """bash's pattern: a child ends, the parent reaps it, then waits again
+    (ECHILD): neither wait is a request to the host."""
+    import os
+    from workers.job import Job
+    from workers.run import RunRequest, run
+    asked = []
+    wait = Job._wait
+
+    def counted(self, p, pid, options):
+        asked.append((pid, options))
+        return wait(self, p, pid, options)
+    monkeypatch.setattr(Job, "_wait", counted)
+    src = tmp_path / "reap.c"
+    src.write_text('#include <stdio.h>\n#include <errno.h>\n#include <sys/wait.h>\n'
+                   '#include <time.h>\n#include <unistd.h>\n'
+                   'int main(void) { int st; for (int i = 0; i < 5; i++) {\n'
+                   '  pid_t c = fork(); if (c == 0) _exit(i);\n'
+                   '  struct timespec t = {0, 50000000}; nanosleep(&t, 0);\n'
+                   '  if (waitpid(-1, &st, 0) != c || WEXITSTATUS(st) != i) return 1;\n'
+                   '  if (waitpid(-1, &st, WNOHANG) != -1 || errno != ECHILD) return 2; }\n'
+                   '  puts("ok"); return 0; }\n')
+    exe = tmp_path / "reap"
+    import subprocess
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", exe, src], check=True)
+    out = tmp_path / "out"
+    with open(out, "wb") as o, open(os.devnull, "rb") as i:
+        code = run(RunRequest(str(exe), [], [], stdin=i.fileno(), stdout=o.fileno(),
+                              stderr=o.fileno()))
+    assert (code, out.read_bytes()) == (0, b"ok\n")
+    assert asked == []

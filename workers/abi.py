@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 9
+ABI_VERSION = 10
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
@@ -161,8 +161,27 @@ CTL = Record("uf_ctl", [
     ("rep_seq", "I"), ("_pad2", "I"), ("ret", "q"), ("val", "2q"), ("_pad3", "32s"),
     ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("sig_posted", "Q"),
     ("alarm_real_ns", "Q"), ("tsc_is_host", "I"), ("_pad4", "I"), ("_pad5", "16s"),
-    ("ends", "128H"),
+    ("ends", "128H"), ("kids_alive", "I"), ("kids_unlisted", "I"), ("_pad6", "Q"),
+    ("kids", "512s"),
 ])
+
+KIDS = 32
+
+
+class Kid:
+    """The state of an entry of the children's table (enum uf_kid_state)."""
+
+    EMPTY = 0
+    ENDED = 1
+    WAITED = 2
+
+
+KID = Record("uf_kid", [("state", "I"), ("pid", "I"), ("wstatus", "i"), ("_pad", "I")])
+
+
+def kid_addr(i: int) -> int:
+    """Guest-physical address of entry (i) of the children's table."""
+    return CTL_ADDR + CTL.offsets["kids"] + i * KID.size
 
 RING = Record("uf_ring", [
     ("head", "Q"), ("wlock", "I"), ("wr_wait", "I"), ("_pad0", "48s"),

@@ -124,11 +124,12 @@ def answer_child(mem, pid: int, ppid: int) -> None:
     its parent, a seed of its own, and fork's answer, 0.  Nothing the
     parent had posted is the child's (it may be sent signals of its own as
     soon as the parent hears of it, while musl's fork still blocks them),
-    nor its alarm, nor its sleep."""
+    nor its alarm, its sleep, or its children."""
     abi.BOOT.put(mem, abi.BOOT_ADDR, pid=pid, ppid=ppid, seed=os.urandom(32), tsc_resume=0)
     seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
     abi.CTL.put(mem, abi.CTL_ADDR, ret=0, val=(0, 0), sig_posted=0, alarm_real_ns=0,
-                asleep=abi.Sleep.NONE)
+                asleep=abi.Sleep.NONE, kids_alive=0, kids_unlisted=0,
+                kids=bytes(abi.KIDS * abi.KID.size))
     abi.CTL.put(mem, abi.CTL_ADDR, rep_seq=seq)
 
 

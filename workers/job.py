@@ -55,6 +55,9 @@ class Proc:
         # its pipes' links (bridge.py); the VM is closed only after that.
         self.sending: tuple[int, list[dict]] | None = None
         self.close_pending = False            # it ended while its VM was being sent
+        # The entries the host wrote in its children's table: slot -> pid
+        # (unifork_abi.h, "Children"; Job.publish_kids).
+        self.kid_slots: dict[int, int] = {}
 
     @property
     def remote(self) -> bool:
@@ -146,16 +149,22 @@ class Job:
         return pid
 
     def add(self, vm: VM, ppid: int = 0, pid: int | None = None,
-            parent_tree: int | None = None) -> Proc:
-        """A new process (its VM holds one of the host's slots)."""
+            parent_tree: int | None = None, record: bool = True) -> Proc:
+        """A new process (its VM holds one of the host's slots); unless not
+        (record), its record in the cluster's state too (else record())."""
         p = Proc(self.new_pid() if pid is None else pid, ppid, vm)
         self.next_pid = max(self.next_pid, p.pid + 1)
         p.parent_tree = parent_tree
         self.procs[p.pid] = p
         self.changed = True
-        if self.events:
-            self.events(p.pid, ppid, "running", None, self.tree)
+        self.publish_kids(self.procs.get(ppid))
+        if record:
+            self.record(p)
         return p
+
+    def record(self, p: Proc) -> None:
+        if self.events:
+            self.events(p.pid, p.ppid, "running", None, self.tree)
 
     def add_remote(self, pid: int, ppid: int, host: str, tree: int,
                    wstatus: int | None = None) -> Proc:
@@ -165,6 +174,7 @@ class Job:
         self.procs[pid] = p
         if p.running and self.link is not None:
             self.link.watch[pid] = host
+        self.publish_kids(self.procs.get(ppid))
         return p
 
     def live(self) -> list[Proc]:
@@ -260,10 +270,11 @@ class Job:
             self.say(parent.pid, f"fork failed: {err}")
             return self.reply(parent, -errno.EAGAIN)
         self._count_ends(child_vm, +1)
+        child = self.add(child_vm, parent.pid, pid, record=False)
         parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
         fork.start(child_vm, parent_tsc, asked, fork.clock_offset(parent.vm))
         self.reply(parent, pid)
-        self.add(child_vm, parent.pid, pid)     # (its record in Redis: off their path)
+        self.record(child)          # (in Redis, for a cluster's job: off their path)
         self.pool.fill()
 
     def _fork_remote(self, parent: Proc, asked: float) -> None:
@@ -327,6 +338,7 @@ class Job:
 
     # wait ----------------------------------------------------------------------
     def _wait(self, p: Proc, pid: int, options: int) -> None:
+        self._kids_waited(p)
         kids = [c for c in self.procs.values() if c.ppid == p.pid and not c.reaped
                 and (pid == -1 or c.pid == pid)]
         if not kids:
@@ -335,6 +347,7 @@ class Job:
         if done is not None:
             if not options & WNOWAIT:
                 done.reaped = True
+                self._unlist_kid(p, done)
             return self.reply(p, done.pid, done.wstatus, os.getuid())
         if options & WNOHANG:
             return self.reply(p, 0)
@@ -346,6 +359,60 @@ class Job:
             args = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")
             parent.parked_seq = -1
             self._wait(parent, args[0], args[1])
+
+    # the children's table (unifork_abi.h, "Children") -------------------------
+    def publish_kids(self, parent: Proc | None) -> None:
+        """Write in (parent)'s control page what its waits can answer
+        without asking: its children that have ended and are not waited for
+        (entries, each whole before its state), then how many it has still
+        running.  After any change to its children, before it is told."""
+        if parent is None or not parent.running or parent.remote or parent.vm is None:
+            return
+        mem = parent.vm.mem
+        self._kids_waited(parent)
+        listed = set(parent.kid_slots.values())
+        free = [i for i in range(abi.KIDS) if i not in parent.kid_slots]
+        alive = unlisted = 0
+        for c in self.procs.values():
+            if c.ppid != parent.pid or c.reaped:
+                continue
+            if c.running:
+                alive += 1
+            elif c.pid not in listed:
+                if not free:
+                    unlisted += 1
+                    continue
+                slot = free.pop(0)
+                at = abi.kid_addr(slot)
+                abi.KID.put(mem, at, pid=c.pid, wstatus=c.wstatus)
+                abi.KID.put(mem, at, state=abi.Kid.ENDED)
+                parent.kid_slots[slot] = c.pid
+        abi.CTL.put(mem, abi.CTL_ADDR, kids_unlisted=unlisted)
+        abi.CTL.put(mem, abi.CTL_ADDR, kids_alive=alive)
+
+    def _kids_waited(self, parent: Proc) -> None:
+        """The entries of (parent)'s table that its waits took: those
+        children are reaped, and the entries free again."""
+        mem = parent.vm.mem
+        for slot, pid in list(parent.kid_slots.items()):
+            at = abi.kid_addr(slot)
+            state = abi.KID.get(mem, at, "state")
+            if state == abi.Kid.ENDED and abi.KID.get(mem, at, "pid") == pid:
+                continue
+            if state == abi.Kid.WAITED and abi.KID.get(mem, at, "pid") == pid \
+                    and pid in self.procs:
+                self.procs[pid].reaped = True
+            # (else the guest wrote over it: its loss; the child stays unwaited)
+            abi.KID.put(mem, at, state=abi.Kid.EMPTY)
+            del parent.kid_slots[slot]
+
+    def _unlist_kid(self, parent: Proc, child: Proc) -> None:
+        """(child) was reported to (parent) by a WAIT request: out of its
+        table (the guest, waiting for the reply, does not look at it)."""
+        for slot, pid in list(parent.kid_slots.items()):
+            if pid == child.pid:
+                abi.KID.put(parent.vm.mem, abi.kid_addr(slot), state=abi.Kid.EMPTY)
+                del parent.kid_slots[slot]
 
     # kill ----------------------------------------------------------------------
     def _kill(self, p: Proc, pid: int, sig: int) -> None:
@@ -504,10 +571,12 @@ class Job:
                     continue
                 ring.release_locks(p.pid)
         self.changed = True
+        self.publish_kids(self.procs.get(p.ppid))
         self._sigchld(p)
         for c in list(self.procs.values()):
             if c.ppid == p.pid:
                 self._to_init(c)
+        self.publish_kids(self.procs.get(1))    # (it may have adopted some)
         if p.ppid == 0 or p.ppid not in self.procs:
             p.reaped = True
             if p.parent_tree is not None and self.link is not None:
@@ -574,6 +643,7 @@ class Job:
                 p.ppid, p.parent_tree = 1, 1
                 if p.running:
                     abi.BOOT.put(p.vm.mem, abi.BOOT_ADDR, ppid=1)
+                self.publish_kids(self.procs.get(1))
             elif kind in ("exit", "lost") and p.remote and p.running:
                 if kind == "lost":
                     self.say(p.pid, f"{msg.get('why', 'its host was lost')}: "
@@ -591,6 +661,7 @@ class Job:
     def remote_ended(self, p: Proc, wstatus: int) -> None:
         """Remote process (p) has ended with (wstatus)."""
         p.wstatus = wstatus
+        self.publish_kids(self.procs.get(p.ppid))
         self._sigchld(p)
         if self.link is not None:
             self.link.watch.pop(p.pid, None)

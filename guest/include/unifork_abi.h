@@ -38,7 +38,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      9
+#define UF_ABI_VERSION      10
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -160,7 +160,9 @@ enum uf_state {
  *   FORK  (arg0) clone flags, (arg1) the        ret: child pid | 0 | -errno
  *         parent's clock (TSC + tsc_adjust)
  *   WAIT  (arg0) pid or -1, (arg1) options      ret: pid | 0 (WNOHANG) | -errno
- *         (WNOHANG, WNOWAIT)                     val0: wait status, val1: uid
+ *         (WNOHANG, WNOWAIT); asked only when    val0: wait status, val1: uid
+ *         the children's table cannot answer
+ *         ("Children", below)
  *   KILL  (arg0) pid, 0 or -1, (arg1) signal    ret: 0 | -errno; the host kills
  *         others; the guest acts on itself after the reply
  *   EXEC  (arg0) path, (arg1) argv, (arg2) envp  ret: 0 | -errno; on success
@@ -270,6 +272,38 @@ struct uf_ctl {
 	/* Guest-written: ring ends this process holds: [ring][0 read, 1 write].
 	 * The host closes them for a VM that dies without closing them. */
 	uint16_t ends[64][2];
+	/* Host-written: this process's children ("Children", below). */
+	volatile uint32_t kids_alive;       /* children still running, anywhere */
+	volatile uint32_t kids_unlisted;    /* ended ones the table had no room for */
+	uint64_t _pad6;
+	struct uf_kid {
+		volatile uint32_t state;    /* UF_KID_* */
+		uint32_t pid;
+		int32_t  wstatus;
+		uint32_t _pad;
+	} kids[32];
+};
+
+/*
+ * Children.  So that most waits need no request, the host lists in the
+ * control page the children that have ended and are not waited for (an
+ * entry UF_KID_ENDED, written whole before its state, and before the
+ * parent is sent SIGCHLD), and counts those still running (kids_alive:
+ * lowered only after their entries are in).  A wait takes an entry with an
+ * atomic compare-and-swap ENDED -> WAITED, having read its pid and status
+ * first; the host frees WAITED entries (-> EMPTY) when it next looks, and
+ * drops the entry of a child it reports itself (a WAIT request, during
+ * which the guest does not look).  A wait for any child that finds no
+ * entry reads kids_alive before the table: 0, and nothing unlisted, is
+ * ECHILD; more, with WNOHANG, is 0.  Any other wait asks the host.  A
+ * forked child's table starts empty.
+ */
+#define UF_KIDS             32
+enum uf_kid_state {
+	UF_KID_EMPTY = 0,
+	UF_KID_ENDED,               /* host-written: pid ended with wstatus */
+	UF_KID_WAITED,              /* guest-written: a wait took it */
+	UF_KID_MAX
 };
 
 /*
@@ -341,7 +375,8 @@ struct uf_shm {
 };
 
 _Static_assert(sizeof(struct uf_boot) == 520, "uf_boot layout");
-_Static_assert(sizeof(struct uf_ctl) == 512, "uf_ctl layout");
+_Static_assert(sizeof(struct uf_ctl) == 1040, "uf_ctl layout");
+_Static_assert(sizeof(struct uf_ctl) <= UF_PAGE_SIZE, "uf_ctl fits its page");
 _Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, ends) == 256, "uf_ctl lines");

@@ -209,10 +209,43 @@ sys_vfork(void)
 	return sys_clone(SIGCHLD, 0, 0, 0, 0);
 }
 
+/*
+ * Wait for child (pid) (-1: any) with (options) WNOHANG, WNOWAIT: its pid
+ * and (*status), 0 (WNOHANG, none has ended), or -errno.  From the table
+ * of children in the control page when it can tell (unifork_abi.h,
+ * "Children"), else from the host.
+ */
+static long
+wait_child(long pid, long options, int *status)
+{
+	uint32_t alive = __atomic_load_n(&CTL->kids_alive, __ATOMIC_ACQUIRE);
+	uint32_t unlisted = CTL->kids_unlisted;
+
+	for (int i = 0; i < UF_KIDS; i++) {
+		volatile struct uf_kid *k = &CTL->kids[i];
+		if (k->state != UF_KID_ENDED || (pid != -1 && (long)k->pid != pid))
+			continue;
+		uint32_t kid = k->pid;          /* read before it is ours: then */
+		int st = k->wstatus;            /* the host may reuse the entry */
+		uint32_t ended = UF_KID_ENDED;
+		if (!(options & WNOWAIT) && !__atomic_compare_exchange_n(&k->state, &ended,
+		    UF_KID_WAITED, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			continue;
+		*status = st;
+		return kid;
+	}
+	if (pid == -1 && !unlisted && (!alive || (options & WNOHANG)))
+		return alive ? 0 : -ECHILD;
+	long r = host_call(UF_REQ_WAIT, pid, options, 0, 0);
+	*status = (int)CTL->val[0];
+	return r;
+}
+
 long
 sys_wait4(long pid_, long wstatus, long options_, long rusage)
 {
 	long pid = (int)pid_, options = (int)options_;
+	int st = 0;
 
 	if (options & ~(WNOHANG | WUNTRACED | WCONTINUED | 0x40000000 | 0x80000000))
 		return -EINVAL;
@@ -220,10 +253,9 @@ sys_wait4(long pid_, long wstatus, long options_, long rusage)
 		return -EFAULT;
 	if (rusage && !user_ok((uint64_t)rusage, 144))
 		return -EFAULT;
-	long r = host_call(UF_REQ_WAIT, pid < -1 || pid == 0 ? -1 : pid,
-	    options & WNOHANG, 0, 0);
+	long r = wait_child(pid < -1 || pid == 0 ? -1 : pid, options & WNOHANG, &st);
 	if (r > 0 && wstatus)
-		*(int *)wstatus = (int)CTL->val[0];
+		*(int *)wstatus = st;
 	if (r >= 0 && rusage)
 		memset((void *)rusage, 0, 144);
 	return r;
@@ -241,19 +273,18 @@ sys_waitid(long idtype_, long id_, long infop, long options_)
 		return -EINVAL;
 	if (infop && !user_ok((uint64_t)infop, 128))
 		return -EFAULT;
-	long r = host_call(UF_REQ_WAIT, idtype == P_PID ? id : -1,
-	    options & (WNOHANG | WNOWAIT), 0, 0);
+	int st = 0;
+	long r = wait_child(idtype == P_PID ? id : -1, options & (WNOHANG | WNOWAIT), &st);
 	if (r < 0)
 		return r;
 	if (infop) {
 		int *si = (int *)infop;
-		int st = (int)CTL->val[0];
 		memset(si, 0, 128);
 		if (r > 0) {
 			si[0] = SIGCHLD;
 			si[2] = (st & 0x7f) ? ((st & 0x80) ? 3 : 2) : 1;  /* CLD_* */
 			si[4] = (int)r;
-			si[5] = (int)CTL->val[1];
+			si[5] = (int)BOOT->uid;
 			si[6] = (st & 0x7f) ? (st & 0x7f) : ((st >> 8) & 0xff);
 		}
 	}
