@@ -39,7 +39,7 @@ guest:
 	@$(MAKE) -s -C guest
 
 # The pipe bridge's native half (workers/native/: the channels and the
-# data path between rings and channels), loaded by workers/channel.py.
+# data path between rings and channels), loaded by workers/pipes/channel.py.
 NATIVE_SRC := $(wildcard workers/native/*.c)
 native: workers/native/libufnet.so
 workers/native/libufnet.so: $(NATIVE_SRC) workers/native/net.h guest/include/unifork_abi.h

@@ -28,10 +28,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from workers import qemu as uq  # noqa: E402
-from workers.run import RunRequest, prepare  # noqa: E402
-from workers.rings import SharedRegion  # noqa: E402
-from workers.vm import VM  # noqa: E402
+from workers.vm import qemu as uq  # noqa: E402
+from workers.proc.run import RunRequest, prepare  # noqa: E402
+from workers.vm.rings import SharedRegion  # noqa: E402
+from workers.vm.machine import VM  # noqa: E402
 
 EMPTY = os.path.join(ROOT, "guest", "build", "empty.elf")
 HELLO = os.path.join(ROOT, "guest", "build", "examples", "hello.musl")

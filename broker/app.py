@@ -30,7 +30,7 @@ def host_queue(host: str) -> str:
 
 def make_app(url: str | None = None) -> Celery:
     url = url or redis_url()
-    app = Celery("unifork", broker=url, backend=url, include=["workers.tasks"])
+    app = Celery("unifork", broker=url, backend=url, include=["broker.cluster.tasks"])
     app.conf.update(
         task_default_queue=JOBS_QUEUE,
         task_acks_late=True,                 # a job is taken again if its worker dies

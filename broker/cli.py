@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         fast = vars(args)
     if fast.get("command", "run") == "run":
-        from workers.run import RunRequest, main_run
+        from workers.proc.run import RunRequest, main_run
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
                                    fast["timeout"], max_procs=fast["max_procs"]))
-    from . import commands
+    from broker import commands
     return commands.main(argparse_ns(fast))
 
 

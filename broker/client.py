@@ -13,12 +13,13 @@ import base64
 import time
 import uuid
 
-from workers import abi, elf
-from workers.layout import Layout
+from workers import abi
+from workers.vm import elf
+from workers.vm.layout import Layout
 
-from . import state
-from .app import JOBS_QUEUE, RUN_JOB, app
-from .keys import JobStatus
+from broker import state
+from broker.app import JOBS_QUEUE, RUN_JOB, app
+from broker.keys import JobStatus
 
 DONE = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
 

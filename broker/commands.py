@@ -18,7 +18,7 @@ def main(args) -> int:
         os.environ["UNIFORK_REDIS_URL"] = args.redis
     from workers.errors import BadProgram
 
-    from . import client, state
+    from broker import client, state
     try:
         return COMMANDS[args.command](args, client, state)
     except state.Unreachable as err:
@@ -30,7 +30,7 @@ def main(args) -> int:
 
 
 def worker(args, client, state) -> int:
-    from workers.agent import AgentError, serve
+    from broker.cluster.agent import AgentError, serve
     if args.fork_ports:
         os.environ["UNIFORK_FORK_PORTS"] = args.fork_ports
     if args.bridge_ports:
@@ -59,8 +59,8 @@ def submit(args, client, state) -> int:
 
 def follow(job) -> int:
     """Stream output and process events until the job ends."""
-    from .client import DONE
-    from . import state
+    from broker.client import DONE
+    from broker import state
     sent = {"out": 0, "err": 0, "events": 0}
     out = {"out": sys.stdout.buffer, "err": sys.stderr.buffer}
     while True:
@@ -84,7 +84,7 @@ def follow(job) -> int:
 def ps(args, client, state) -> int:
     if args.job is None:
         r = client.connect()
-        from . import keys
+        from broker import keys
         for jid in r.zrevrange(keys.JOBS, 0, 19):
             info = state.job_info(r, jid.decode()) or {}
             print(f"{jid.decode()}  {info.get('status', '?'):9}  {info.get('host', '-'):10}  "
@@ -127,7 +127,7 @@ def cancel(args, client, state) -> int:
 
 
 def drain(args, client, state) -> int:
-    from workers.agent import AgentError, drain as do_drain
+    from broker.cluster.agent import AgentError, drain as do_drain
     try:
         do_drain(args.name)
     except AgentError as err:

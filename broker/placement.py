@@ -21,7 +21,7 @@ import time
 
 import redis
 
-from . import keys
+from broker import keys
 
 TICKET_TTL = 3600
 

@@ -9,8 +9,8 @@ import time
 
 import redis
 
-from . import keys
-from .keys import JobStatus
+from broker import keys
+from broker.keys import JobStatus
 
 HEARTBEAT_TTL = 5.0          # seconds without a heartbeat before a host is dead
 OUTPUT_TTL = 7 * 24 * 3600   # job records and output expire a week after they end

@@ -11,12 +11,13 @@ import time
 
 import pytest
 
-from workers import abi, elf
-from workers.bell import bells
-from workers.layout import Layout
-from workers.qemu import kvm_usable
-from workers.rings import SharedRegion
-from workers.vm import VM
+from workers import abi
+from workers.vm import elf
+from workers.vm.bell import bells
+from workers.vm.layout import Layout
+from workers.vm.qemu import kvm_usable
+from workers.vm.rings import SharedRegion
+from workers.vm.machine import VM
 
 pytestmark = pytest.mark.skipif(
     not kvm_usable(), reason="the fast doorbell needs KVM's ioeventfd; under TCG (no "
@@ -99,7 +100,7 @@ def test_only_a_vm_asked_for_it_has_a_fast_doorbell_and_the_knob_turns_it_off(mo
 
 
 def test_qemu_gets_the_device_only_with_a_vhost_user_socket():
-    from workers.qemu import VMSpec
+    from workers.vm.qemu import VMSpec
     base = ("kernel.elf", MIB, 66, 3, 4, 5, 6)
     assert "vhost-user-blk" not in " ".join(VMSpec(*base, kvm=True).argv())
     argv = " ".join(VMSpec(*base, kvm=True, fast_bell_fd=7).argv())

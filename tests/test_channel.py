@@ -1,4 +1,4 @@
-"""The bridge's transport (workers/channel.py), two endpoints in this
+"""The bridge's transport (workers/pipes/channel.py), two endpoints in this
 process: bytes arrive in order and exactly once through a relay that
 drops, delays, reorders, duplicates, forges and replays datagrams; forged
 ones are counted; payloads are encrypted; a silent peer is declared dead."""
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from workers import channel
+from workers.pipes import channel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,8 +187,8 @@ def test_the_bridges_thread_carries_bytes_both_ways_without_its_supervisor():
     what a guest writes into a ring routed to a channel arrives in the ring
     the other side delivers that channel to, a write in one piece, moved by
     the two bridges' threads alone; neither wakes its supervisor."""
-    from workers.bridge import Relay
-    from workers.rings import SharedRegion
+    from workers.pipes.bridge import Relay
+    from workers.vm.rings import SharedRegion
     a, b, ca, cb = pair()
     shm_a, shm_b = SharedRegion(), SharedRegion()
     (out_a, ping_a), (in_a, pong_a) = shm_a.new_ring(), shm_a.new_ring()
@@ -238,8 +238,8 @@ def test_a_request_whose_doorbell_was_lost_reaches_the_supervisor_all_the_same()
     import socket
     import struct
     from workers import abi
-    from workers.bridge import Relay
-    from workers.rings import SharedRegion
+    from workers.pipes.bridge import Relay
+    from workers.vm.rings import SharedRegion
     a, b, ca, cb = pair()
     shm = SharedRegion()
     relay = Relay(a, shm)
@@ -267,8 +267,8 @@ def test_a_malformed_frame_from_the_far_side_closes_the_link_and_says_so():
     side sends a frame of an unknown kind: this side closes the link, says
     why, and its ring's far ends count as closed (a reader sees EOF)."""
     import struct
-    from workers.bridge import Bridge
-    from workers.rings import SharedRegion
+    from workers.pipes.bridge import Bridge
+    from workers.vm.rings import SharedRegion
     shm_a, shm_b = SharedRegion(), SharedRegion()
     said: list[str] = []
     a = Bridge(shm_a, b"k" * 32, "127.0.0.1", say=said.append)

@@ -52,10 +52,22 @@ def test_each_host_registers_with_its_own_address_and_slots(net):
         assert rows[host][3] == str(slots)        # all free
 
 
+SUBMIT_MANY = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
+from broker import client
+for _ in range(int(sys.argv[3])):
+    print(client.submit(sys.argv[4], sys.argv[5:]).id)
+"""
+
+
 def test_jobs_land_on_whichever_host_has_a_free_slot(net, program):
-    """7 jobs that each hold a slot for a while fill 2 + 2 + 3 slots."""
-    ids = [cli(net, "submit", program("waiter", "musl"), "sleep", 2500).stdout.decode().strip()
-           for _ in range(sum(SLOTS.values()))]
+    """7 jobs that each hold a slot for a while fill 2 + 2 + 3 slots (sent
+    from one process: a `unifork submit` each took longer than they hold)."""
+    ids = net.run("hub", sys.executable, "-c", SUBMIT_MANY, ROOT, net.url,
+                  sum(SLOTS.values()), program("waiter", "musl"), "sleep", 2500,
+                  timeout=120).stdout.decode().split()
     placed: dict[str, int] = {}
     for job_id in ids:
         wait_finished(net, job_id, 120)
@@ -287,7 +299,7 @@ def test_a_host_that_stalls_and_comes_back_after_its_job_ran_again_adds_nothing(
 
 def vms_but_spares_on(net, host: str) -> list[int]:
     """QEMUs on (host) but the one VM each worker process keeps parked for
-    the next fork onto it (workers/subtree.py)."""
+    the next fork onto it (broker/cluster/subtree.py)."""
     by_parent: dict[int, list[int]] = {}
     for pid in net.pids(host):
         try:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import LIBCS, native, qemu_pids, status, unifork
-from workers.qemu import kvm_usable
+from workers.vm.qemu import kvm_usable
 
 PROGRAMS = ["forkbasic", "family", "pipes", "writers", "pipeline", "clocks", "deaths",
             "execfast", "forkrandom", "adopt", "signals", "selects", "faults", "altstack", "computing"]
@@ -139,8 +139,8 @@ def test_a_wait_the_childrens_table_answers_asks_the_host_nothing(program, monke
     """bash's pattern: a child ends, the parent reaps it, then waits again
     (ECHILD): neither wait is a request to the host."""
     import os
-    from workers.job import Job
-    from workers.run import RunRequest, run
+    from workers.proc.table import Job
+    from workers.proc.run import RunRequest, run
     asked = []
     wait = Job._wait
 

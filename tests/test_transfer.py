@@ -1,4 +1,4 @@
-"""A fork on the wire (workers/transfer.py), over a socketpair: the RAM
+"""A fork on the wire (workers/fork/wire.py), over a socketpair: the RAM
 extents land where they were (what lies below the line the receiver keeps
 aside comes back aside, whole records), the header comes through; a stream
 under another secret, or another fork's nonce, or altered, or cut, or with
@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from workers import fork, transfer
+from workers.fork import clone as fork, wire as transfer
 
 SECRET, NONCE = b"s" * 32, b"n" * 16
 SIZE = 8 << 20

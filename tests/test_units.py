@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from workers import abi, elf, layout
+from workers import abi
+from workers.vm import elf, layout
 from workers.errors import BadProgram
-from workers.rings import HostRing
+from workers.vm.rings import HostRing
 
 MIB = 1 << 20
 
@@ -118,7 +119,7 @@ def test_a_bridged_supervisor_runs_at_raised_priority_and_what_it_starts_does_no
     import os
     import subprocess
     import threading
-    from workers import run
+    from workers.proc import run
     seen = {}
 
     def body():                     # a thread of its own: pytest's keeps its priority
@@ -147,7 +148,7 @@ def test_a_subtree_ends_when_pid_1s_host_is_lost_whatever_pid_1s_record_says(mon
     """pid 1's host, going down, may have recorded pid 1 killed (its VM died
     first) without sending the subtrees their "end": the subtrees end on
     the host's lapse all the same.  (Redis is faked: the rule alone.)"""
-    from workers import cluster
+    from broker.cluster import link as cluster
     link = object.__new__(cluster.Link)
     link.superseded, link.pid1_lost, link.tree, link.watch = False, False, 5, {}
     link.job_id, link.holder = "job", ("hostA", "1")

@@ -182,8 +182,8 @@ def test_a_child_whose_saved_context_is_garbage_is_killed_and_the_job_goes_on(
     """The host corrupts what the child's kernel restores (as a guest
     scribbling on its own kernel could): only that child dies, reported
     killed by SIGKILL; the next child, in the same VM, runs."""
-    from workers import fork
-    from workers.run import RunRequest, run
+    from workers.fork import clone as fork
+    from workers.proc.run import RunRequest, run
     ctx = _symbol("forkctx")
     make_child = fork.make_child
     calls = []

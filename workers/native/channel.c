@@ -2,7 +2,7 @@
  * channel.c: reliable, ordered, authenticated and encrypted byte channels
  * over UDP, the transport of the pipe bridge.  The protocol (datagram
  * format, keys, selective repeat, windows, timers) is described in
- * workers/channel.py, whose classes are this file's face in Python.
+ * workers/pipes/channel.py, whose classes are this file's face in Python.
  *
  * Nothing here blocks or takes a lock: the caller (Python under the
  * endpoint's lock, or relay.c's thread holding it) owns the endpoint.
@@ -816,7 +816,7 @@ uf_ep_flush(struct ep *ep, double now)
 	}
 }
 
-/* -- for workers/channel.py ---------------------------------------------- */
+/* -- for workers/pipes/channel.py ---------------------------------------------- */
 
 int
 uf_chan_state(struct chan *ch)

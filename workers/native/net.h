@@ -2,7 +2,7 @@
  * net.h: the pipe bridge's native half (libufnet.so): the channel protocol
  * (channel.c), its data path between rings and channels (relay.c), and the
  * fast doorbell's backend (bell.c).
- * workers/channel.py loads it with ctypes; every function here that is
+ * workers/pipes/channel.py loads it with ctypes; every function here that is
  * not static is called from there (or from relay.c).
  */
 #ifndef UF_NET_H

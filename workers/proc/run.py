@@ -16,12 +16,13 @@ import stat
 import struct
 import sys
 
-from . import abi, elf
-from .errors import BadProgram, UniforkError, VMError
-from .layout import Layout
-from .rings import HostRing, SharedRegion
-from .job import Job, Proc, Slots
-from .vm import VM
+from workers import abi
+from workers.vm import elf
+from workers.errors import BadProgram, UniforkError, VMError
+from workers.vm.layout import Layout
+from workers.vm.rings import HostRing, SharedRegion
+from workers.proc.table import Job, Proc, Slots
+from workers.vm.machine import VM
 
 EXIT_TIMEOUT = 124
 SIGINT, SIGKILL, SIGTERM, SIGHUP = 2, 9, 15, 1
@@ -157,7 +158,7 @@ def run(req: RunRequest) -> int:
         sup = Supervisor(req, rings[0][1], rings[1][1], rings[2][1])
         bridge = None
         if req.link is not None:
-            from .bridge import open_bridge
+            from workers.pipes.bridge import open_bridge
             bridge = open_bridge(shm, req.link.secret, req.link.job_id, req.link.address,
                                  lambda msg: sup.say(1, msg))
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,

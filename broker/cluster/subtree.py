@@ -25,13 +25,15 @@ import time
 
 from broker import state
 
-from . import abi, elf, fork, transfer
-from .cluster import Link
-from .job import Job
-from .layout import Layout
-from .rings import SharedRegion
-from .run import RunRequest, Supervisor
-from .vm import VM, kernel_id
+from workers import abi
+from workers.vm import elf
+from workers.fork import clone as fork, wire as transfer
+from broker.cluster.link import Link
+from workers.proc.table import Job
+from workers.vm.layout import Layout
+from workers.vm.rings import SharedRegion
+from workers.proc.run import RunRequest, Supervisor
+from workers.vm.machine import VM, kernel_id
 
 ACCEPT_TIMEOUT = 15.0
 
@@ -251,7 +253,7 @@ def run_child(r, url: str, a: Arrival, host: str, incarnation: str, job_id: str,
     events = state.proc_recorder(r, job_id, host, incarnation, holder)
 
     def make_bridge():
-        from .bridge import open_bridge
+        from workers.pipes.bridge import open_bridge
         return open_bridge(a.shm, secret, job_id, address, lambda msg: sup.say(pid, msg))
 
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -52,9 +52,10 @@ import hashlib
 import struct
 import time
 
-from . import abi
-from .channel import Endpoint, native, new_channel_id
-from .rings import SharedRegion
+from workers import abi
+from workers.native.lib import native
+from workers.pipes.channel import Endpoint, new_channel_id
+from workers.vm.rings import SharedRegion
 
 _FRAME = struct.Struct("<cI")
 WRITERS, READERS, HUNGRY, KEEPS = 1, 2, 4, 8
@@ -143,7 +144,7 @@ class Bridge:
     def watch(self, vms: list) -> None:
         """The region's VMs now (their doorbells go to the relay's thread,
         which wakes the supervisor through fileno()); before a VM is closed."""
-        from .cpu import address
+        from workers.vm.cpu import address
         with self.relay:
             self.relay.vms([(vm.bell.fileno(), vm.fast.handle if vm.fast else 0,
                              address(vm.mem) + abi.CTL_ADDR, parked)
@@ -321,7 +322,7 @@ class Bridge:
             now = ring.add_ends(dr, dw)
             link.vr, link.vw = want_r, want_w
             if now == 0:                 # nobody holds the ring: free its slot
-                from .cpu import address, atomic_add
+                from workers.vm.cpu import address, atomic_add
                 used = self.shm.used()
                 if used >> link.idx & 1:
                     atomic_add(address(self.shm.map) + abi.SHM.offsets["used"],
@@ -382,7 +383,7 @@ class Bridge:
     def close(self) -> None:
         import os
         if os.environ.get("UNIFORK_BRIDGE_STATS"):
-            from . import bell
+            from workers.vm import bell
             fast = bell._bells.stats() if bell._bells is not None else {}
             self.say(f"pipe bridge: {self.relay.stats()} {self.ep.stats} fast doorbells: {fast}")
         self.relay.close()              # (its thread ends first)
@@ -399,7 +400,7 @@ class Relay:
     and the channels' timers.  `with relay:` holds it off."""
 
     def __init__(self, ep: Endpoint, shm: SharedRegion) -> None:
-        from .cpu import address
+        from workers.vm.cpu import address
         lib = self._lib = native()
         self._c = lib.uf_relay_new(ep._c, address(shm.map))
         if not self._c:

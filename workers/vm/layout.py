@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import struct
 
-from . import abi
-from .elf import Program
-from .errors import BadProgram
+from workers import abi
+from workers.vm.elf import Program
+from workers.errors import BadProgram
 
 MIB = 1 << 20
 _P, _RW, _US, _PWT, _PCD, _PS = 1, 2, 4, 8, 16, 128

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import BadProgram
+from workers.errors import BadProgram
 
 ET_EXEC, ET_DYN = 2, 3
 EM_X86_64 = 62

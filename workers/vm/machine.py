@@ -22,15 +22,16 @@ import mmap
 import os
 import time
 
-from . import abi, cpu, layout
-from .elf import Program
-from .errors import VMError
-from .qemu import VMSpec, kvm_usable
-from .rings import HostRing, SharedRegion
+from workers import abi
+from workers.vm import cpu, layout
+from workers.vm.elf import Program
+from workers.errors import VMError
+from workers.vm.qemu import VMSpec, kvm_usable
+from workers.vm.rings import HostRing, SharedRegion
 
 KERNEL = os.environ.get(
     "UNIFORK_KERNEL",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                  "guest", "build", "kernel.elf"))
 SETPRIV = "/usr/bin/setpriv"
 _kernel_id: str | None = None
@@ -84,7 +85,7 @@ class VM:
         self.fast = None                # bell.Bell: the fast doorbell, if it has one
         self._fast_peer = None
         if fast_bell and self.kvm and os.environ.get("UNIFORK_FAST_BELL", "1") != "0":
-            from .bell import bells
+            from workers.vm.bell import bells
             ours, self._fast_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
                 self.fast = bells().open(ours.fileno())

@@ -6,7 +6,7 @@ this host while it has free slots (counted in Redis), its output streamed
 into Redis as it comes, its processes recorded there.  A fork that finds
 no slot here becomes unifork.fork_child on the shared fork queue
 (broker/placement.py): the host that takes it runs the child and its
-descendants (workers/subtree.py) until they end.  Both tasks are acked
+descendants (broker/cluster/subtree.py) until they end.  Both tasks are acked
 late and idempotent: a finished job is not run again, a claimed fork ticket
 makes no second child.
 """
@@ -27,8 +27,8 @@ from broker import keys, placement, state
 from broker.app import FORK_CHILD, FORKS_QUEUE, PING, RUN_JOB, app
 from broker.keys import JobStatus
 
-from .errors import BadProgram, UniforkError
-from .run import RunRequest, run
+from workers.errors import BadProgram, UniforkError
+from workers.proc.run import RunRequest, run
 
 log = logging.getLogger("unifork.worker")
 IMAGE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "unifork", "images")
@@ -104,7 +104,9 @@ def _preload(**_) -> None:
     """Import the fork engine in each pool process before the first task needs it."""
     import qemu.qmp  # noqa: F401
 
-    from . import bridge, fork, subtree  # noqa: F401
+    from broker.cluster import subtree
+    from workers.fork import clone  # noqa: F401
+    from workers.pipes import bridge  # noqa: F401
     subtree.spare()
 
 
@@ -164,7 +166,7 @@ def run_job(self, image: str | None = None, program: str | None = None, name: st
             t.start()
 
         events = state.proc_recorder(r, job_id, *holder, holder)
-        from .cluster import Link
+        from broker.cluster.link import Link
         link = Link(app.conf.broker_url, job_id, host, 1, image,
                     fork_wait_default() if fork_wait is None else fork_wait, _address(r, host),
                     holder)
@@ -225,7 +227,7 @@ def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppi
     (holder) is the (host, incarnation) of the run of the job the parent
     is of: the child's output and records count only while it holds it.
     (nonce), hex, is the fork's: its stream's keys come from it."""
-    from . import subtree
+    from broker.cluster import subtree
     r, host, address = _here()
     if time.time() > deadline:
         return placement.refused(r, "late")
@@ -249,7 +251,7 @@ def fork_child(self, ticket: str, job: str, image: str, name: str, pid: int, ppi
     try:
         if failed is not None:
             raise failed
-        from .cluster import cluster_secret
+        from broker.cluster.link import cluster_secret
         subtree.run_child(r, app.conf.broker_url, arrival, host, host_incarnation(), job,
                           cached_image(r, image), name, pid, ppid, parent_tree, mem_mib,
                           cluster_secret(r), fork_wait, image, address, RedisSlots(r, host),

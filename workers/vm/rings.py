@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 
-from . import abi
+from workers import abi
 
 _R = abi.RING
 _HEAD, _TAIL = _R.offsets["head"], _R.offsets["tail"]
@@ -26,7 +26,7 @@ HOST_LOCKER = 0x7FFFFFFF        # the host's "pid" when it holds a ring's lock
 
 def _fence() -> None:
     """A full memory fence (x86 orders everything but store-then-load)."""
-    from .cpu import mfence        # ctypes: kept off unifork run's start-up path
+    from workers.vm.cpu import mfence  # ctypes: kept off unifork run's start-up path
     global _fence
     _fence = mfence
     mfence()
@@ -137,7 +137,7 @@ class HostRing:
     def add_ends(self, readers: int, writers: int) -> int:
         """Atomically add to the open ends (negative: close), as guests do;
         returns the new readers | writers << 32."""
-        from .cpu import address, atomic_add
+        from workers.vm.cpu import address, atomic_add
         if not self._base[0]:
             self._base[0] = address(self._buf)
         return atomic_add(self._base[0] + self._off + _ENDS, readers + (writers << 32))
@@ -154,7 +154,7 @@ class HostRing:
 
     # -- as one of several writers or readers (the pipe bridge) ----------
     def _lock(self, which: int) -> int:
-        from .cpu import address, cas32
+        from workers.vm.cpu import address, cas32
         if not self._base[0]:
             self._base[0] = address(self._buf)
         at = self._base[0] + self._off + _LOCKS[which]

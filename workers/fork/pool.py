@@ -21,9 +21,9 @@ import collections
 import select
 import time
 
-from .errors import VMError
-from .rings import SharedRegion
-from .vm import VM
+from workers.errors import VMError
+from workers.vm.rings import SharedRegion
+from workers.vm.machine import VM
 
 LINGER = 5.0            # seconds an idle VM is kept without a fork taking it
 MISS_WINDOW = 1.0       # the forks of the last second that found no VM size the pool

@@ -17,10 +17,11 @@ import os
 import struct
 import time
 
-from . import abi, elf, layout
-from .errors import BadProgram
-from .rings import SharedRegion
-from .vm import VM
+from workers import abi
+from workers.vm import elf, layout
+from workers.errors import BadProgram
+from workers.vm.rings import SharedRegion
+from workers.vm.machine import VM
 
 # The fork engine and the pool are imported at the first fork, QMP at the
 # first nudge: `unifork run` of a program that never forks must start in
@@ -74,7 +75,7 @@ def exit_status(code: int) -> int:
 
 class Slots:
     """This host's VM slots, counted here (unifork run; a worker counts them
-    in Redis, see workers/tasks.py)."""
+    in Redis, see broker/cluster/tasks.py)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
@@ -124,7 +125,7 @@ class Job:
     def qmp(self):
         """The thread that runs QMP (qemu.qmp is asyncio), made when first needed."""
         if self._qmp is None:
-            from .qmp import QMPThread
+            from workers.vm.qmp import QMPThread
             self._qmp = QMPThread()
         return self._qmp
 
@@ -137,7 +138,7 @@ class Job:
     def pool(self):
         """The job's idle VMs here, for forks (pool.Pool), made at the first fork."""
         if self._pool is None:
-            from .pool import Pool
+            from workers.fork.pool import Pool
             self._pool = Pool(self.mem_mib, self.shm, min(idle_vms_cap(), self.slots.limit),
                               fast_bell=self.spans_hosts)
         return self._pool
@@ -230,7 +231,7 @@ class Job:
             self._wake_if(p, abi.Sleep.REPLY)
 
     def _wake_if(self, p: Proc, what: int) -> None:
-        from .cpu import mfence
+        from workers.vm.cpu import mfence
         mfence()
         if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") == what:
             p.vm.wake()
@@ -249,7 +250,7 @@ class Job:
             self._say_once(parent.pid, f"fork: this host's {self.slots.limit} slots "
                            "(VMs) are all in use: EAGAIN")
             return self.reply(parent, -errno.EAGAIN)
-        from . import fork
+        from workers.fork import clone as fork
         try:
             child_vm = self.pool.take(self.fork_wait)
         except Exception as err:        # noqa: BLE001 - QEMU cannot start: EAGAIN
@@ -454,7 +455,7 @@ class Job:
             if blocked or caught:       # the guest takes it: pending, or its handler
                 bit = 1 << (sig - 1)
                 if not abi.CTL.get(t.vm.mem, abi.CTL_ADDR, "sig_posted") & bit:
-                    from .cpu import address, atomic_add
+                    from workers.vm.cpu import address, atomic_add
                     atomic_add(address(t.vm.mem) + abi.CTL_ADDR
                                + abi.CTL.offsets["sig_posted"], bit)
                 if blocked:
@@ -525,7 +526,7 @@ class Job:
             self._say_once(p.pid, f"execve({path.decode(errors='replace')}): only the "
                            "program's own image can be run; ENOENT")
             return self.reply(p, -errno.ENOENT)
-        from .fork import punch
+        from workers.fork.clone import punch
         lay = vm.layout
         punch(vm.ram_fd, abi.USER_BASE, lay.ram_size - abi.USER_BASE)
         layout.load_program(vm.mem, self.prog)
@@ -717,7 +718,7 @@ class Job:
         posted signals from the program's own code (trap.c)."""
         if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") != abi.Sleep.NONE:
             return
-        from .qmp import inject_nmi
+        from workers.vm.qmp import inject_nmi
         try:
             self._aio(inject_nmi(p.vm))
         except Exception:       # noqa: BLE001 - the VM is going: its end says so
@@ -725,7 +726,7 @@ class Job:
 
     def wake_sleepers(self) -> None:
         """Wake every halted guest whose wait is over."""
-        from .cpu import mfence
+        from workers.vm.cpu import mfence
         mfence()
         used = self.shm.used()
         for p in self.procs.values():

@@ -35,7 +35,7 @@ import uuid
 
 from broker import keys, placement, state
 
-from . import transfer
+from workers.fork import wire as transfer
 
 CHECK_EVERY = 1.0        # seconds between checks on remote children's hosts
 INBOX_TTL = 7 * 24 * 3600
@@ -209,7 +209,7 @@ class Link:
             self._fork, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz, name, mem_mib, pipes)]
 
     def _fork(self, parent_vm, pid, ppid, asked, parent_tsc, tsc_khz, name, mem_mib, pipes):
-        from .fork import child_extents
+        from workers.fork.clone import child_extents
         try:
             ticket, nonce, timing = self._dispatch(pid, ppid, name, mem_mib)
             # while the task travels: the parent's RAM, sealed, ready to go
@@ -272,9 +272,9 @@ class Link:
 
     def _send(self, parent_vm, where, nonce, sealed, pid, ppid, asked, parent_tsc, tsc_khz,
               pipes) -> None:
-        from . import cpu
-        from .fork import clock_offset
-        from .vm import kernel_id
+        from workers.vm import cpu
+        from workers.fork.clone import clock_offset
+        from workers.vm.machine import kernel_id
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # the parent's clocks as the stream begins (the child's run on

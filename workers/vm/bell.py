@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 
-from .channel import native
+from workers.native.lib import native
 
 
 class Bell:

@@ -75,6 +75,10 @@ import ctypes
 import hashlib
 import os
 
+from workers.native.lib import FILTER, native
+
+_lib: ctypes.CDLL | None = None     # native(), once an endpoint is made
+
 DATA, ACK, PING = 1, 2, 3
 WINDOW = 4 << 20            # bytes a receiver buffers; a sender keeps unacked
 MSS_MAX = 65000             # payload per datagram, when nothing is lost
@@ -87,58 +91,6 @@ MAX_SACK = 32               # SACK blocks per ACK (512 bytes: one IP fragment)
 STATS = ("forged", "stale", "duplicate", "timeouts", "recoveries", "retransmits",
          "sent", "received", "acks")
 _DEAD, _ACK_DUE, _GONE, _ACK_AT = 1, 4, 8, 32          # uf_chan_state()'s bits (net.h)
-FILTER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64)
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "libufnet.so")
-
-
-def native() -> ctypes.CDLL:
-    """libufnet.so (built by `make setup`), its functions typed."""
-    global _lib
-    if _lib is not None:
-        return _lib
-    try:
-        lib = ctypes.CDLL(LIBRARY, use_errno=True)
-    except OSError as err:
-        raise OSError(f"the pipe bridge's native half: {err} (`make setup` builds it)") \
-            from None
-    p, i, u64, d, s, b = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_double,
-                          ctypes.c_size_t, ctypes.c_char_p)
-    for name, res, args in (
-            ("uf_ep_new", p, [b, i, d, b, i]), ("uf_ep_free", None, [p]),
-            ("uf_chan_new", p, [p, b, b, b, b, i]), ("uf_chan_free", None, [p]),
-            ("uf_ep_drop", None, [p, p]), ("uf_ep_receive", i, [p, d]),
-            ("uf_ep_flush", None, [p, d]),
-            ("uf_ep_lingering", i, [p]), ("uf_ep_news", i, [p, b, i]),
-            ("uf_ep_count", i, [p]), ("uf_ep_fileno", i, [p]),
-            ("uf_ep_stats", p, [p]), ("uf_ep_address", i, [p, b]),
-            ("uf_ep_set_filter", None, [p, FILTER]),
-            ("uf_chan_send", i, [p, b, s]), ("uf_chan_consume", None, [p, s]),
-            ("uf_chan_idle", i, [p]), ("uf_chan_room", s, [p]),
-            ("uf_chan_state", i, [p]), ("uf_chan_want_ack", None, [p]),
-            ("uf_chan_kill", None, [p]),
-            ("uf_chan_inbuf", p, [p, ctypes.POINTER(s)]), ("uf_chan_peer", i, [p, b]),
-            ("uf_chan_on_data", None, [p, p, u64, b, s]),
-            ("uf_relay_new", p, [p, p]), ("uf_relay_free", None, [p]),
-            ("uf_relay_lock", None, [p]), ("uf_relay_unlock", None, [p, i]),
-            ("uf_relay_efd", i, [p]), ("uf_relay_route", None, [p, i, p]),
-            ("uf_relay_forward", i, [p, i]), ("uf_relay_want_idle", None, [p, p]),
-            ("uf_relay_deliver", None, [p, p, i]),
-            ("uf_relay_vms", i, [p, i, ctypes.POINTER(i), ctypes.POINTER(u64),
-                                    ctypes.POINTER(u64), ctypes.POINTER(ctypes.c_int64), u64,
-                                    u64]),
-            ("uf_relay_stats", p, [p]),
-            ("uf_bells_new", p, []), ("uf_bells_free", None, [p]), ("uf_bells_stats", p, [p]),
-            ("uf_bell_new", p, [p, i]), ("uf_bell_free", None, [p, p]),
-            ("uf_bell_fd", i, [p]), ("uf_bell_take", i, [p])):
-        f = getattr(lib, name)
-        f.restype, f.argtypes = res, args
-    _lib = lib
-    return lib
-
-
-_lib: ctypes.CDLL | None = None
-
-
 def _direction(key: bytes, cid: bytes, caller: bool) -> bytes:
     """The AES-256 key of one direction of channel (cid): the caller's (the
     side that knew its peer's address) or the other's."""
@@ -216,7 +168,8 @@ class Endpoint:
 
     def __init__(self, key: bytes, address: str = "127.0.0.1", port: int = 0,
                  dead_after: float = 5.0) -> None:
-        lib = native()
+        global _lib
+        lib = _lib = native()
         self.key, self.dead_after = key, dead_after
         relay = os.environ.get("UNIFORK_TEST_BRIDGE_RELAY", "")
         rip, _, rport = relay.partition(":")

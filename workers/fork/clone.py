@@ -27,8 +27,8 @@ import errno
 import os
 import time
 
-from . import abi
-from .vm import VM
+from workers import abi
+from workers.vm.machine import VM
 
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -161,7 +161,7 @@ def resume_clock(child: VM, reading: int, at: float, offset: int | None = None) 
     (the child reads it as it first runs, clock.c): the host's TSC plus
     their (offset), when known; else (reading) at (at) (monotonic) plus the
     time since.  From then on the host knows the child's offset."""
-    from . import cpu
+    from workers.vm import cpu
     tsc_khz = abi.BOOT.get(child.mem, abi.BOOT_ADDR, "tsc_khz")
     host_tsc = cpu.rdtsc()
     value = (host_tsc + offset if offset is not None

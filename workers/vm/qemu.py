@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .errors import VMError
+from workers.errors import VMError
 
 QEMU = os.environ.get("UNIFORK_QEMU", "qemu-system-x86_64")
 KVM_GET_API_VERSION = 0xAE00
