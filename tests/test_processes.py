@@ -135,6 +135,14 @@ def test_waits_on_more_ended_children_than_the_table_lists_reap_each_once(progra
     assert got.stdout == native(prog).stdout, got.stderr.decode()
 
 
+def test_a_child_reaped_by_its_parent_from_the_table_is_not_handed_to_pid_1(program):
+    """Its parent took it from the control page and ended before the host
+    looked: pid 1 adopts nothing (it once got the grandchild's status)."""
+    prog = program("reaped", "musl")
+    got = unifork("run", prog)
+    assert got.stdout == b"20 of 20 right\n", got.stderr.decode()
+
+
 def test_a_wait_the_childrens_table_answers_asks_the_host_nothing(program, monkeypatch, tmp_path):
     """bash's pattern: a child ends, the parent reaps it, then waits again
     (ECHILD): neither wait is a request to the host."""

@@ -393,7 +393,10 @@ class Job:
 
     def _kids_waited(self, parent: Proc) -> None:
         """The entries of (parent)'s table that its waits took: those
-        children are reaped, and the entries free again."""
+        children are reaped, and the entries free again.  Before anything
+        that judges whether they are."""
+        if parent.vm is None:
+            return
         mem = parent.vm.mem
         for slot, pid in list(parent.kid_slots.items()):
             at = abi.kid_addr(slot)
@@ -428,6 +431,9 @@ class Job:
                 if sig and rec.get("state") == "running":
                     self.link.post(rec["tree"], {"type": "kill", "pid": pid, "sig": sig})
                 return self.reply(p, 0)
+            parent = self.procs.get(target.ppid) if target is not None else None
+            if parent is not None and parent.running and parent.vm is not None:
+                self._kids_waited(parent)   # (a wait there may have reaped it)
             if target is None or target.reaped:
                 return self.reply(p, -errno.ESRCH)
             targets = [target]
@@ -545,6 +551,7 @@ class Job:
         """(p)'s QEMU has exited: record how it ended, close what it held,
         hand its children to pid 1, and tell a waiting parent."""
         vm = p.vm
+        self._kids_waited(p)        # the children its waits took are not pid 1's to adopt
         ctl = abi.CTL.read(vm.mem, abi.CTL_ADDR)
         if p.killed_by is not None:
             p.wstatus = p.killed_by
