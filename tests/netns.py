@@ -49,6 +49,16 @@ print("job", job, file=sys.stderr)
 sys.exit(res["exit_status"])
 """
 
+# Exits 0 if the worker named on the command line answers a ping: its
+# Celery consumers (which start after the task queues' own) are attached.
+ANSWERS = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ["UNIFORK_REDIS_URL"] = sys.argv[2]
+from broker.app import app
+sys.exit(0 if app.control.ping([f"unifork@{sys.argv[3]}"], timeout=1.0) else 1)
+"""
+
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
@@ -128,16 +138,16 @@ class Hosts:
     def restart_worker(self, host: str) -> None:
         """Start (host)'s worker again, as start_workers did, and again, as a
         service manager would, until it holds its name (a killed worker's
-        heartbeat lasts up to 5 s)."""
-        deadline = time.monotonic() + 30
+        heartbeat lasts up to 5 s) and consumes."""
+        deadline = time.monotonic() + 60
         while True:
-            assert time.monotonic() < deadline, "the restarted worker did not register"
+            assert time.monotonic() < deadline, "the restarted worker did not come back"
             p = self._worker(host, "ab")
-            try:
-                p.wait(timeout=1)           # "a worker named ... is already alive"
-            except subprocess.TimeoutExpired:
-                self.workers.append(p)
-                return
+            while p.poll() is None:         # (it exits: "a worker named ... is alive")
+                if self.run("hub", sys.executable, "-c", ANSWERS, ROOT, self._worker_setup[1],
+                            host, timeout=30).returncode == 0:
+                    self.workers.append(p)
+                    return
 
     def stop_workers(self) -> None:
         """Stop every worker (as a service manager does: SIGTERM) and wait."""

@@ -116,7 +116,7 @@ def spread_running(net, program, sleep_ms: int) -> tuple[str, dict[int, dict]]:
     job_id = cli(net, "submit", program("spread", "musl"), 3, sleep_ms).stdout.decode().strip()
     deadline = time.monotonic() + 60
     while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
-        assert time.monotonic() < deadline, ps
+        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
         time.sleep(0.2)
     return job_id, ps
 
@@ -127,7 +127,7 @@ def pid1_running(net, program) -> tuple[str, str]:
     job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
     deadline = time.monotonic() + 60
     while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
-        assert time.monotonic() < deadline, ps
+        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
         time.sleep(0.1)
     return job_id, ps[1]["host"]
 
@@ -299,7 +299,7 @@ def test_a_host_that_stalls_and_comes_back_after_its_job_ran_again_adds_nothing(
 
 def vms_but_spares_on(net, host: str) -> list[int]:
     """QEMUs on (host) but the one VM each worker process keeps parked for
-    the next fork onto it (broker/cluster/subtree.py)."""
+    the next fork onto it (workers/fork/arrival.py)."""
     by_parent: dict[int, list[int]] = {}
     for pid in net.pids(host):
         try:
