@@ -38,12 +38,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 guest:
 	@$(MAKE) -s -C guest
 
-# The pipe bridge's native half (workers/native/: the channels and the
-# data path between rings and channels), loaded by workers/pipes/channel.py.
+# The host's native half (workers/native/: the pipe bridge's channels and
+# its data path between rings and channels, the fast doorbell's backend),
+# loaded by workers/native/lib.py; ufnet.h is its interface.  Built aside
+# and renamed into place: a running worker keeps the library it mapped.
 NATIVE_SRC := $(wildcard workers/native/*.c)
 native: workers/native/libufnet.so
-workers/native/libufnet.so: $(NATIVE_SRC) workers/native/net.h guest/include/unifork_abi.h
-	gcc -O2 -g -Wall -Wextra -shared -fPIC -pthread -o $@ $(NATIVE_SRC) -lcrypto
+workers/native/libufnet.so: $(NATIVE_SRC) $(wildcard workers/native/*.h) guest/include/unifork_abi.h
+	gcc -O2 -g -Wall -Wextra -shared -fPIC -pthread -o $@.new $(NATIVE_SRC) -lcrypto
+	mv $@.new $@
 
 # The example job: 8 forked workers count primes, results come back through
 # pipes, a formatter process (stdin dup2'ed from a pipe) prints the table.

@@ -1,18 +1,17 @@
 """The Celery app: Redis is the broker and the result backend.
 
-Configured from UNIFORK_REDIS_URL (default redis://127.0.0.1:6379/0); the
-`unifork` command's --redis sets it.  One shared queue, unifork.jobs, is
+Configured from UNIFORK_REDIS_URL (workers/config.py; default
+redis://127.0.0.1:6379/0); the `unifork` command's --redis sets it.  One shared queue, unifork.jobs, is
 consumed by every worker with prefetch 1 and late acks, so a job lands on
 a host that has a free slot; each host also has its own queue.  Forks that
 their parent's host has no slot for go to unifork.forks (broker/placement.py).
 """
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from workers import config
+
 JOBS_QUEUE = "unifork.jobs"
 RUN_JOB = "unifork.run_job"
 FORKS_QUEUE = "unifork.forks"       # forks that their parent's host had no slot for
@@ -20,16 +19,12 @@ FORK_CHILD = "unifork.fork_child"
 PING = "unifork.ping"               # a trivial task: the baseline of bench/cluster.py
 
 
-def redis_url() -> str:
-    return os.environ.get("UNIFORK_REDIS_URL", DEFAULT_REDIS_URL)
-
-
 def host_queue(host: str) -> str:
     return f"unifork.host.{host}"
 
 
 def make_app(url: str | None = None) -> Celery:
-    url = url or redis_url()
+    url = url or config.get().redis_url
     app = Celery("unifork", broker=url, backend=url, include=["broker.cluster.tasks"])
     app.conf.update(
         task_default_queue=JOBS_QUEUE,

@@ -20,12 +20,9 @@ from workers.vm.layout import Layout
 from broker import state
 from broker.app import JOBS_QUEUE, RUN_JOB, app
 from broker.keys import JobStatus
+from workers.errors import UnknownJob
 
 DONE = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
-
-
-class UnknownJob(Exception):
-    """No job has that id."""
 
 
 class Job:

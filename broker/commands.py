@@ -3,7 +3,6 @@ cancel, drain.  Each prints a one-line error and exits non-zero on
 trouble: an unreachable Redis, an unknown job, a bad program."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -14,30 +13,31 @@ def _err(msg: str, code: int = 1) -> int:
 
 
 def main(args) -> int:
-    if getattr(args, "redis", None):
-        os.environ["UNIFORK_REDIS_URL"] = args.redis
-    from workers.errors import BadProgram
+    from workers import config
+    from workers.errors import BadProgram, ConfigError, UniforkError
+    try:
+        config.override(redis_url=getattr(args, "redis", None))
+        config.get()
+    except ConfigError as err:
+        return _err(str(err), 2)
 
     from broker import client, state
     try:
         return COMMANDS[args.command](args, client, state)
-    except state.Unreachable as err:
-        return _err(str(err))
-    except client.UnknownJob as err:
-        return _err(str(err))
     except BadProgram as err:
         return _err(str(err), 2)
+    except UniforkError as err:     # Redis out of reach, an unknown job, ...
+        return _err(str(err))
 
 
 def worker(args, client, state) -> int:
-    from broker.cluster.agent import AgentError, serve
-    if args.fork_ports:
-        os.environ["UNIFORK_FORK_PORTS"] = args.fork_ports
-    if args.bridge_ports:
-        os.environ["UNIFORK_BRIDGE_PORTS"] = args.bridge_ports
+    from broker.cluster.agent import serve
+    from workers import config
+    from workers.errors import UniforkError
     try:
+        config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports)
         serve(args.host_name, args.slots, args.advertise)
-    except AgentError as err:
+    except UniforkError as err:
         return _err(str(err))
     return 0
 

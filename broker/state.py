@@ -9,15 +9,13 @@ import time
 
 import redis
 
+from workers.errors import Unreachable
+
 from broker import keys
 from broker.keys import JobStatus
 
 HEARTBEAT_TTL = 5.0          # seconds without a heartbeat before a host is dead
 OUTPUT_TTL = 7 * 24 * 3600   # job records and output expire a week after they end
-
-
-class Unreachable(Exception):
-    """Redis cannot be reached."""
 
 
 def connect(url: str) -> redis.Redis:

@@ -108,7 +108,7 @@ def assert_no_qemu_after(before: set[int]) -> None:
 
 def stray_qemus() -> set[int]:
     """QEMU processes but the one spare each worker process may keep ready
-    for the next fork onto its host (broker/cluster/subtree.py)."""
+    for the next fork onto its host (workers/fork/arrival.py)."""
     pids, spares = qemu_pids(), set()
     for pid in sorted(pids):
         try:

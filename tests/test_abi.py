@@ -2,6 +2,7 @@
 structure's size and every field's offset, and every constant, agree."""
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -10,18 +11,14 @@ from conftest import ROOT
 from workers import abi
 
 RECORDS = [abi.BOOT, abi.CTL, abi.RING, abi.SHM, abi.PARK, abi.KID]
-CONSTANTS = [
-    "ABI_VERSION", "PAGE_SIZE", "KERNEL_BASE", "BOOT_ADDR", "CTL_ADDR", "PT_ADDR",
-    "PT_PAGES", "LOG_ADDR", "LOG_SIZE", "PARK_ADDR", "PARK_SIZE", "USER_BASE", "PIE_BASE", "MAX_RAM",
-    "DOORBELL_PORT", "DOORBELL_IRQ", "EXIT_PORT", "VEC_TIMER", "VEC_DOORBELL",
-    "VEC_SPURIOUS", "BOOT_MAGIC", "FEAT_KVM", "FEAT_BELL", "VIRTIO_MMIO_BASE",
-    "VIRTIO_MMIO_SLOT", "VIRTIO_MMIO_SLOTS", "BELL_DEVICE_ID", "BELL_VRING", "BELL_QUEUE", "TTY_STDIN", "TTY_STDOUT", "TTY_STDERR",
-    "SHM_MAGIC", "SHM_RINGS", "RING_SIZE", "SHM_SLOT", "SHM_SIZE", "BRIDGED", "BRIDGED_TELL",
-    "KIDS",
-]
-ENUMS = {  # the header's prefix, the Python class
-    "UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep, "UF_KID_": abi.Kid,
-}
+HEADER = ROOT / "guest" / "include" / "unifork_abi.h"
+# Every constant of the header (#define UF_NAME value): abi.NAME is its twin.
+CONSTANTS = [m for m in re.findall(r"^#define UF_([A-Z0-9_]+)[ \t]+\S", HEADER.read_text(), re.M)
+             if m != "UL"]
+# Every enum of the header, by its codes' prefix: the Python class of its codes.
+TWINS = {"UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep, "UF_KID_": abi.Kid}
+ENUMS = {prefix: TWINS.get(prefix) for prefix in
+         re.findall(r"^enum uf_\w+ \{\s*(UF_[A-Z]+_)", HEADER.read_text(), re.M)}
 
 
 def _members(cls) -> dict[str, int]:
@@ -40,7 +37,7 @@ def header_facts(tmp_path_factory) -> dict[str, int]:
     for c in CONSTANTS:
         lines.append(f'printf("UF_{c} %llu\\n", (unsigned long long)(UF_{c}));')
     for prefix, cls in ENUMS.items():
-        for name in (*_members(cls), "MAX"):
+        for name in (*_members(cls or object), "MAX"):
             lines.append(f'printf("{prefix}{name} %d\\n", {prefix}{name});')
     lines.append('printf("ring_off_5 %llu\\n", (unsigned long long)UF_SHM_RING_OFF(5));')
     lines.append("return 0; }")
@@ -64,8 +61,14 @@ def test_constants_agree(header_facts, name):
     assert header_facts[f"UF_{name}"] == getattr(abi, name)
 
 
+def test_the_header_s_constants_and_enums_are_all_found():
+    assert len(CONSTANTS) > 40 and {"ABI_VERSION", "HOST_LOCKER", "PIPE_BUF"} <= set(CONSTANTS)
+    assert set(ENUMS) == set(TWINS)       # a new enum needs its twin in TWINS
+
+
 @pytest.mark.parametrize("prefix", ENUMS)
 def test_every_code_of_each_enum_agrees_and_none_is_missing(header_facts, prefix):
+    assert ENUMS[prefix] is not None, f"enum {prefix}* has no Python twin"
     members = _members(ENUMS[prefix])
     for name, value in members.items():
         assert header_facts[prefix + name] == value, name

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from workers import abi
+from workers import abi, config
 from workers.vm import elf
 from workers.vm.bell import bells
 from workers.vm.layout import Layout
@@ -91,7 +91,8 @@ def test_only_a_vm_asked_for_it_has_a_fast_doorbell_and_the_knob_turns_it_off(mo
     try:
         for kwargs, knob, has in (({}, "1", False), ({"fast_bell": True}, "1", True),
                                   ({"fast_bell": True}, "0", False)):
-            monkeypatch.setenv("UNIFORK_FAST_BELL", knob)
+            monkeypatch.setattr(config, "_current",
+                                config.load({**os.environ, "UNIFORK_FAST_BELL": knob}))
             vm = VM(MIB, shm, **kwargs)
             assert (vm.fast is not None) == has, (kwargs, knob)
             vm.close()

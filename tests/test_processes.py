@@ -147,15 +147,15 @@ def test_a_wait_the_childrens_table_answers_asks_the_host_nothing(program, monke
     """bash's pattern: a child ends, the parent reaps it, then waits again
     (ECHILD): neither wait is a request to the host."""
     import os
-    from workers.proc.table import Job
+    from workers.proc import waits
     from workers.proc.run import RunRequest, run
     asked = []
-    wait = Job._wait
+    wait = waits.wait
 
-    def counted(self, p, pid, options):
+    def counted(job, p, pid, options):
         asked.append((pid, options))
-        return wait(self, p, pid, options)
-    monkeypatch.setattr(Job, "_wait", counted)
+        return wait(job, p, pid, options)
+    monkeypatch.setattr(waits, "wait", counted)
     src = tmp_path / "reap.c"
     src.write_text('#include <stdio.h>\n#include <errno.h>\n#include <sys/wait.h>\n'
                    '#include <time.h>\n#include <unistd.h>\n'

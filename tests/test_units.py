@@ -119,7 +119,7 @@ def test_a_bridged_supervisor_runs_at_raised_priority_and_what_it_starts_does_no
     import os
     import subprocess
     import threading
-    from workers.proc import run
+    from workers.proc import supervisor as run
     seen = {}
 
     def body():                     # a thread of its own: pytest's keeps its priority
@@ -153,7 +153,7 @@ def test_a_subtree_ends_when_pid_1s_host_is_lost_whatever_pid_1s_record_says(mon
     link.superseded, link.pid1_lost, link.tree, link.watch = False, False, 5, {}
     link.job_id, link.holder = "job", ("hostA", "1")
     got: list[dict] = []
-    link._deliver = got.append
+    link.deliver = got.append
     alive = {"hostB": True}
     monkeypatch.setattr(cluster.state, "holds_job", lambda r, job, holder: True)
     monkeypatch.setattr(cluster.state, "procs", lambda r, job: {

@@ -88,6 +88,17 @@ class Sleep:
 
 
 PIPE_BUF = 4096
+HOST_LOCKER = 0x7FFFFFFF            # the host's "pid" in a ring's wlock and rlock
+
+
+def _bits(*sigs: int) -> int:
+    return sum(1 << (sig - 1) for sig in sigs)
+
+
+# bit (sig - 1): ignored by default (SIGCHLD, SIGCONT, SIGURG, SIGWINCH);
+# stopping, so ignored, there being no job control (SIGSTOP .. SIGTTOU)
+SIG_DEFAULT_IGNORED = _bits(17, 18, 23, 28)
+SIG_STOPPING = _bits(19, 20, 21, 22)
 
 
 class Record:

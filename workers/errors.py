@@ -1,9 +1,15 @@
-"""The one error hierarchy of unifork's host side."""
+"""The one error hierarchy of unifork: every error it raises on purpose is
+a UniforkError, whose message is one line a user can act on; an error
+that wraps another keeps it as its cause (`raise ... from err`)."""
 from __future__ import annotations
 
 
 class UniforkError(Exception):
     """Base of every error unifork raises on purpose."""
+
+
+class ConfigError(UniforkError):
+    """A UNIFORK_* setting (or the option that sets it) has a bad value."""
 
 
 class BadProgram(UniforkError):
@@ -13,3 +19,30 @@ class BadProgram(UniforkError):
 
 class VMError(UniforkError):
     """QEMU could not be started, or stopped in a way we did not ask for."""
+
+
+class TransferError(UniforkError):
+    """A fork stream broke the protocol, failed, or could not prove the
+    cluster's secret."""
+
+
+class ClusterError(UniforkError):
+    """The cluster cannot do what was asked: Redis out of reach, a worker
+    that cannot register, a job that is not there."""
+
+
+class Unreachable(ClusterError):
+    """Redis cannot be reached."""
+
+
+class UnknownJob(ClusterError):
+    """No job has that id."""
+
+
+class AgentError(ClusterError):
+    """`unifork worker` cannot serve: its name is held, its options are bad."""
+
+
+class Superseded(ClusterError):
+    """This run of a job is not the job's run: another has it, delivered
+    twice or taken over while this one stalled (its result is dropped)."""

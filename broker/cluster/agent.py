@@ -10,19 +10,16 @@ running processes finish.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from broker import keys, state
+from workers import config
+from workers.errors import AgentError
 from broker.app import FORKS_QUEUE, JOBS_QUEUE, RUN_JOB, app, host_queue
 
 log = logging.getLogger("unifork.worker")
 
 HEARTBEAT_EVERY = 1.0
-
-
-class AgentError(Exception):
-    pass
 
 
 def _heartbeat(r, name: str, stop: threading.Event) -> None:
@@ -69,15 +66,14 @@ def serve(name: str, slots: int, advertise: str) -> None:
         age = state.host_alive_age(r, name)
         raise AgentError(f"a worker named {name} is already alive "
                          f"(heartbeat {age or 0:.1f} s ago)")
-    os.environ["UNIFORK_HOST_NAME"] = name
-    os.environ["UNIFORK_HOST_INCARNATION"] = incarnation
+    config.override(host_name=name, incarnation=incarnation)   # (Celery's pool inherits it)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(r, name, stop), daemon=True)
     beat.start()
     try:
         app.worker_main(["worker", "-n", f"unifork@{name}", "-Q",
                          f"{JOBS_QUEUE},{FORKS_QUEUE},{host_queue(name)}", "-c", str(slots),
-                         "--pool", "prefork", "-l", os.environ.get("UNIFORK_LOG_LEVEL", "warning"), "--without-gossip",
+                         "--pool", "prefork", "-l", config.get().log_level, "--without-gossip",
                          "--without-mingle"])
     finally:
         stop.set()

@@ -251,7 +251,9 @@ struct uf_ctl {
 	int64_t  ret;
 	int64_t  val[2];
 	uint64_t _pad3[4];
-	/* Guest-written: signal dispositions, bit (sig - 1), for kill(). */
+	/* Guest-written: signal dispositions, bit (sig - 1), for kill();
+	 * before the program's first sigaction, the default ones
+	 * (UF_SIG_DEFAULT_IGNORED, below). */
 	uint64_t sig_ignored;       /* SIG_IGN, or default-ignore */
 	uint64_t sig_caught;        /* a handler */
 	uint64_t sig_blocked;
@@ -283,6 +285,15 @@ struct uf_ctl {
 		uint32_t _pad;
 	} kids[32];
 };
+
+/*
+ * Signals whose default action both sides must know, bit (sig - 1) as in
+ * the sig_* masks: those ignored by default (SIGCHLD, SIGCONT, SIGURG,
+ * SIGWINCH), and those that would stop the process (SIGSTOP, SIGTSTP,
+ * SIGTTIN, SIGTTOU): there is no job control, so they are ignored too.
+ */
+#define UF_SIG_DEFAULT_IGNORED  (UF_UL(1) << 16 | UF_UL(1) << 17 | UF_UL(1) << 22 | UF_UL(1) << 27)
+#define UF_SIG_STOPPING         (UF_UL(1) << 18 | UF_UL(1) << 19 | UF_UL(1) << 20 | UF_UL(1) << 21)
 
 /*
  * Children.  So that most waits need no request, the host lists in the
@@ -327,7 +338,7 @@ enum uf_kid_state {
 struct uf_ring {
 	/* Written by the producer(s). */
 	volatile uint64_t head;
-	volatile uint32_t wlock;    /* pid of the writer copying, 0: free */
+	volatile uint32_t wlock;    /* pid of the writer copying (UF_HOST_LOCKER: the host), 0: free */
 	volatile uint32_t wr_wait;  /* a writer sleeps until tail moves */
 	uint8_t _pad0[48];
 	/* Written by the consumer(s). */
@@ -341,7 +352,7 @@ struct uf_ring {
 	volatile uint32_t writers;
 	uint32_t size;              /* capacity in bytes, a power of two */
 	/* A ring whose pipe has ends in other regions (host-written: the
-	 * bridge, see workers/bridge.py; UF_BRIDGED_*): a reader about to wait
+	 * bridge, see workers/pipes/bridge.py; UF_BRIDGED_*): a reader about to wait
 	 * on it empty counts itself in (hungry), and rings the doorbell if the
 	 * bridge asks to be told, so that it knows where bytes are wanted. */
 	volatile uint32_t bridged;
@@ -351,6 +362,7 @@ struct uf_ring {
 };
 
 #define UF_PIPE_BUF         4096  /* writes up to this size are atomic */
+#define UF_HOST_LOCKER      0x7fffffff  /* the host's "pid" in wlock and rlock */
 #define UF_BRIDGED          1     /* uf_ring.bridged: the pipe has ends elsewhere */
 #define UF_BRIDGED_TELL     2     /* ... and a reader going hungry rings */
 

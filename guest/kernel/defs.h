@@ -172,7 +172,7 @@ int  wait_until(int (*ready)(void *), void *arg, volatile uint32_t *flag, int wh
  * network, in more than SPIN_NS: a ping-pong there halted on every
  * exchange.  So a reader of small messages on a bridged ring spins longer
  * (SPIN_FAR_NS; bench/xpipe.py's round trip 1.25 -> 0.78-0.86 ms with
- * the workers' priority, run.py); a bulk reader or a writer does not: its
+ * the workers' priority, workers/proc/supervisor.py); a bulk reader or a writer does not: its
  * spinning would take the CPU from the worker that moves its bytes
  * (bench/xpipe.py's throughput fell by 40%).
  */

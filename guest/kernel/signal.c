@@ -74,7 +74,14 @@ _Static_assert(sizeof(struct rt_sigframe) == 440, "rt_sigframe layout");
 static int
 default_ignored(int sig)
 {
-	return sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH || sig == SIGCONT;
+	return (UF_SIG_DEFAULT_IGNORED & BIT(sig)) != 0;
+}
+
+/* No job control: a signal that would stop the process does nothing. */
+static int
+stopping(int sig)
+{
+	return (UF_SIG_STOPPING & BIT(sig)) != 0;
 }
 
 /* Whether (sig), arriving now, would do nothing (SIG_IGN, or a default of nothing). */
@@ -182,8 +189,7 @@ signal_raise(int sig)
 	if (!(sigmask & BIT(sig)) && ignored(sig))
 		return;
 	sigpending |= BIT(sig);
-	if (!(sigmask & BIT(sig)) && actions[sig].handler == SIG_DFL &&
-	    sig != SIGSTOP && sig != SIGTSTP)
+	if (!(sigmask & BIT(sig)) && actions[sig].handler == SIG_DFL && !stopping(sig))
 		proc_kill(sig);         /* fatal at once, as on Linux */
 }
 
@@ -370,8 +376,8 @@ signal_return(long nr, long ret)
 		if (ignored(sig))
 			continue;
 		if (a->handler == SIG_DFL) {
-			if (sig == SIGSTOP || sig == SIGTSTP)
-				continue;       /* no job control: stopping is not supported */
+			if (stopping(sig))
+				continue;
 			proc_kill(sig);
 		}
 		long resume = ret;

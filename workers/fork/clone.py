@@ -105,7 +105,7 @@ def fill(src: int, dst: int, size: int) -> int:
 
 
 def fill_received(child: VM, got) -> None:
-    """Make parked (child)'s RAM the fork stream (got) (transfer.Received)
+    """Make parked (child)'s RAM the fork stream (got) (wire.Received)
     has opened: its extents from UF_USER_BASE on are in place already;
     punch what else the child holds, and write what was kept aside, but
     the park page."""

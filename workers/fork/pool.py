@@ -3,7 +3,7 @@
 A VM whose process has ended parks (unifork_abi.h, "Vessels") and comes
 back here if the job wants it; the pool also boots VMs with no program,
 in the background, which park as soon as they have booted.  A fork takes
-one (fork.py fills it with the child) and never waits for a QEMU to
+one (clone.py fills it with the child) and never waits for a QEMU to
 start unless none is parked or booting.  Idle VMs never pass from one job
 to another (they map the job's shared region, and have its VM size), and
 hold no slot: a slot is a VM that runs a process.

@@ -18,7 +18,7 @@ records are:
                         bytes, one record per MiB; then (0, 0)
     child → parent   JSON: {"ok": true} or {"error": why}
 
-The child's VM is a parked one on the receiving host (fork.py): what goes
+The child's VM is a parked one on the receiving host (clone.py, arrival.py): what goes
 below UF_USER_BASE, where its parked kernel runs, is held aside until every
 record has opened, and the rest, which it does not touch, is decrypted
 straight into its RAM file; it is let go only when everything has opened.
@@ -37,15 +37,13 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from workers.errors import TransferError
+
 MAGIC = b"UFK3"
 TAG_SIZE = 16
 MAX_HEADER = 1 << 16
 CHUNK = 1 << 20
 _Q, _I, _QQ = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<QQ")
-
-
-class TransferError(Exception):
-    """The other side broke the protocol, failed, or could not prove the secret."""
 
 
 def _cipher(secret: bytes, nonce: bytes, direction: bytes) -> AESGCM:

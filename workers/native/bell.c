@@ -66,7 +66,7 @@ struct bells {
 	pthread_mutex_t mu;             /* the list, and a message being served */
 	struct bell *list;
 	uint64_t ids;                   /* the last bell's id (0: stop) */
-	uint64_t stats[4];              /* messages, kicks installed, hang-ups, refused */
+	uint64_t stats[UF_BELLS_ST_MAX];
 };
 
 struct msg {
@@ -147,10 +147,10 @@ serve(struct bells *bs, struct bell *b)
 	if (!ok) {
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
-		bs->stats[n == 0 ? 2 : 3]++;
+		bs->stats[n == 0 ? UF_BELLS_ST_HANGUPS : UF_BELLS_ST_REFUSED]++;
 		return -1;
 	}
-	bs->stats[0]++;
+	bs->stats[UF_BELLS_ST_MESSAGES]++;
 	int answered = 1;
 	uint64_t u64 = 0;
 	if (m.size >= 8)
@@ -172,7 +172,7 @@ serve(struct bells *bs, struct bell *b)
 		uint32_t size;
 		memcpy(&size, m.p + 4, 4);
 		if (m.size < 12 || size > MAX_PAYLOAD - 12)
-			return bs->stats[3]++, -1;
+			return bs->stats[UF_BELLS_ST_REFUSED]++, -1;
 		memset(m.p + 12, 0, size);
 		m.p[12] = 1;
 		reply(b, m.req, m.p, 12 + size);
@@ -181,7 +181,7 @@ serve(struct bells *bs, struct bell *b)
 	case SET_VRING_KICK:
 		if (!(u64 & KICK_NO_FD) && nfds == 1) {
 			install(b, fds[0]);
-			bs->stats[1]++;
+			bs->stats[UF_BELLS_ST_KICKS]++;
 			nfds = 0;
 		}
 		answered = 0;

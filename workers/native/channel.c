@@ -193,7 +193,7 @@ transmit(struct ep *ep, struct chan *ch, int kind, uint64_t seq, const uint8_t *
 	put64(head + 41, ch->sent);
 	ch->spoke = uf_now();
 	if (kind == ACK)
-		ep->stats[ST_ACKS]++;
+		ep->stats[UF_EP_ST_ACKS]++;
 	if (ep->filter && ep->filter(kind, seq))
 		return;                 /* tests: lost on the way */
 	nonce(iv, ch->sent);
@@ -217,7 +217,7 @@ transmit(struct ep *ep, struct chan *ch, int kind, uint64_t seq, const uint8_t *
 	}
 	m.msg_namelen = sizeof(struct sockaddr_in);
 	if (sendmsg(ep->sock, &m, MSG_DONTWAIT) >= 0)
-		ep->stats[ST_SENT]++;
+		ep->stats[UF_EP_ST_SENT]++;
 	/* else: a full socket buffer is a loss like any; an ICMP error for an
 	 * earlier datagram (ECONNREFUSED...) says nothing about this one */
 }
@@ -228,13 +228,13 @@ lost(struct ep *ep, struct chan *ch, int timeout)
 	ch->cwnd = MAX(2ull * ch->mss, ch->cwnd / 2);
 	ch->probing = 0;
 	if (timeout) {
-		ep->stats[ST_TIMEOUTS]++;
+		ep->stats[UF_EP_ST_TIMEOUTS]++;
 		ch->mss = MAX(MSS_MIN, ch->mss / 4);
 		ch->rto = MIN(RTO_MAX, ch->rto * 2);
 		ch->snd_nxt = ch->snd_una;      /* go back (past what the peer holds) */
 		ch->recovering = 0;
 	} else
-		ep->stats[ST_RECOVERIES]++;
+		ep->stats[UF_EP_ST_RECOVERIES]++;
 }
 
 /* Send the bytes from (seq), one segment, not past (upto, 0: no limit). */
@@ -248,7 +248,7 @@ segment(struct ep *ep, struct chan *ch, uint64_t seq, uint64_t upto)
 	if (off + n > ch->out.len)
 		n = ch->out.len - off;
 	if (seq < ch->snd_max) {
-		ep->stats[ST_RETRANSMITS]++;
+		ep->stats[UF_EP_ST_RETRANSMITS]++;
 		ch->round_resent++;
 	}
 	if (++ch->round_sent == MSS_ROUND) {
@@ -522,7 +522,7 @@ uf_chan_on_data(struct ep *ep, struct chan *ch, uint64_t seq, const uint8_t *dat
 	while (at < ch->nooo && ch->ooo[at].seq < seq)
 		at++;
 	if (end <= ch->rcv_nxt || (at < ch->nooo && ch->ooo[at].seq == seq)) {
-		ep->stats[ST_DUPLICATE]++;
+		ep->stats[UF_EP_ST_DUPLICATE]++;
 		return;
 	}
 	if (end > ch->rcv_nxt + wnd(ch))
@@ -597,12 +597,12 @@ uf_ep_receive(struct ep *ep, double now)
 			d += 6, n -= 6;
 		}
 		if (n < HDR_SIZE + TAG_SIZE) {
-			ep->stats[ST_FORGED]++;
+			ep->stats[UF_EP_ST_FORGED]++;
 			continue;
 		}
 		struct chan *ch = memcmp(d, MAGIC, 4) ? 0 : uf_ep_find(ep, d + 4);
 		if (!ch || ch->dead) {
-			ep->stats[ST_STALE]++;
+			ep->stats[UF_EP_ST_STALE]++;
 			continue;
 		}
 		uint8_t iv[12], plain[65536];
@@ -616,10 +616,10 @@ uf_ep_receive(struct ep *ep, double now)
 		EVP_CIPHER_CTX_ctrl(ch->open, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, d + HDR_SIZE + m);
 		ok = EVP_DecryptFinal_ex(ch->open, plain + m, &len) > 0;
 		if (!ok) {
-			ep->stats[ST_FORGED]++;
+			ep->stats[UF_EP_ST_FORGED]++;
 			continue;
 		}
-		ep->stats[ST_RECEIVED]++;
+		ep->stats[UF_EP_ST_RECEIVED]++;
 		if (!ch->has_peer) {    /* the first authentic datagram says where it is */
 			ch->peer = from;
 			ch->has_peer = 1;
@@ -821,9 +821,9 @@ uf_ep_flush(struct ep *ep, double now)
 int
 uf_chan_state(struct chan *ch)
 {
-	return (ch->dead ? UF_DEAD : 0) | (ch->has_peer ? UF_HAS_PEER : 0) |
-	    (ch->ack_due ? UF_ACK_DUE : 0) | (ch->gone ? UF_GONE : 0) |
-	    (ch->closing >= 0 ? UF_CLOSING : 0) | (ch->ack_at >= 0 ? UF_ACK_AT : 0);
+	return (ch->dead ? UF_CHAN_DEAD : 0) | (ch->has_peer ? UF_CHAN_HAS_PEER : 0) |
+	    (ch->ack_due ? UF_CHAN_ACK_DUE : 0) | (ch->gone ? UF_CHAN_GONE : 0) |
+	    (ch->closing >= 0 ? UF_CHAN_CLOSING : 0) | (ch->ack_at >= 0 ? UF_CHAN_ACK_AT : 0);
 }
 
 void

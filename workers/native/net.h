@@ -1,9 +1,8 @@
 /*
- * net.h: the pipe bridge's native half (libufnet.so): the channel protocol
- * (channel.c), its data path between rings and channels (relay.c), and the
- * fast doorbell's backend (bell.c).
- * workers/pipes/channel.py loads it with ctypes; every function here that is
- * not static is called from there (or from relay.c).
+ * net.h: what the C files of libufnet.so share among themselves: the
+ * channel's and the endpoint's structures (channel.c; relay.c reaches
+ * into them), and the helpers that are not Python's.  What Python calls
+ * is in ufnet.h.
  */
 #ifndef UF_NET_H
 #define UF_NET_H
@@ -15,6 +14,8 @@
 #include <stdint.h>
 
 #include <openssl/evp.h>
+
+#include "ufnet.h"
 
 #define WINDOW      (4u << 20)  /* bytes a receiver buffers; a sender keeps unacked */
 #define MSS_MAX     65000       /* payload per datagram, when nothing is lost */
@@ -72,11 +73,6 @@ struct chan {
 	int want_idle;                  /* relay.c: its user waits for it to be idle */
 };
 
-enum { ST_FORGED, ST_STALE, ST_DUPLICATE, ST_TIMEOUTS, ST_RECOVERIES,
-       ST_RETRANSMITS, ST_SENT, ST_RECEIVED, ST_ACKS, NSTATS };
-
-/* Tests only: decides whether a datagram is lost on its way out. */
-typedef int (*uf_filter)(int kind, uint64_t seq);
 
 struct ep {
 	int sock;
@@ -85,38 +81,15 @@ struct ep {
 	double dead_after;
 	struct chan **chans;
 	int nchans, capchans;
-	uint64_t stats[NSTATS];
+	uint64_t stats[UF_EP_ST_MAX];
 	uf_filter filter;
 	uint8_t rx[65536 + 64], tx[65536 + 64];
 };
 
 double uf_now(void);
-struct ep *uf_ep_new(const char *ip, int port, double dead_after, const char *relay_ip,
-    int relay_port);
-void uf_ep_free(struct ep *ep);
-struct chan *uf_chan_new(struct ep *ep, const uint8_t cid[16], const uint8_t seal_key[32],
-    const uint8_t open_key[32], const char *peer_ip, int peer_port);
 struct chan *uf_ep_find(struct ep *ep, const uint8_t cid[16]);
-void uf_ep_drop(struct ep *ep, struct chan *ch);
-int uf_ep_receive(struct ep *ep, double now);
-void uf_ep_flush(struct ep *ep, double now);
 double uf_ep_next_event(struct ep *ep, double now);
-int uf_ep_lingering(struct ep *ep);
-int uf_chan_send(struct chan *ch, const uint8_t *data, size_t n);
-void uf_chan_consume(struct chan *ch, size_t n);
-int uf_chan_idle(struct chan *ch);
-size_t uf_chan_room(struct chan *ch);
 void uf_chan_flush(struct ep *ep, struct chan *ch, double now);
-
-/* uf_chan_state() */
-enum { UF_DEAD = 1, UF_HAS_PEER = 2, UF_ACK_DUE = 4, UF_GONE = 8, UF_CLOSING = 16,
-       UF_ACK_AT = 32 };
-int uf_chan_state(struct chan *ch);
-void uf_chan_free(struct chan *ch);
-void uf_chan_on_data(struct ep *ep, struct chan *ch, uint64_t seq, const uint8_t *data,
-    size_t n);
-
-const uint8_t *uf_chan_inbuf(struct chan *ch, size_t *n);
 
 /* Start a thread with every signal blocked.  Our threads live in Python
  * processes (Celery workers, asyncio) that handle signals: one delivered to
@@ -132,11 +105,6 @@ uf_thread_start(pthread_t *th, void *(*fn)(void *), void *arg)
 	pthread_sigmask(SIG_SETMASK, &old, 0);
 	return err;
 }
-
-/* bell.c: a VM's fast doorbell (relay.c watches uf_bell_fd, takes its kicks) */
-struct bell;
-int uf_bell_fd(struct bell *b);
-int uf_bell_take(struct bell *b);
 
 int buf_reserve(struct buf *b, size_t more);
 uint8_t *buf_data(struct buf *b);

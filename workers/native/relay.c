@@ -32,8 +32,7 @@
 #include "../../guest/include/unifork_abi.h"
 #include "net.h"
 
-#define HOST_LOCKER 0x7FFFFFFF          /* the host's "pid" in a ring's lock */
-#define FRAME       5                   /* kind (1), length (4, little-endian) */
+#define FRAME       UF_FRAME_HEAD
 #define MAX_UNIT    UF_RING_SIZE
 #define EVENTS      64                  /* per epoll_wait: the rest come next */
 #define LOOK_EVERY  0.05                /* s: a look as if a doorbell rang, when none did */
@@ -66,8 +65,7 @@ struct relay {
 	double looked;                  /* when a doorbell (or a look) was last seen to */
 	uint64_t armed_rd, armed_wr;    /* rings whose rd_wait (wr_wait) it raised */
 	uint64_t ends[UF_SHM_RINGS];    /* each ring's ends as the supervisor saw them */
-	uint64_t stats[7];              /* wakes, supervisor woken, forwarded, delivered,
-	                                   and why: frames left, a channel died, a doorbell */
+	uint64_t stats[UF_RELAY_ST_MAX];
 	uint8_t frame[FRAME + MAX_UNIT];
 };
 
@@ -91,7 +89,7 @@ lock(volatile uint32_t *l)
 {
 	for (;;) {
 		uint32_t free = 0;
-		if (__atomic_compare_exchange_n(l, &free, HOST_LOCKER, 0, __ATOMIC_ACQUIRE,
+		if (__atomic_compare_exchange_n(l, &free, UF_HOST_LOCKER, 0, __ATOMIC_ACQUIRE,
 		    __ATOMIC_RELAXED))
 			return;
 		while (*l)                      /* guests hold it only while they copy */
@@ -166,12 +164,12 @@ uf_relay_forward(struct relay *r, int idx)
 			size_t n = read_into(g, r->frame + FRAME, MAX_UNIT);
 			if (!n)
 				break;
-			r->frame[0] = 'U';
+			r->frame[0] = UF_FRAME_DATA;
 			for (int i = 0; i < 4; i++)
 				r->frame[1 + i] = (uint8_t)(n >> 8 * i);
 			uf_chan_send(ch, r->frame, FRAME + n);  /* (reserved: it fits) */
 			moved = 1;
-			r->stats[2]++;
+			r->stats[UF_RELAY_ST_FORWARDED]++;
 		}
 		if (g->rd_wait)
 			return moved;
@@ -199,7 +197,7 @@ deliver(struct relay *r, struct chan *ch, int idx)
 	while (n - used >= FRAME) {
 		uint32_t len = in[used + 1] | in[used + 2] << 8 | in[used + 3] << 16 |
 		    (uint32_t)in[used + 4] << 24;
-		if (in[used] != 'U' || len > MAX_UNIT) {
+		if (in[used] != UF_FRAME_DATA || len > MAX_UNIT) {
 			mine = 0;
 			break;
 		}
@@ -213,35 +211,45 @@ deliver(struct relay *r, struct chan *ch, int idx)
 				break;
 		}
 		used += FRAME + len;
-		r->stats[3]++;
+		r->stats[UF_RELAY_ST_DELIVERED]++;
 	}
 	if (used)
 		uf_chan_consume(ch, used);
 	return mine;
 }
 
-/* Wake the guests whose wait is over (as the supervisor's wake_sleepers). */
+/* Whether the guest of (ctl) sleeps on something that is there now, in the
+ * region at (shm); workers/proc/sleepers.py's rule too (test_native.py). */
+int
+uf_sleeper_ready(const void *ctl, const void *shm)
+{
+	const volatile struct uf_ctl *c = ctl;
+	const volatile struct uf_shm *h = shm;
+	uint32_t what = c->asleep;
+	int idx = c->sleep_ring;
+	if (what == UF_SLEEP_NONE || what == UF_SLEEP_TIMER)
+		return 0;
+	if (what == UF_SLEEP_REPLY)
+		return c->rep_seq == c->req_seq;
+	if (idx < 0 || idx >= UF_SHM_RINGS || !(h->used >> idx & 1))
+		return 1;               /* nonsense: wake it, it re-checks */
+	const volatile struct uf_ring *g =
+	    (const volatile struct uf_ring *)((const uint8_t *)shm + UF_SHM_RING_OFF(idx));
+	uint32_t size = g->size;
+	if (size == 0 || size > UF_RING_SIZE || (size & (size - 1)))
+		return 1;               /* (a ring of a bad size: the same) */
+	if (what == UF_SLEEP_READ)
+		return g->head != g->tail || g->writers == 0;
+	return g->head - g->tail < size || g->readers == 0;
+}
+
+/* Wake the guests whose wait is over. */
 static void
 wake_sleepers(struct relay *r)
 {
-	for (int i = 0; i < r->nvms; i++) {
-		volatile struct uf_ctl *c = r->vms[i].ctl;
-		uint32_t what = c->asleep;
-		int ready;
-		if (what == UF_SLEEP_NONE || what == UF_SLEEP_TIMER)
-			continue;
-		if (what == UF_SLEEP_REPLY) {
-			ready = c->rep_seq == c->req_seq;
-		} else if (!ring_used(r, c->sleep_ring)) {
-			ready = 1;              /* nonsense: wake it, it re-checks */
-		} else {
-			volatile struct uf_ring *g = ring(r, c->sleep_ring);
-			ready = what == UF_SLEEP_READ ? g->head != g->tail || g->writers == 0
-			    : g->head - g->tail < g->size || g->readers == 0;
-		}
-		if (ready)
+	for (int i = 0; i < r->nvms; i++)
+		if (uf_sleeper_ready((const void *)r->vms[i].ctl, r->shm))
 			send(r->vms[i].bell, "\1", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-	}
 }
 
 static uint64_t
@@ -327,7 +335,7 @@ run(void *arg)
 		pthread_mutex_lock(&r->mu);
 		if (r->stop)
 			break;
-		r->stats[0]++;
+		r->stats[UF_RELAY_ST_TURNS]++;
 		/* rang: a doorbell; need: the supervisor must look; changed: a
 		 * ring moved under a guest that may sleep on it */
 		int rang = 0, need = 0, changed = 0;
@@ -373,14 +381,14 @@ run(void *arg)
 			while (j < r->ndlv && r->dlv[j].ch != ch)
 				j++;
 			if (ch->in.len && j < r->ndlv) {
-				uint64_t before = r->stats[3];
+				uint64_t before = r->stats[UF_RELAY_ST_DELIVERED];
 				mine = deliver(r, ch, r->dlv[j].ring);
-				changed |= r->stats[3] != before;
+				changed |= r->stats[UF_RELAY_ST_DELIVERED] != before;
 				r->moved |= changed;
 			}
 			if (ch->news && ch->in.len && !mine) {
 				need = 1;       /* frames for the supervisor */
-				r->stats[4]++;
+				r->stats[UF_RELAY_ST_FOR_FRAMES]++;
 			}
 			if (ch->want_idle && uf_chan_idle(ch)) {
 				ch->want_idle = 0;      /* it waited for that to drop a link */
@@ -400,12 +408,12 @@ run(void *arg)
 			dead += r->ep->chans[i]->dead;
 		if (dead != r->dead_seen) {
 			need = 1, r->dead_seen = dead;
-			r->stats[5]++;
+			r->stats[UF_RELAY_ST_FOR_DEATH]++;
 		}
 		if (rang || look) {
 			if (!explained(r, cleared)) {
 				need = 1;
-				r->stats[6]++;
+				r->stats[UF_RELAY_ST_FOR_DOORBELL]++;
 			}
 			if (rang)
 				r->moved = 0;
@@ -415,7 +423,7 @@ run(void *arg)
 		if (need) {
 			uint64_t one = 1;
 			seen(r);
-			r->stats[1]++;
+			r->stats[UF_RELAY_ST_SUPERVISOR]++;
 			if (write(r->efd, &one, 8) < 0) {
 				/* full: the supervisor has not looked yet; it will */
 			}
@@ -441,7 +449,7 @@ run(void *arg)
 /* -- for bridge.py ------------------------------------------------------ */
 
 struct relay *
-uf_relay_new(struct ep *ep, uint8_t *shm)
+uf_relay_new(struct ep *ep, void *shm)
 {
 	struct relay *r = calloc(1, sizeof *r);
 	if (!r)

@@ -45,20 +45,18 @@ be idle.  So a round trip between hosts has no Python on it.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import hashlib
-import struct
 import time
 
-from workers import abi
-from workers.native.lib import native
+from workers import abi, config
+from workers.native.lib import (BEYOND_HUNGRY as HUNGRY, BEYOND_KEEPS as KEEPS,
+                                BEYOND_READERS as READERS, BEYOND_WRITERS as WRITERS,
+                                FRAME as _FRAME, FRAME_DATA as DATA, FRAME_STATE as STATE)
 from workers.pipes.channel import Endpoint, new_channel_id
+from workers.pipes.relay import Relay
 from workers.vm.rings import SharedRegion
 
-_FRAME = struct.Struct("<cI")
-WRITERS, READERS, HUNGRY, KEEPS = 1, 2, 4, 8
 MAX_UNIT = abi.RING_SIZE
 
 
@@ -67,14 +65,12 @@ def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
     """The bridge of a subtree's region, on its host's address: a port from
     UNIFORK_BRIDGE_PORTS=LO-HI (for a firewall) or any free one; a peer that
     is silent for UNIFORK_BRIDGE_TIMEOUT seconds (5) is taken for gone."""
-    import os
     import random
-    dead_after = float(os.environ.get("UNIFORK_BRIDGE_TIMEOUT", "5"))
-    key = job_key(secret, job_id)
-    spec = os.environ.get("UNIFORK_BRIDGE_PORTS", "")
-    if not spec:
+    cfg = config.get()
+    dead_after, key = cfg.bridge_timeout, job_key(secret, job_id)
+    if cfg.bridge_ports is None:
         return Bridge(shm, key, address, 0, dead_after, say)
-    lo, hi = (int(x) for x in spec.split("-"))
+    lo, hi = cfg.bridge_ports
     ports = list(range(lo, hi + 1))
     random.shuffle(ports)
     for port in ports:
@@ -82,14 +78,14 @@ def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
             return Bridge(shm, key, address, port, dead_after, say)
         except OSError:
             continue
-    raise OSError(f"no free UDP port in UNIFORK_BRIDGE_PORTS={spec}")
+    raise OSError("no free UDP port in UNIFORK_BRIDGE_PORTS=%d-%d" % cfg.bridge_ports)
 
 
 def _state_behind(buf, at: int) -> bool:
     """Whether an S frame has arrived after the frames from (at)."""
     while len(buf) - at >= _FRAME.size:
         kind, n = _FRAME.unpack_from(buf, at)
-        if kind != b"U":
+        if kind != DATA:
             return True
         at += _FRAME.size + n
     return False
@@ -281,7 +277,7 @@ class Bridge:
         while len(buf) - used >= _FRAME.size and held < MAX_UNIT:
             # (what stays in inbuf closes the sender's window: flow control)
             kind, n = _FRAME.unpack_from(buf, used)
-            if n > MAX_UNIT or kind not in (b"U", b"S"):
+            if n > MAX_UNIT or kind not in (DATA, STATE):
                 self.say(f"pipe {link.idx}: a malformed frame from the other side: "
                          "the link is closed")
                 link.chan.kill()
@@ -290,7 +286,7 @@ class Bridge:
                 break
             body = view[used + _FRAME.size:used + _FRAME.size + n]
             used += _FRAME.size + n
-            if kind == b"U":
+            if kind == DATA:
                 if link.units or not ring.write_whole(body):
                     if not link.units and not _state_behind(buf, used):
                         used -= _FRAME.size + n     # the relay's thread puts it in
@@ -352,7 +348,7 @@ class Bridge:
         if (w, r, h, k) != link.told:
             if link.chan.room() < _FRAME.size + 1:
                 return
-            link.chan.send(_FRAME.pack(b"S", 1) +
+            link.chan.send(_FRAME.pack(STATE, 1) +
                            bytes([w * WRITERS | r * READERS | h * HUNGRY | k * KEEPS]))
             link.told = (w, r, h, k)
 
@@ -381,8 +377,7 @@ class Bridge:
         self.ep.drop(link.chan.cid)
 
     def close(self) -> None:
-        import os
-        if os.environ.get("UNIFORK_BRIDGE_STATS"):
+        if config.get().bridge_stats:
             from workers.vm import bell
             fast = bell._bells.stats() if bell._bells is not None else {}
             self.say(f"pipe bridge: {self.relay.stats()} {self.ep.stats} fast doorbells: {fast}")
@@ -392,77 +387,3 @@ class Bridge:
             self.say(f"pipe bridge: dropped {st['forged']} forged, {st['duplicate']} "
                      f"duplicate or replayed and {st['stale']} stale datagrams")
         self.ep.close()
-
-
-class Relay:
-    """The bridge's data path (native/relay.c): a thread that moves ring
-    bytes to channels and frames into rings, owns the region's doorbells
-    and the channels' timers.  `with relay:` holds it off."""
-
-    def __init__(self, ep: Endpoint, shm: SharedRegion) -> None:
-        from workers.vm.cpu import address
-        lib = self._lib = native()
-        self._c = lib.uf_relay_new(ep._c, address(shm.map))
-        if not self._c:
-            raise OSError("the pipe bridge's thread did not start")
-        self.efd = lib.uf_relay_efd(self._c)
-        self._routes: dict[int, object] = {}
-
-    def __enter__(self) -> "Relay":
-        self._lib.uf_relay_lock(self._c)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._lib.uf_relay_unlock(self._c, 1)      # (it looks again: timers, routes)
-
-    @contextlib.contextmanager
-    def looking(self):
-        """Held off only to read: it is not woken after."""
-        self._lib.uf_relay_lock(self._c)
-        try:
-            yield self
-        finally:
-            self._lib.uf_relay_unlock(self._c, 0)
-
-    def route(self, idx: int, chan) -> None:
-        """Ring (idx)'s bytes go to (chan) (None: nowhere)."""
-        if self._routes.get(idx) is not chan:
-            self._lib.uf_relay_route(self._c, idx, chan._c if chan is not None else None)
-            self._routes[idx] = chan
-
-    def routed(self, idx: int):
-        return self._routes.get(idx)
-
-    def forward(self, idx: int) -> None:
-        """Ring (idx)'s bytes to its channel now (this turn's decision)."""
-        self._lib.uf_relay_forward(self._c, idx)
-
-    def want_idle(self, chan) -> None:
-        """Wake the supervisor once all sent on (chan) is acknowledged."""
-        self._lib.uf_relay_want_idle(self._c, chan._c)
-
-    def deliver(self, chan, idx: int) -> None:
-        """U frames arriving on (chan) go into ring (idx) (-1: not by the thread)."""
-        self._lib.uf_relay_deliver(self._c, chan._c, idx)
-
-    def vms(self, vms: list[tuple[int, int, int, int]], stdio: int, stdin: int) -> None:
-        """The VMs (doorbell, fast doorbell's handle or 0, control page
-        address, request held back), and the rings the host reads and
-        writes (masks)."""
-        n = len(vms)
-        if self._lib.uf_relay_vms(self._c, n, (ctypes.c_int * n)(*(v[0] for v in vms)),
-                                  (ctypes.c_uint64 * n)(*(v[1] for v in vms)),
-                                  (ctypes.c_uint64 * n)(*(v[2] for v in vms)),
-                                  (ctypes.c_int64 * n)(*(v[3] for v in vms)), stdio, stdin):
-            raise MemoryError(f"the pipe bridge's thread cannot watch {n} VMs")
-
-    def stats(self) -> dict[str, int]:
-        names = ("turns", "supervisor", "forwarded", "delivered", "for_frames",
-                 "for_death", "for_doorbell")
-        st = (ctypes.c_uint64 * len(names)).from_address(self._lib.uf_relay_stats(self._c))
-        return dict(zip(names, st))
-
-    def close(self) -> None:
-        if self._c:
-            self._lib.uf_relay_free(self._c)
-            self._c = None

@@ -75,7 +75,8 @@ import ctypes
 import hashlib
 import os
 
-from workers.native.lib import FILTER, native
+from workers import config
+from workers.native.lib import EP_STATS, FILTER, ChanState, native
 
 _lib: ctypes.CDLL | None = None     # native(), once an endpoint is made
 
@@ -88,9 +89,6 @@ ACK_BYTES = 16 << 10        # ... unless this much is unacknowledged
 MAX_SACK = 32               # SACK blocks per ACK (512 bytes: one IP fragment)
 # (the same as native/net.h's and channel.c's: tests/test_channel.py checks; the
 # others are channel.c's own: RTO_MIN, RTO_MAX, PING_EVERY, MSS_ROUND)
-STATS = ("forged", "stale", "duplicate", "timeouts", "recoveries", "retransmits",
-         "sent", "received", "acks")
-_DEAD, _ACK_DUE, _GONE, _ACK_AT = 1, 4, 8, 32          # uf_chan_state()'s bits (net.h)
 def _direction(key: bytes, cid: bytes, caller: bool) -> bytes:
     """The AES-256 key of one direction of channel (cid): the caller's (the
     side that knew its peer's address) or the other's."""
@@ -133,7 +131,7 @@ class Channel:
 
     @property
     def dead(self) -> bool:
-        return bool(_lib.uf_chan_state(self._c) & _DEAD)
+        return bool(_lib.uf_chan_state(self._c) & ChanState.DEAD)
 
     def kill(self) -> None:
         """Its user gives up on it (the peer broke the frames' rules)."""
@@ -141,7 +139,7 @@ class Channel:
 
     @property
     def ack_due(self) -> bool:
-        return bool(_lib.uf_chan_state(self._c) & _ACK_DUE)
+        return bool(_lib.uf_chan_state(self._c) & ChanState.ACK_DUE)
 
     def want_ack(self) -> None:
         """Send an ACK soon, even with nothing to acknowledge (a hello)."""
@@ -150,7 +148,7 @@ class Channel:
     @property
     def ack_at(self) -> bool | None:
         """Whether a delayed ACK is pending (None: none)."""
-        return True if _lib.uf_chan_state(self._c) & _ACK_AT else None
+        return True if _lib.uf_chan_state(self._c) & ChanState.ACK_AT else None
 
     @property
     def peer(self) -> tuple[str, int] | None:
@@ -171,7 +169,7 @@ class Endpoint:
         global _lib
         lib = _lib = native()
         self.key, self.dead_after = key, dead_after
-        relay = os.environ.get("UNIFORK_TEST_BRIDGE_RELAY", "")
+        relay = config.get().test_bridge_relay
         rip, _, rport = relay.partition(":")
         self._c = lib.uf_ep_new(address.encode(), port, dead_after, rip.encode() or None,
                                 int(rport or 0))
@@ -182,7 +180,7 @@ class Endpoint:
         ip = ctypes.create_string_buffer(16)
         port = lib.uf_ep_address(self._c, ip)
         self.address = (ip.value.decode(), port)
-        self._stats = (ctypes.c_uint64 * len(STATS)).from_address(lib.uf_ep_stats(self._c))
+        self._stats = (ctypes.c_uint64 * len(EP_STATS)).from_address(lib.uf_ep_stats(self._c))
         self._news = ctypes.create_string_buffer(16 * 64)
         self._filter = None
         self.channels: dict[bytes, Channel] = {}
@@ -192,7 +190,7 @@ class Endpoint:
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(zip(STATS, self._stats))
+        return dict(zip(EP_STATS, self._stats))
 
     def channel(self, cid: bytes, peer: tuple | None = None) -> Channel:
         caller = peer is not None
@@ -233,7 +231,7 @@ class Endpoint:
     def _reap(self) -> None:
         """Free the channels the endpoint let go (dropped, done lingering)."""
         for cid, ch in list(self.channels.items()):
-            if _lib.uf_chan_state(ch._c) & _GONE:
+            if _lib.uf_chan_state(ch._c) & ChanState.GONE:
                 _lib.uf_chan_free(ch._c)
                 del self.channels[cid]
 
@@ -246,7 +244,7 @@ class Endpoint:
     def close(self) -> None:
         if self._c:
             for ch in self.channels.values():
-                if _lib.uf_chan_state(ch._c) & _GONE:
+                if _lib.uf_chan_state(ch._c) & ChanState.GONE:
                     _lib.uf_chan_free(ch._c)
             self.channels.clear()
             _lib.uf_ep_free(self._c)

@@ -12,11 +12,10 @@ there is no ioeventfd, and the guest keeps COM2.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 
-from workers.native.lib import native
+from workers.native.lib import BELLS_STATS, counters, native
 
 
 class Bell:
@@ -47,7 +46,6 @@ class Bell:
 class Bells:
     """The process's vhost-user backend thread."""
 
-    STATS = ("messages", "kicks", "hangups", "refused")
 
     def __init__(self) -> None:
         lib = self._lib = native()
@@ -60,8 +58,7 @@ class Bells:
         return Bell(self, sock_fd)
 
     def stats(self) -> dict[str, int]:
-        st = (ctypes.c_uint64 * len(self.STATS)).from_address(self._lib.uf_bells_stats(self._c))
-        return dict(zip(self.STATS, st))
+        return counters(BELLS_STATS, self._lib.uf_bells_stats(self._c))
 
 
 _bells: Bells | None = None

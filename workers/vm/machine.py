@@ -9,7 +9,7 @@ nothing remains: no process, no file, no socket path.
 
 A VM outlives its process: when the process ends, the guest parks
 (unifork_abi.h, "Vessels") and the VM may become another process of the
-job, a forked child (fork.py); a VM can also boot with no program at all,
+job, a forked child (workers/fork/clone.py); a VM can also boot with no program at all,
 straight into the park (load_vessel).
 
 Start-up speed matters (`unifork run` is measured against a bare QEMU
@@ -22,17 +22,13 @@ import mmap
 import os
 import time
 
-from workers import abi
+from workers import abi, config
 from workers.vm import cpu, layout
 from workers.vm.elf import Program
 from workers.errors import VMError
 from workers.vm.qemu import VMSpec, kvm_usable
 from workers.vm.rings import HostRing, SharedRegion
 
-KERNEL = os.environ.get(
-    "UNIFORK_KERNEL",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                 "guest", "build", "kernel.elf"))
 SETPRIV = "/usr/bin/setpriv"
 _kernel_id: str | None = None
 
@@ -45,10 +41,11 @@ def kernel_id() -> str:
     if _kernel_id is None:
         import hashlib
         try:
-            with open(KERNEL, "rb") as f:
+            with open(config.get().kernel, "rb") as f:
                 _kernel_id = hashlib.sha256(f.read()).hexdigest()[:32]
         except OSError as err:
-            raise VMError(f"guest kernel {KERNEL}: {err.strerror}; run make setup") from err
+            raise VMError(f"guest kernel {config.get().kernel}: {err.strerror}; "
+                          "run make setup") from err
     return _kernel_id
 
 
@@ -84,7 +81,7 @@ class VM:
         self._qmp_sock, self._qmp_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.fast = None                # bell.Bell: the fast doorbell, if it has one
         self._fast_peer = None
-        if fast_bell and self.kvm and os.environ.get("UNIFORK_FAST_BELL", "1") != "0":
+        if fast_bell and self.kvm and config.get().fast_bell:
             from workers.vm.bell import bells
             ours, self._fast_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
@@ -139,11 +136,12 @@ class VM:
 
     def start(self) -> None:
         """Start QEMU; the guest boots at once."""
-        if not os.path.exists(KERNEL):
-            raise VMError(f"guest kernel {KERNEL} is missing: run make setup")
+        kernel = config.get().kernel
+        if not os.path.exists(kernel):
+            raise VMError(f"guest kernel {kernel} is missing: run make setup")
         passed = (self.ram_fd, self.shm.fd, self._bell_peer.fileno(), self._qmp_peer.fileno())
         fast_fd = self._fast_peer.fileno() if self._fast_peer is not None else -1
-        spec = VMSpec(KERNEL, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm,
+        spec = VMSpec(kernel, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm,
                       fast_bell_fd=fast_fd)
         if fast_fd >= 0:
             passed += (fast_fd,)
@@ -186,7 +184,7 @@ class VM:
     @property
     def parked(self) -> bool:
         """Whether the guest has parked (its process ended, or it booted with
-        none) and waits to be made another process (fork.py)."""
+        none) and waits to be made another process (workers/fork/clone.py)."""
         mem = self.mem
         return (abi.CTL.get(mem, abi.CTL_ADDR, "req") == abi.Req.EXIT
                 and abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import fcntl
 import os
 
+from workers import config
 from workers.errors import VMError
 
-QEMU = os.environ.get("UNIFORK_QEMU", "qemu-system-x86_64")
 KVM_GET_API_VERSION = 0xAE00
 
 
@@ -33,7 +33,7 @@ def kvm_usable() -> bool:
 
 
 def _check_kvm() -> bool:
-    want = os.environ.get("UNIFORK_ACCEL", "")
+    want = config.get().accel
     if want == "tcg":
         return False
     try:
@@ -52,13 +52,14 @@ def _check_kvm() -> bool:
 
 def qemu_binary() -> str:
     """The QEMU executable's path, from UNIFORK_QEMU or PATH."""
-    if os.sep in QEMU:
-        return QEMU
+    qemu = config.get().qemu
+    if os.sep in qemu:
+        return qemu
     for d in os.get_exec_path():
-        path = os.path.join(d, QEMU)
+        path = os.path.join(d, qemu)
         if os.access(path, os.X_OK):
             return path
-    raise VMError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
+    raise VMError(f"{qemu} not found: install qemu-system-x86 (make setup)")
 
 
 class VMSpec:

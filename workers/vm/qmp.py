@@ -1,7 +1,7 @@
 """QMP (qemu.qmp, asyncio) from the supervisor's poll loop: a loop in a
 thread of its own for every QMP conversation of a job.  Only the host's
 nudge (an NMI into a guest that computes past a posted signal) needs QMP
-now; fork needs none (fork.py)."""
+now; fork needs none (workers/fork/clone.py)."""
 from __future__ import annotations
 
 import asyncio

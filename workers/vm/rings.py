@@ -21,7 +21,6 @@ _LOCKS = (_R.offsets["wlock"], _R.offsets["rlock"])
 _HUNGRY, _BRIDGED = _R.offsets["hungry"], _R.offsets["bridged"]
 _Q, _I = 8, 4                   # the width of a counter or flag, in bytes
 _USED = abi.SHM.offsets["used"]
-HOST_LOCKER = 0x7FFFFFFF        # the host's "pid" when it holds a ring's lock
 
 
 def _fence() -> None:
@@ -158,7 +157,7 @@ class HostRing:
         if not self._base[0]:
             self._base[0] = address(self._buf)
         at = self._base[0] + self._off + _LOCKS[which]
-        while not cas32(at, 0, HOST_LOCKER):
+        while not cas32(at, 0, abi.HOST_LOCKER):
             pass                    # guests hold it only while they copy
         return at
 

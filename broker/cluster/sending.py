@@ -1,0 +1,165 @@
+"""The parent's half of a fork across hosts, top to bottom.
+
+A fork that finds no free slot on its own host (workers/proc/forks.py)
+comes here as an Outgoing, onto one of a few threads that stay; the
+parent guest waits for its reply meanwhile, and its RAM does not change
+while it does.  Sender.fork() then:
+
+1. opens the fork's ticket in Redis and sends its fork_child task, to the
+   host the ticket names or to the shared fork queue (placement.py);
+2. while the task travels, seals the parent's RAM (wire.seal_ram);
+3. waits for a host to claim the ticket and say where its child listens
+   (no claim within the fork wait: the ticket is abandoned, EAGAIN);
+4. streams the RAM there, and waits for that host's word (wire.py);
+5. tells the parent's subtree "forked" (its supervisor answers the parent)
+   and records the fork's event.
+
+The child's half is receiving.py.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from broker import placement, state
+
+from workers import config
+from workers.fork import wire
+from workers.proc.forks import Outgoing
+
+if TYPE_CHECKING:
+    from broker.cluster.link import Link
+
+FORKERS = 4              # forks onto other hosts under way at once, per subtree
+
+
+def _warm_up() -> None:
+    """Connect this thread's producer to the broker, as the first task sent
+    from it would (~100 ms the first time in a process)."""
+    from broker.app import app
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+    except Exception:       # noqa: BLE001 - the first fork connects, as it would have
+        pass
+
+
+class Sender:
+    """Forks from the subtree of (link) onto other hosts."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        # Threads that stay: one that has sent a task before sends the next
+        # in ~0.6 ms, a new one in 3-5 ms (its own connection to the
+        # broker).  The first is warmed up now.
+        self._threads = concurrent.futures.ThreadPoolExecutor(FORKERS, thread_name_prefix="fork")
+        self._futures = [self._threads.submit(_warm_up)]
+
+    def submit(self, out: Outgoing) -> None:
+        """Start the fork of (out); a "forked" message will say how it went."""
+        self._futures = [f for f in self._futures if not f.done()]
+        self._futures.append(self._threads.submit(self.fork, out))
+
+    def fork(self, out: Outgoing) -> None:
+        link = self.link
+        try:
+            ticket, nonce, sent = self._dispatch(out)
+            with memoryview(out.parent_vm.mem) as ram:
+                sealed = wire.seal_ram(link.secret, nonce, ram, _extents(out.parent_vm))
+            where = self._placed(ticket, sent)
+            if where is None:
+                return link.deliver({"type": "forked", "pid": out.pid, "eagain": True,
+                                     "error": f"no host had a free slot for "
+                                              f"{link.fork_wait:g} s"})
+            placed = time.monotonic()
+            self._send(out, where, nonce, sealed)
+            link.deliver({"type": "forked", "pid": out.pid, "host": where["host"],
+                          "tree": out.pid})
+            # The fork's event (the child's host records its "running"): where
+            # it went, and how long placing it and the whole fork took.
+            state.add_event(link.r, link.job_id, {
+                "pid": out.pid, "ppid": out.ppid, "state": "placed", "host": where["host"],
+                "dispatch_ms": round(1000 * (placed - sent), 2),
+                "fork_ms": round(1000 * (time.monotonic() - out.asked), 2)})
+        except Exception as err:        # noqa: BLE001 - the parent gets EAGAIN and the reason
+            link.deliver({"type": "forked", "pid": out.pid, "error": str(err) or repr(err)})
+
+    def _dispatch(self, out: Outgoing) -> tuple[str, bytes, float]:
+        """Open the fork's ticket and send its task; the ticket, the fork's
+        nonce (its stream's keys come from it), and when it was sent."""
+        from broker.app import FORK_CHILD, FORKS_QUEUE, app, host_queue
+        link = self.link
+        ticket, nonce = uuid.uuid4().hex, os.urandom(16)
+        target = placement.open_ticket(link.r, ticket, link.job_id, out.pid, link.host)
+        queue = host_queue(target) if target else FORKS_QUEUE
+        kwargs = dict(ticket=ticket, job=link.job_id, image=link.image, name=out.name,
+                      pid=out.pid, ppid=out.ppid, parent_tree=link.tree, mem_mib=out.mem_mib,
+                      deadline=time.time() + link.fork_wait, fork_wait=link.fork_wait,
+                      holder=list(link.holder), nonce=nonce.hex())
+        sent = time.monotonic()
+        for _ in range(2 if config.get().test_duplicate_forks else 1):
+            app.send_task(FORK_CHILD, kwargs=kwargs, queue=queue)
+        return ticket, nonce, sent
+
+    def _placed(self, ticket: str, sent: float) -> dict | None:
+        """Where the ticket's child is made, once a host has claimed it; None
+        if none did within the fork wait (the ticket is abandoned)."""
+        link = self.link
+        deadline = sent + link.fork_wait
+        where = None
+        while where is None and not link.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if placement.abandon(link.r, ticket):
+                    return None
+                left = 10.0         # claimed just now: its placement follows
+                deadline = time.monotonic() + left
+            where = placement.wait_placed(link.r, ticket, min(left, 0.5))
+        if where is None:
+            raise RuntimeError("the job ended while the fork was being placed")
+        if "error" in where:
+            raise RuntimeError(f"host {where.get('host')}: {where['error']}")
+        return where
+
+    def _send(self, out: Outgoing, where: dict, nonce: bytes, sealed) -> None:
+        """Stream the sealed RAM to the child's host; its word on it."""
+        from workers.vm.machine import kernel_id
+        secret = self.link.secret
+        with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            header = {"pid": out.pid, "ppid": out.ppid, "ram_size": out.parent_vm.layout.ram_size,
+                      "pipes": out.pipes, "tsc": _parent_clock(out),
+                      # the child resumes in its parent's kernel: the same one
+                      "kernel": kernel_id(),
+                      # its devices: the child's VM must have the same
+                      "fast_bell": out.parent_vm.fast is not None}
+            wire.send_fork(sock, secret, nonce, header, sealed)
+            reply = wire.receive_reply(sock, secret, nonce)
+        if not reply.get("ok"):
+            raise RuntimeError(f"host {where['host']}: {reply.get('error', 'refused the fork')}")
+
+    def close(self) -> None:
+        """Wait for the forks under way (a closed link ends their waits)."""
+        concurrent.futures.wait(self._futures, timeout=15)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _extents(vm):
+    from workers.fork.clone import child_extents
+    return child_extents(vm.ram_fd, vm.layout.ram_size)
+
+
+def _parent_clock(out: Outgoing) -> int:
+    """The parent's TSC as the stream begins (the child's runs on from
+    there, receiving.py): the host's TSC plus their offset, if known; else
+    its reading as it asked, plus the time since."""
+    from workers.fork.clone import clock_offset
+    from workers.vm import cpu
+    offset = clock_offset(out.parent_vm)
+    if offset is not None:
+        return cpu.rdtsc() + offset
+    return out.parent_tsc + int((time.monotonic() - out.asked) * out.tsc_khz * 1000)
