@@ -55,38 +55,8 @@ def parse(path: str, data: bytes, load_base: int, ram_limit: int) -> Program:
     :raise BadProgram: when it is not a static x86-64 Linux program, or does
         not fit below (ram_limit).
     """
-    if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
-        raise BadProgram(f"{path}: not an ELF file")
-    ident, e_type, machine, _, entry, phoff, _, _, _, phentsize, phnum, _, _, _ = \
-        _EHDR.unpack_from(data)
-    if ident[4] != 2:
-        raise BadProgram(f"{path}: not x86-64 (a 32-bit ELF)")
-    if ident[5] != 1:
-        raise BadProgram(f"{path}: not x86-64 (big-endian ELF)")
-    if machine != EM_X86_64:
-        raise BadProgram(f"{path}: not x86-64 (ELF machine {machine})")
-    if e_type not in (ET_EXEC, ET_DYN):
-        raise BadProgram(f"{path}: not an executable (ELF type {e_type})")
-    if phentsize != _PHDR.size or phoff + phnum * phentsize > len(data) or phnum == 0:
-        raise BadProgram(f"{path}: truncated or corrupt program headers")
-
-    loads, phdr_vaddr = [], None
-    for i in range(phnum):
-        p_type, _, off, vaddr, _, filesz, memsz, _ = \
-            _PHDR.unpack_from(data, phoff + i * phentsize)
-        if p_type == PT_INTERP:
-            end = data.find(b"\0", off)
-            interp = data[off:end].decode(errors="replace")
-            raise BadProgram(f"{path}: dynamically linked (interpreter {interp}); "
-                             "link it with -static")
-        if p_type == PT_PHDR:
-            phdr_vaddr = vaddr
-        if p_type == PT_LOAD and memsz:
-            if off + filesz > len(data) or filesz > memsz:
-                raise BadProgram(f"{path}: truncated ELF (segment {i} past end of file)")
-            loads.append(Segment(off, vaddr, filesz, memsz))
-    if not loads:
-        raise BadProgram(f"{path}: no loadable segments")
+    e_type, entry, phoff, phnum = _header(path, data)
+    loads, phdr_vaddr = _segments(path, data, phoff, phnum)
     if e_type == ET_DYN and entry == 0:
         raise BadProgram(f"{path}: a shared library, not a program")
 
@@ -110,3 +80,44 @@ def parse(path: str, data: bytes, load_base: int, ram_limit: int) -> Program:
         raise BadProgram(f"{path}: needs more memory than --mem allows "
                          f"(segments end at {need} MiB, {ram_limit >> 20} MiB usable)")
     return prog
+
+
+def _header(path: str, data: bytes) -> tuple[int, int, int, int]:
+    """The ELF header's type, entry, program headers' offset and count, checked."""
+    if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
+        raise BadProgram(f"{path}: not an ELF file")
+    ident, e_type, machine, _, entry, phoff, _, _, _, phentsize, phnum, _, _, _ = \
+        _EHDR.unpack_from(data)
+    if ident[4] != 2:
+        raise BadProgram(f"{path}: not x86-64 (a 32-bit ELF)")
+    if ident[5] != 1:
+        raise BadProgram(f"{path}: not x86-64 (big-endian ELF)")
+    if machine != EM_X86_64:
+        raise BadProgram(f"{path}: not x86-64 (ELF machine {machine})")
+    if e_type not in (ET_EXEC, ET_DYN):
+        raise BadProgram(f"{path}: not an executable (ELF type {e_type})")
+    if phentsize != _PHDR.size or phoff + phnum * phentsize > len(data) or phnum == 0:
+        raise BadProgram(f"{path}: truncated or corrupt program headers")
+    return e_type, entry, phoff, phnum
+
+
+def _segments(path: str, data: bytes, phoff: int, phnum: int) -> tuple[list[Segment], int | None]:
+    """The loadable segments, and where the program headers are if one says."""
+    loads, phdr_vaddr = [], None
+    for i in range(phnum):
+        p_type, _, off, vaddr, _, filesz, memsz, _ = \
+            _PHDR.unpack_from(data, phoff + i * _PHDR.size)
+        if p_type == PT_INTERP:
+            end = data.find(b"\0", off)
+            interp = data[off:end].decode(errors="replace")
+            raise BadProgram(f"{path}: dynamically linked (interpreter {interp}); "
+                             "link it with -static")
+        if p_type == PT_PHDR:
+            phdr_vaddr = vaddr
+        if p_type == PT_LOAD and memsz:
+            if off + filesz > len(data) or filesz > memsz:
+                raise BadProgram(f"{path}: truncated ELF (segment {i} past end of file)")
+            loads.append(Segment(off, vaddr, filesz, memsz))
+    if not loads:
+        raise BadProgram(f"{path}: no loadable segments")
+    return loads, phdr_vaddr
