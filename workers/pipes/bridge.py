@@ -226,12 +226,20 @@ class Bridge:
             # the ring's state, read once for this turn
             local_r, local_w = self._local(ring, links)
             target = self._target(links, local_r)
+            hungry = local_r > 0 and ring.hungry > 0
+            # The far sides hear of ends closed here before the bytes this
+            # turn sends them: a side whose last reader closed as its writer
+            # wrote must say so first, or the other side, counting that
+            # reader still, could send the bytes back and then hear the
+            # writers gone while they travel (an early end of file).
+            has_data = ring.readable_between_guests()
+            for link in links:
+                self._tell(link, links, local_r, local_w, has_data, hungry)
             self.relay.route(idx, target.chan if target is not None else None)
             self.relay.forward(idx)     # (and from now on its thread does)
             has_data = ring.readable_between_guests()
-            hungry = local_r > 0 and ring.hungry > 0
             for link in list(links):
-                self._tell(link, links, local_r, local_w, target, has_data, hungry)
+                self._tell(link, links, local_r, local_w, has_data, hungry)
                 if link.chan.dead:
                     self._lost(link)
                 elif ((link.told is not None and not any(link.told[:2])
@@ -333,7 +341,7 @@ class Bridge:
                      and (l.hungry or not local_r)), None)
 
     def _tell(self, link: Link, links: list[Link], local_r: int, local_w: int,
-              target: Link | None, has_data: bool, hungry: bool) -> None:
+              has_data: bool, hungry: bool) -> None:
         """Tell the far side of (link) whether writers and readers remain on
         ours (bytes still to go to it count as a writer), and whether a
         reader here waits for bytes."""
