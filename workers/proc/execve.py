@@ -6,12 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import TYPE_CHECKING
 
 from workers import abi
 from workers.errors import BadProgram
 from workers.vm import layout
 
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.proc.table import Job, Proc
     from workers.vm.machine import VM

@@ -3,11 +3,11 @@ the rest of the job (broker/cluster/link.py says which), the end of a
 child elsewhere, and orphans handed to pid 1 wherever it is."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 from workers import abi
 from workers.proc import forks, signals, waits
 
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.proc.table import Job, Proc
 

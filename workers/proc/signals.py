@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import TYPE_CHECKING
 
 from workers import abi
 from workers.proc import waits
 
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.proc.table import Job, Proc
 

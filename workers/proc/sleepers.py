@@ -4,10 +4,10 @@ uf_sleeper_ready too, for the jobs whose doorbells its thread owns:
 tests/test_native.py runs both on the same states."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 from workers import abi
 
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.proc.table import Job
     from workers.vm.rings import SharedRegion

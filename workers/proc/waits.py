@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
 
 from workers import abi
 
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.proc.table import Job, Proc
 
