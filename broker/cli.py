@@ -21,21 +21,7 @@ def parser():
     p = argparse.ArgumentParser(prog="unifork",
                                 description="Run multi-process programs as unikernel VMs.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a static x86-64 Linux program in a VM on this machine",
-                       description="Run PROGRAM as a unikernel VM here, with no broker. "
-                       "Exits with the program's status (128+N when killed by signal N).")
-    r.add_argument("--mem", type=int, default=128, metavar="MIB",
-                   help="VM memory in MiB (even, 16..2048; default 128)")
-    r.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="stop the VM after S seconds (exit status 124)")
-    r.add_argument("--max-procs", type=int, default=64, metavar="N",
-                   help="the most processes (VMs) the job may have at once; past it "
-                   "fork fails with EAGAIN (default 64)")
-    r.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V",
-                   help="an environment variable for the program (repeatable); "
-                   "the program gets only these")
-    r.add_argument("program", metavar="PROGRAM")
-    r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    _run_parser(sub)
 
     def cluster(name: str, **kw):
         c = sub.add_parser(name, **kw)
@@ -77,6 +63,30 @@ def parser():
     return p
 
 
+def _run_parser(sub) -> None:
+    import argparse
+    r = sub.add_parser("run", help="run a static x86-64 Linux program in a VM on this machine",
+                       description="Run PROGRAM as a unikernel VM here, with no broker. "
+                       "Exits with the program's status (128+N when killed by signal N).")
+    r.add_argument("--mem", type=int, default=128, metavar="MIB",
+                   help="VM memory in MiB (even, 16..2048; default 128)")
+    r.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="stop the VM after S seconds (exit status 124)")
+    r.add_argument("--max-procs", type=int, default=64, metavar="N",
+                   help="the most processes (VMs) the job may have at once; past it "
+                   "fork fails with EAGAIN (default 64)")
+    r.add_argument("--env", action="append", type=_env_pair, default=[], metavar="K=V",
+                   help="an environment variable for the program (repeatable); "
+                   "the program gets only these")
+    r.add_argument("--volume", action="append", default=[], metavar="HOST_DIR:GUEST_DIR[:ro]",
+                   help="put HOST_DIR in the job's file tree at GUEST_DIR (repeatable; "
+                   "GUEST_DIR may be /); without one, the tree is a fresh empty directory")
+    r.add_argument("--workdir", default="/", metavar="GUEST_DIR",
+                   help="pid 1's working directory in the tree (default /)")
+    r.add_argument("program", metavar="PROGRAM")
+    r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+
 def _port_range(text: str) -> str:
     import argparse
     lo, _, hi = text.partition("-")
@@ -86,10 +96,12 @@ def _port_range(text: str) -> str:
 
 
 def _fast_run_args(argv: list[str]) -> dict | None:
-    """Parse `run [--mem N] [--timeout S] [--env K=V]... PROGRAM [ARGS...]`
+    """Parse `run [--mem N] [--timeout S] [--env K=V]... [--volume V]...
+    [--workdir D] PROGRAM [ARGS...]`
     without argparse (14 ms to import here); None sends the words to
     argparse, which explains what is wrong or prints the help."""
-    opts: dict = {"mem": 128, "timeout": None, "env": [], "max_procs": 64}
+    opts: dict = {"mem": 128, "timeout": None, "env": [], "max_procs": 64, "volume": [],
+                  "workdir": "/"}
     i = 1
     while i < len(argv) and argv[i].startswith("--"):
         name, eq, value = argv[i].partition("=")
@@ -106,6 +118,10 @@ def _fast_run_args(argv: list[str]) -> dict | None:
                 opts["max_procs"] = int(value)
             elif name == "--env" and "=" in value and not value.startswith("="):
                 opts["env"].append(value)
+            elif name == "--volume":
+                opts["volume"].append(value)
+            elif name == "--workdir":
+                opts["workdir"] = value
             else:
                 return None
         except ValueError:
@@ -126,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if fast.get("command", "run") == "run":
         from workers.proc.run import RunRequest, main_run
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
-                                   fast["timeout"], max_procs=fast["max_procs"]))
+                                   fast["timeout"], max_procs=fast["max_procs"],
+                                   volumes=fast["volume"], workdir=fast["workdir"]))
     from broker import commands
     return commands.main(argparse_ns(fast))
 

@@ -16,7 +16,8 @@ HEADER = ROOT / "guest" / "include" / "unifork_abi.h"
 CONSTANTS = [m for m in re.findall(r"^#define UF_([A-Z0-9_]+)[ \t]+\S", HEADER.read_text(), re.M)
              if m != "UL"]
 # Every enum of the header, by its codes' prefix: the Python class of its codes.
-TWINS = {"UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep, "UF_KID_": abi.Kid}
+TWINS = {"UF_STATE_": abi.State, "UF_REQ_": abi.Req, "UF_SLEEP_": abi.Sleep, "UF_KID_": abi.Kid,
+         "UF_NODE_": abi.Node}
 ENUMS = {prefix: TWINS.get(prefix) for prefix in
          re.findall(r"^enum uf_\w+ \{\s*(UF_[A-Z]+_)", HEADER.read_text(), re.M)}
 

@@ -101,3 +101,25 @@ def test_forks_into_parked_vms_match_native_under_tcg(program, name, libc):
     got = unifork("run", "--mem", "64", prog, env=TCG, timeout=120)
     assert got.stdout == native(prog).stdout, got.stderr.decode()
     assert status(got) == status(native(prog))
+
+
+@pytest.mark.tcg
+def test_programs_of_the_tree_run_one_after_another_in_recycled_vms_under_tcg(tmp_path):
+    """execve and forks into VMs that ran other programs: QEMU translates
+    each new image afresh (vm_image_written in the guest)."""
+    import shutil
+    from test_files import make_tree
+    if shutil.which("busybox") is None:
+        pytest.skip("busybox-static is not installed (make setup installs it)")
+    root = make_tree(tmp_path / "t", {"/hello": str(_example("hello", "musl"))})
+    script = "for i in 1 2 3; do /hello; echo $i | cat | wc -c; done; ls /bin | wc -l"
+    got = unifork("run", "--volume", f"{root}:/", "--env", "PATH=/bin", "/bin/sh", "-c",
+                  script, env=TCG, timeout=300)
+    want = b"hello from a unikernel\n2\n" * 3
+    assert got.stdout.startswith(want), got.stderr.decode()
+    assert status(got) == 0
+
+
+def _example(name: str, libc: str):
+    from conftest import BUILD
+    return BUILD / "examples" / f"{name}.{libc}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 10
+ABI_VERSION = 11
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
@@ -75,6 +75,17 @@ class Req:
     KILL = 3
     EXEC = 4
     EXIT = 5
+    FILE = 6
+
+
+class Node:
+    """What an open gave the guest (enum uf_node, an open's val0)."""
+
+    NONE = 0
+    HOST = 1
+    NULL = 2
+    ZERO = 3
+    RANDOM = 4
 
 
 class Sleep:
@@ -173,7 +184,7 @@ CTL = Record("uf_ctl", [
     ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("sig_posted", "Q"),
     ("alarm_real_ns", "Q"), ("tsc_is_host", "I"), ("_pad4", "I"), ("_pad5", "16s"),
     ("ends", "128H"), ("kids_alive", "I"), ("kids_unlisted", "I"), ("_pad6", "Q"),
-    ("kids", "512s"),
+    ("kids", "512s"), ("sysarg", "6q"),
 ])
 
 KIDS = 32

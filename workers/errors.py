@@ -12,9 +12,23 @@ class ConfigError(UniforkError):
     """A UNIFORK_* setting (or the option that sets it) has a bad value."""
 
 
+class UsageError(ConfigError):
+    """A command-line option has a bad value (exit status 2, as for a
+    program that cannot run)."""
+
+
 class BadProgram(UniforkError):
     """The program cannot run as a unikernel: not an ELF, wrong machine,
     dynamically linked, too big for the VM's memory..."""
+
+
+class ExecError(UniforkError):
+    """An execve (or the job's first program) that cannot run: (code) is
+    the errno Linux would give (ENOENT, EACCES, ENOEXEC...)."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code, self.why = code, why
 
 
 class VMError(UniforkError):

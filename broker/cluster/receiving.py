@@ -34,6 +34,8 @@ from broker.cluster.link import Link, cluster_secret
 from workers import abi
 from workers.errors import TransferError
 from workers.fork import arrival, clone, wire
+from workers.files.calls import Files
+from workers.files.tree import Tree
 from workers.fork.arrival import Arrival
 from workers.proc.stdio import Stdio
 from workers.proc.supervisor import Supervisor
@@ -194,9 +196,11 @@ class _Child:
         if self.bridge is None:     # for the pipes the subtree makes and forks elsewhere
             self.bridge = self.make_bridge()
         events = state.proc_recorder(here.r, task.job, here.host, here.incarnation, task.holder)
+        files = Files(Tree([]), sup.say)    # (the job's tree is its home's: not forwarded yet)
+        files.start(task.pid, b"/", None, self.path)
         self.job = Job(self.path, self.program, task.mem_mib, a.shm, 64,
                        here.slots, sup.say, fork_wait=task.fork_wait, events=events,
-                       link=self.link, tree=task.pid, bridge=self.bridge)
+                       link=self.link, tree=task.pid, bridge=self.bridge, files=files)
         sup.job = self.job
         self.job.add(a.vm, task.ppid, pid=task.pid, parent_tree=task.parent_tree)
         a.vm, a.adopted = None, True

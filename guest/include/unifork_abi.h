@@ -38,7 +38,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      10
+#define UF_ABI_VERSION      11
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -171,6 +171,10 @@ enum uf_state {
  *   EXIT  none: the process has ended (state     no reply: the VM is parked
  *         and status say how), or a vessel has      ("Vessels")
  *         booted (state NONE)
+ *   FILE  (arg0) a Linux system call number on   ret: its result | -errno;
+ *         the job's files; its arguments in        an open's val0: UF_NODE_*
+ *         sysarg[], descriptors replaced by
+ *         handles ("Files", below)
  */
 enum uf_req {
 	UF_REQ_NONE = 0,
@@ -179,6 +183,7 @@ enum uf_req {
 	UF_REQ_KILL,
 	UF_REQ_EXEC,
 	UF_REQ_EXIT,
+	UF_REQ_FILE,
 	UF_REQ_MAX
 };
 
@@ -284,6 +289,8 @@ struct uf_ctl {
 		int32_t  wstatus;
 		uint32_t _pad;
 	} kids[32];
+	/* Guest-written: a FILE request's system-call arguments. */
+	int64_t  sysarg[6];
 };
 
 /*
@@ -315,6 +322,31 @@ enum uf_kid_state {
 	UF_KID_ENDED,               /* host-written: pid ended with wstatus */
 	UF_KID_WAITED,              /* guest-written: a wait took it */
 	UF_KID_MAX
+};
+
+/*
+ * Files.  A job has one file tree, kept by the host; the guest forwards
+ * the system calls on it (FILE requests) with Linux's numbers, arguments
+ * and error codes.  Pointers in them are the program's own (memory is
+ * identity mapped): the host reads paths and writes data, stat buffers
+ * and directory entries there itself, after checking them.  A descriptor
+ * argument is replaced by its handle: an open of a file the host serves
+ * answers ret = a handle (unique in the job) and val0 = UF_NODE_HOST; a
+ * directory argument (dirfd) that is AT_FDCWD stays so.  The open file
+ * description (offset, status flags) is the host's, so that descriptors
+ * sharing it, here and in forked children, share them.  The guest closes
+ * a handle (close) when no descriptor of its own still refers to it; a
+ * fork or the end of the process needs no request: the host counts the
+ * child in, or drops what the process held.  The devices the guest serves
+ * itself come with no handle (val0 UF_NODE_NULL, _ZERO, _RANDOM).
+ */
+enum uf_node {
+	UF_NODE_NONE = 0,
+	UF_NODE_HOST,               /* a file or directory the host serves */
+	UF_NODE_NULL,               /* /dev/null */
+	UF_NODE_ZERO,               /* /dev/zero */
+	UF_NODE_RANDOM,             /* /dev/urandom, /dev/random */
+	UF_NODE_MAX
 };
 
 /*
@@ -387,7 +419,7 @@ struct uf_shm {
 };
 
 _Static_assert(sizeof(struct uf_boot) == 520, "uf_boot layout");
-_Static_assert(sizeof(struct uf_ctl) == 1040, "uf_ctl layout");
+_Static_assert(sizeof(struct uf_ctl) == 1088, "uf_ctl layout");
 _Static_assert(sizeof(struct uf_ctl) <= UF_PAGE_SIZE, "uf_ctl fits its page");
 _Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");

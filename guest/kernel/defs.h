@@ -132,9 +132,28 @@ void restore_fs_base(void);
 void vm_init(void);
 int  user_ok(uint64_t addr, uint64_t len);
 int  user_str_ok(const char *s, size_t max);
+void vm_image_written(void);
 
 // file.c
 #define NFD      256            /* descriptors per process */
+enum { FT_NONE, FT_READ, FT_WRITE, FT_NULL, FT_ZERO, FT_RANDOM, FT_HOST };
+struct file {
+	int type;               /* FT_*; FT_NONE: slot free */
+	int refs;               /* descriptors pointing here */
+	int flags;              /* O_NONBLOCK, access mode (FT_HOST: the mode only) */
+	int tty;                /* the host end is a terminal */
+	int ring;               /* index in the job's shared region */
+	long handle;            /* FT_HOST: the host's (fs.c) */
+};
+struct file *getfile(long fd);
+long file_read(struct file *f, void *buf, size_t n);
+long file_write(struct file *f, const void *buf, size_t n);
+long fd_open(int node, long handle, int flags, int cloexec);
+long fd_handle(int fd);
+long fd_reopen(int fd, int cloexec);
+long fd_stat_here(int fd, long stp);
+struct iovec;
+long check_iov(const struct iovec *iov, long cnt);
 #define POLLIN   0x001
 #define POLLOUT  0x004
 #define POLLERR  0x008
@@ -144,6 +163,16 @@ void file_init(void);
 short poll_events(int fd, short want);
 void file_close_all(void);
 void file_exec(void);
+
+// fs.c
+long fs_call(long nr, long a0, long a1, long a2, long a3, long a4);
+void fs_close(long handle);
+long fs_fcntl(long handle, int cmd, long arg);
+long fs_map_check(int fd, long prot, long flags, long off);
+long fs_map_fill(int fd, uint64_t at, size_t len, long off);
+
+// sys_misc.c (also)
+long sys_getrandom(long buf, long n, long flags);
 
 // ring.c
 volatile struct uf_ring *shm_ring(int idx);

@@ -1,26 +1,17 @@
 /*
- * file.c: file descriptors.  A file is one end of a ring: a pipe, or stdin,
- * stdout and stderr, whose other end is the host.  Descriptors share files
- * (dup); a ring end is closed when its last descriptor is.  A forked child
- * has its own copy of every file, so the host counts the child's ends in.
- * The one file that can be opened by name is /dev/null: there is no file
- * system.
+ * file.c: file descriptors.  A file is one end of a ring (a pipe, or
+ * stdin, stdout and stderr, whose other end is the host), a device served
+ * here (/dev/null, /dev/zero, /dev/urandom), or a file of the job's tree,
+ * which the host serves (fs.c): its open file description is the host's.
+ * Descriptors share files (dup); a file is closed when its last
+ * descriptor is.  A forked child has its own copy of every file, so the
+ * host counts the child's ring ends and handles in.
  */
 #include "defs.h"
 #include "linux.h"
 #include "x86.h"
 
 #define NFILE 64
-
-enum { FT_NONE, FT_READ, FT_WRITE, FT_NULL };
-
-struct file {
-	int type;               /* FT_*; FT_NONE: slot free */
-	int refs;               /* descriptors pointing here */
-	int flags;              /* O_NONBLOCK, access mode */
-	int tty;                /* the host end is a terminal */
-	int ring;               /* index in the job's shared region */
-};
 
 static struct file files[NFILE];
 static struct { struct file *f; int cloexec; } fds[NFD];
@@ -40,24 +31,12 @@ file_init(void)
 	}
 }
 
-static struct file *
+struct file *
 getfile(long fd)
 {
 	if (fd < 0 || fd >= NFD)
 		return 0;
-	return fds[fd].f;
-}
-
-static void
-file_put(struct file *f, int wake)
-{
-	if (--f->refs > 0)
-		return;
-	if (f->type == FT_READ)
-		ring_ends(f->ring, -1, 0, !wake);
-	else if (f->type == FT_WRITE)
-		ring_ends(f->ring, 0, -1, !wake);
-	f->type = FT_NONE;
+	return fds[(int)fd].f;
 }
 
 static long
@@ -68,6 +47,22 @@ io_result(long r)
 	return r;
 }
 
+/* A descriptor of (f) is gone; (wake) unless the process is ending (then
+ * the host drops its handles itself, and nobody is woken). */
+static void
+file_put(struct file *f, int wake)
+{
+	if (--f->refs > 0)
+		return;
+	if (f->type == FT_READ)
+		ring_ends(f->ring, -1, 0, !wake);
+	else if (f->type == FT_WRITE)
+		ring_ends(f->ring, 0, -1, !wake);
+	else if (f->type == FT_HOST && wake)
+		fs_close(f->handle);
+	f->type = FT_NONE;
+}
+
 long
 sys_read(int fd, long buf, long n)
 {
@@ -76,13 +71,48 @@ sys_read(int fd, long buf, long n)
 		return -EBADF;
 	if (f->type == FT_NULL)
 		return 0;
-	if (f->type != FT_READ)
-		return -EBADF;
 	if (n < 0)
 		return -EINVAL;
 	if (!user_ok((uint64_t)buf, (uint64_t)n))
 		return -EFAULT;
-	return ring_read(f->ring, (void *)buf, (size_t)n, f->flags & O_NONBLOCK);
+	return file_read(f, (void *)buf, (size_t)n);
+}
+
+/* Read up to (n) bytes of (f) into (buf), which was checked. */
+long
+file_read(struct file *f, void *buf, size_t n)
+{
+	switch (f->type) {
+	case FT_READ:
+		return ring_read(f->ring, buf, n, f->flags & O_NONBLOCK);
+	case FT_HOST:
+		return fs_call(__NR_read, f->handle, (long)buf, (long)n, 0, 0);
+	case FT_NULL:
+		return 0;
+	case FT_ZERO:
+		memset(buf, 0, n);
+		return (long)n;
+	case FT_RANDOM:
+		return sys_getrandom((long)buf, (long)n, 0);
+	}
+	return -EBADF;
+}
+
+/* Write (n) bytes of (buf), which was checked, to (f). */
+long
+file_write(struct file *f, const void *buf, size_t n)
+{
+	switch (f->type) {
+	case FT_WRITE:
+		return io_result(ring_write(f->ring, buf, n, f->flags & O_NONBLOCK));
+	case FT_HOST:
+		return fs_call(__NR_write, f->handle, (long)buf, (long)n, 0, 0);
+	case FT_NULL:
+	case FT_ZERO:
+	case FT_RANDOM:
+		return (long)n;
+	}
+	return -EBADF;
 }
 
 long
@@ -91,33 +121,42 @@ sys_write(int fd, long buf, long n)
 	struct file *f = getfile(fd);
 	if (f && f->type == FT_NULL)
 		return n < 0 ? -EINVAL : n;
-	if (!f || f->type != FT_WRITE)
+	if (!f || f->type == FT_READ || (f->flags & O_ACCMODE) == O_RDONLY)
 		return -EBADF;
 	if (n < 0)
 		return -EINVAL;
 	if (!user_ok((uint64_t)buf, (uint64_t)n))
 		return -EFAULT;
-	return io_result(ring_write(f->ring, (void *)buf, (size_t)n, f->flags & O_NONBLOCK));
+	return file_write(f, (const void *)buf, (size_t)n);
 }
 
 /*
- * sendfile: from a pipe (or /dev/null) to a pipe, through a buffer here
- * (there are no files to map), as much as one read gives.  No offsets:
- * pipes have none (ESPIPE).  What is read is all written: the output is
- * waited for first (a signal then interrupts before anything is taken),
- * and the input read for no more than the room it has.
+ * sendfile: from any file to any other, through a buffer here, as much as
+ * one read gives.  From a pipe to a pipe, what is read is all written:
+ * the output is waited for first (a signal then interrupts before
+ * anything is taken), and the input read for no more than the room it
+ * has.  With (offp), the input is read at *offp, which moves on instead
+ * of the file's offset (a pipe has none: ESPIPE).
  */
 long
 sys_sendfile(int out, int in, long offp, long count)
 {
 	static uint8_t buf[65536];
 	struct file *fi = getfile(in), *fo = getfile(out);
+	int64_t off = 0;
 
-	if (!fi || !fo || (fi->type != FT_READ && fi->type != FT_NULL) ||
-	    (fo->type != FT_WRITE && fo->type != FT_NULL))
+	if (!fi || !fo || fi->type == FT_WRITE || (fi->flags & O_ACCMODE) == O_WRONLY ||
+	    fo->type == FT_READ || (fo->flags & O_ACCMODE) == O_RDONLY)
 		return -EBADF;
-	if (offp)
-		return -ESPIPE;
+	if (offp) {
+		if (fi->type != FT_HOST)
+			return -ESPIPE;
+		if (!user_ok((uint64_t)offp, 8))
+			return -EFAULT;
+		off = *(int64_t *)offp;
+		if (off < 0)
+			return -EINVAL;
+	}
 	if (count < 0)
 		return -EINVAL;
 	if (fi->type == FT_NULL || count == 0)
@@ -131,19 +170,23 @@ sys_sendfile(int out, int in, long offp, long count)
 		/* (no room at all: no reader left, and the write says EPIPE) */
 		want = MIN(want, MAX(ring_room(fo->ring), 1));
 	}
-	long n = ring_read(fi->ring, buf, want, fi->flags & O_NONBLOCK);
-	if (n <= 0 || fo->type == FT_NULL)
+	long n = offp ? fs_call(__NR_pread64, fi->handle, (long)buf, (long)want, off, 0) :
+	    file_read(fi, buf, want);
+	if (n <= 0)
 		return n;
+	if (offp)
+		*(int64_t *)offp = off + n;
 	/* Room for all of it, unless another writer took it meanwhile: then
 	 * this write waits, and a signal must not cut it off (it is taken
 	 * as the call returns): what was read is written. */
 	long w;
-	while ((w = ring_write(fo->ring, buf, (size_t)n, fo->flags & O_NONBLOCK)) == -ERESTARTSYS)
+	while ((w = file_write(fo, buf, (size_t)n)) == -ERESTARTSYS)
 		;
-	return io_result(w);
+	return w;
 }
 
-static long
+/* The iovec array of readv and the like, and its buffers: 0 if good. */
+long
 check_iov(const struct iovec *iov, long cnt)
 {
 	if (cnt < 0 || cnt > 1024)
@@ -163,17 +206,17 @@ sys_writev(int fd, long iovp, long cnt)
 	struct file *f = getfile(fd);
 	long e, total = 0;
 
-	if (f && f->type == FT_NULL) {
-		if ((e = check_iov(iov, cnt)))
-			return e;
+	if (!f || f->type == FT_READ || (f->flags & O_ACCMODE) == O_RDONLY)
+		return -EBADF;
+	if ((e = check_iov(iov, cnt)))
+		return e;
+	if (f->type == FT_HOST)
+		return fs_call(__NR_writev, f->handle, iovp, cnt, 0, 0);
+	if (f->type != FT_WRITE) {
 		for (long i = 0; i < cnt; i++)
 			total += (long)iov[i].len;
 		return total;
 	}
-	if (!f || f->type != FT_WRITE)
-		return -EBADF;
-	if ((e = check_iov(iov, cnt)))
-		return e;
 	/* A writev of up to PIPE_BUF bytes is one write, never interleaved
 	 * with another writer's (musl's line-buffered stdio writes a line as
 	 * the buffered part and the rest: two iovecs). */
@@ -207,18 +250,18 @@ sys_readv(int fd, long iovp, long cnt)
 	struct file *f = getfile(fd);
 	long e, total = 0;
 
-	if (f && f->type == FT_NULL)
-		return 0;
-	if (!f || f->type != FT_READ)
+	if (!f || f->type == FT_WRITE || (f->flags & O_ACCMODE) == O_WRONLY)
 		return -EBADF;
 	if ((e = check_iov(iov, cnt)))
 		return e;
+	if (f->type == FT_HOST)
+		return fs_call(__NR_readv, f->handle, iovp, cnt, 0, 0);
 	for (long i = 0; i < cnt; i++) {
 		if (!iov[i].len)
 			continue;
 		/* Block for the first byte only, as Linux does. */
-		long r = ring_read(f->ring, iov[i].base, iov[i].len,
-		    total ? 1 : (f->flags & O_NONBLOCK));
+		long r = f->type != FT_READ ? file_read(f, iov[i].base, iov[i].len) :
+		    ring_read(f->ring, iov[i].base, iov[i].len, total ? 1 : (f->flags & O_NONBLOCK));
 		if (r < 0)
 			return total ? total : r;
 		total += r;
@@ -324,22 +367,29 @@ sys_fcntl(int fd, int cmd, long arg)
 		fds[fd].cloexec = (arg & FD_CLOEXEC) != 0;
 		return 0;
 	case F_GETFL:
+		if (f->type == FT_HOST)
+			return fs_call(__NR_fcntl, f->handle, cmd, 0, 0, 0);
 		return f->flags;
 	case F_SETFL:
+		if (f->type == FT_HOST)
+			return fs_call(__NR_fcntl, f->handle, cmd, arg, 0, 0);
 		f->flags = (f->flags & ~O_NONBLOCK) | (arg & O_NONBLOCK);
 		return 0;
 	}
+	if (f->type == FT_HOST)
+		return fs_fcntl(f->handle, cmd, arg);
 	return -EINVAL;
 }
 
 static void
 fill_stat(struct file *f, struct stat *st)
 {
+	static const uint64_t rdev[] = { [FT_NULL] = 0x103, [FT_ZERO] = 0x105, [FT_RANDOM] = 0x109 };
 	memset(st, 0, sizeof(*st));
 	st->mode = f->tty ? (S_IFCHR | 0620) : (S_IFIFO | 0600);
-	if (f->type == FT_NULL) {
+	if (f->type == FT_NULL || f->type == FT_ZERO || f->type == FT_RANDOM) {
 		st->mode = S_IFCHR | 0666;
-		st->rdev = (1 << 8) | 3;        /* 1:3, as Linux's /dev/null */
+		st->rdev = rdev[f->type];       /* 1:3, 1:5, 1:9, as Linux's */
 	}
 	st->nlink = 1;
 	st->uid = BOOT->uid;
@@ -357,19 +407,10 @@ sys_fstat(int fd, long stp)
 		return -EBADF;
 	if (!user_ok((uint64_t)stp, sizeof(struct stat)))
 		return -EFAULT;
+	if (f->type == FT_HOST)
+		return fs_call(__NR_fstat, f->handle, stp, 0, 0, 0);
 	fill_stat(f, (struct stat *)stp);
 	return 0;
-}
-
-long
-sys_newfstatat(int dirfd, long path, long stp, int flags)
-{
-	const char *p = (const char *)path;
-	if (!user_str_ok(p, 4096))
-		return -EFAULT;
-	if (p[0] == 0 && (flags & AT_EMPTY_PATH))
-		return sys_fstat(dirfd, stp);
-	return -ENOENT;         /* there is no file system */
 }
 
 long
@@ -378,6 +419,8 @@ sys_ioctl(int fd, unsigned req, long arg)
 	struct file *f = getfile(fd);
 	if (!f)
 		return -EBADF;
+	if (f->type == FT_HOST)
+		return fs_call(__NR_ioctl, f->handle, req, arg, 0, 0);
 	switch (req) {
 	case TIOCGWINSZ:
 		if (!f->tty)
@@ -410,7 +453,7 @@ file_alloc(int type, int ring, int flags)
 {
 	for (int i = 0; i < NFILE; i++) {
 		if (files[i].type == FT_NONE) {
-			files[i] = (struct file){ type, 0, flags, 0, ring };
+			files[i] = (struct file){ type, 0, flags, 0, ring, -1 };
 			return &files[i];
 		}
 	}
@@ -465,37 +508,62 @@ file_exec(void)
 long
 sys_lseek(int fd, long off, long whence)
 {
-	(void)off; (void)whence;
-	return getfile(fd) ? -ESPIPE : -EBADF;
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	if (f->type == FT_HOST)
+		return fs_call(__NR_lseek, f->handle, off, whence, 0, 0);
+	return f->type == FT_READ || f->type == FT_WRITE ? -ESPIPE : 0;
 }
 
+/*
+ * A descriptor for what an open gave: a node of kind (node, UF_NODE_*)
+ * and, for one the host serves, its handle; the lowest free descriptor,
+ * or -EMFILE (the handle is closed then).
+ */
 long
-sys_openat(int dirfd, long path, int flags, int mode)
+fd_open(int node, long handle, int flags, int cloexec)
 {
-	static int said;
-	const char *p = (const char *)path;
-	(void)dirfd; (void)mode;
-
-	if (!user_str_ok(p, 4096))
-		return -EFAULT;
-	if (strcmp(p, "/dev/null") == 0) {
-		struct file *f = file_alloc(FT_NULL, -1, flags & (O_ACCMODE | O_NONBLOCK));
-		if (!f)
-			return -ENFILE;
-		long fd = fd_install(f, 0, (flags & O_CLOEXEC) != 0);
-		if (fd < 0)
+	static const int types[] = { [UF_NODE_HOST] = FT_HOST, [UF_NODE_NULL] = FT_NULL,
+	    [UF_NODE_ZERO] = FT_ZERO, [UF_NODE_RANDOM] = FT_RANDOM };
+	int type = node > 0 && node < UF_NODE_MAX ? types[node] : FT_NONE;
+	struct file *f = type ? file_alloc(type, -1, flags & (O_ACCMODE | O_NONBLOCK)) : 0;
+	long fd = f ? fd_install(f, 0, cloexec) : -ENFILE;
+	if (fd < 0) {
+		if (f)
 			f->type = FT_NONE;
-		return fd;
+		if (node == UF_NODE_HOST)
+			fs_close(handle);
+		return type ? fd : -EIO;
 	}
-	if (!said++)
-		kprintf("open(%s): there is no file system here; ENOENT\n", p);
-	return -ENOENT;
+	f->handle = handle;
+	return fd;
 }
 
+/* Another descriptor of the file of (fd) (open_own_fd in fs.c). */
 long
-sys_open(long path, int flags, int mode)
+fd_reopen(int fd, int cloexec)
 {
-	return sys_openat(AT_FDCWD, path, flags, mode);
+	struct file *f = getfile(fd);
+	return f ? fd_install(f, 0, cloexec) : -ENOENT;
+}
+
+/* fchdir's, *at's and execveat's directory: its handle, or -errno. */
+long
+fd_handle(int fd)
+{
+	struct file *f = getfile(fd);
+	if (!f)
+		return -EBADF;
+	return f->type == FT_HOST ? f->handle : -ENOTDIR;
+}
+
+/* Stat a descriptor the host does not serve (fstatat with AT_EMPTY_PATH). */
+long
+fd_stat_here(int fd, long stp)
+{
+	struct file *f = getfile(fd);
+	return f && f->type == FT_HOST ? -ENOTDIR : sys_fstat(fd, stp);
 }
 
 /* The events (POLL*, defs.h) that are true of descriptor (fd) now. */
@@ -510,6 +578,9 @@ poll_events(int fd, short want)
 		return POLLNVAL;
 	switch (f->type) {
 	case FT_NULL:
+	case FT_ZERO:
+	case FT_RANDOM:
+	case FT_HOST:           /* files are always ready */
 		return want & (POLLIN | POLLOUT);
 	case FT_READ:
 		r = shm_ring(f->ring);

@@ -63,6 +63,7 @@ struct stat {
 };
 #define S_IFIFO  0010000
 #define S_IFCHR  0020000
+#define PATH_MAX 4096
 
 struct winsize { uint16_t row, col, xpixel, ypixel; };
 struct termios { uint32_t iflag, oflag, cflag, lflag; uint8_t line, cc[19]; };
@@ -75,7 +76,11 @@ struct termios { uint32_t iflag, oflag, cflag, lflag; uint8_t line, cc[19]; };
 #define O_WRONLY    1
 #define O_RDWR      2
 #define O_ACCMODE   3
+#define O_CREAT     0100
+#define O_TRUNC     01000
+#define O_APPEND    02000
 #define O_NONBLOCK  04000
+#define O_DIRECTORY 0200000
 #define O_CLOEXEC   02000000
 #define F_DUPFD     0
 #define F_GETFD     1
@@ -86,6 +91,12 @@ struct termios { uint32_t iflag, oflag, cflag, lflag; uint8_t line, cc[19]; };
 #define FD_CLOEXEC  1
 #define AT_FDCWD    -100
 #define AT_EMPTY_PATH 0x1000
+#define AT_SYMLINK_NOFOLLOW 0x100
+#define AT_REMOVEDIR  0x200
+#define SEEK_CUR    1
+#define LOCK_NB     4
+#define F_SETLK     6
+#define F_SETLKW    7
 
 #define PROT_READ   1
 #define PROT_WRITE  2

@@ -95,5 +95,6 @@ fork_resume(void)
 		proc_kill(SIGKILL);
 	}
 	restore_fs_base();
+	vm_image_written();
 	fork_jump(&forkctx);
 }

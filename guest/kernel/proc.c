@@ -311,6 +311,7 @@ sys_execve(long path, long argv, long envp)
 	clear_tid = 0;
 	file_exec();
 	vm_init();
+	vm_image_written();
 	/*
 	 * The host rewrote the code this CPU is about to run (cross-modifying
 	 * code): the CPU must serialize before executing it, or it may run

@@ -153,16 +153,10 @@ sys_brk(long addr)
 	return addr;
 }
 
-long
-sys_mmap(long addr, long len, long prot, long flags, long fd, long off)
+/* (n) bytes of zeroed memory, at (addr) with MAP_FIXED. */
+static long
+map_range(long addr, uint64_t n, long flags)
 {
-	uint64_t n = PAGE_UP((uint64_t)len);
-	(void)prot; (void)off;
-
-	if (len <= 0 || n < (uint64_t)len)
-		return -EINVAL;
-	if (!(flags & MAP_ANONYMOUS))
-		return fd < 0 ? -EBADF : -ENODEV;   /* no files to map */
 	if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {
 		uint64_t a = (uint64_t)addr;
 		if (a & (UF_PAGE_SIZE - 1))
@@ -181,6 +175,29 @@ sys_mmap(long addr, long len, long prot, long flags, long fd, long off)
 	}
 	uint64_t a = alloc_range(n);
 	return a ? (long)a : -ENOMEM;
+}
+
+long
+sys_mmap(long addr, long len, long prot, long flags, long fd, long off)
+{
+	uint64_t n = PAGE_UP((uint64_t)len);
+
+	if (len <= 0 || n < (uint64_t)len)
+		return -EINVAL;
+	if (!(flags & MAP_ANONYMOUS)) {
+		long e = fs_map_check((int)fd, prot, flags, off);
+		if (e)
+			return e;
+	}
+	long a = map_range(addr, n, flags);
+	if (a < 0 || (flags & MAP_ANONYMOUS))
+		return a;
+	long r = fs_map_fill((int)fd, (uint64_t)a, (size_t)len, off);
+	if (r < 0) {
+		free_range((uint64_t)a, (uint64_t)a + n);
+		return r;
+	}
+	return a;
 }
 
 long
@@ -246,4 +263,25 @@ sys_madvise(long addr, long len, long advice)
 	if (advice == MADV_DONTNEED)    /* private anonymous: reads as zero */
 		memset((void *)addr, 0, (size_t)len);
 	return 0;
+}
+
+/*
+ * Under TCG, QEMU keeps the code it translated by physical page, and
+ * learns that a page changed only when the guest writes to it.  The host
+ * rewrites the program image itself (an execve; a fork into a VM that
+ * ran another program), so the kernel writes the image over itself, for
+ * QEMU to translate it afresh.  Every word: QEMU drops only the
+ * translations that overlap the bytes written.  Under KVM there is
+ * nothing to do.
+ */
+void
+vm_image_written(void)
+{
+	if (BOOT->features & UF_FEAT_KVM)
+		return;
+	for (uint64_t a = UF_USER_BASE; a < BOOT->brk && a < BOOT->ram_size; a += UF_PAGE_SIZE) {
+		volatile uint64_t *p = (volatile uint64_t *)a;
+		for (int i = 0; i < (int)(UF_PAGE_SIZE / 8); i++)
+			p[i] = p[i];
+	}
 }

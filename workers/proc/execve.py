@@ -1,86 +1,85 @@
-"""execve of the program's own image: the host reads the path, argv and
-envp from the guest's memory (untrusted: a bad pointer is EFAULT) and lays
-out a fresh image in its RAM; the guest's kernel carries on from there."""
+"""execve: the host reads the path, argv and envp from the guest's memory
+(untrusted: a bad pointer is EFAULT), finds the program in the job's tree
+(workers/files/programs.py) and lays out its image in the VM's RAM; the
+guest's kernel carries on from there.  A job with no tree (a subtree on
+another host) can run the program's own image again only."""
 from __future__ import annotations
 
 import errno
 import os
-import struct
 
 from workers import abi
-from workers.errors import BadProgram
-from workers.vm import layout
+from workers.errors import BadProgram, ExecError
+from workers.files import linux, programs
+from workers.vm import guestmem, layout
 
 TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.proc.table import Job, Proc
-    from workers.vm.machine import VM
-
-MAX_ARGS, MAX_ARG_BYTES = 4096, 1 << 20
-
-
-def read_str(vm: VM, addr: int, limit: int = 4096) -> bytes:
-    """The NUL-terminated string at (addr) in (vm)'s program memory.
-
-    :raise ValueError: it is not there, or longer than (limit).
-    """
-    if not abi.USER_BASE <= addr < vm.layout.ram_size:
-        raise ValueError
-    end = vm.mem.find(b"\0", addr, min(addr + limit, vm.layout.ram_size))
-    if end < 0:
-        raise ValueError
-    return vm.mem[addr:end]
-
-
-def read_strv(vm: VM, addr: int) -> list[bytes]:
-    """The NULL-terminated array of strings at (addr) (argv, envp).
-
-    :raise ValueError: a pointer outside the program's memory.
-    :raise OverflowError: more than the kernel's limits (E2BIG).
-    """
-    out, total = [], 0
-    if addr == 0:
-        return out
-    for i in range(MAX_ARGS):
-        at = addr + 8 * i
-        if not abi.USER_BASE <= at <= vm.layout.ram_size - 8:
-            raise ValueError
-        ptr = struct.unpack_from("<Q", vm.mem, at)[0]
-        if ptr == 0:
-            return out
-        s = read_str(vm, ptr, MAX_ARG_BYTES)
-        total += len(s) + 1
-        if total > MAX_ARG_BYTES:
-            raise OverflowError
-        out.append(s)
-    raise OverflowError
 
 
 def execve(job: Job, p: Proc, path_p: int, argv_p: int, envp_p: int) -> None:
-    """(p)'s EXEC request: its own image again, with new arguments."""
+    """(p)'s EXEC request."""
     vm = p.vm
     try:
-        path = read_str(vm, path_p)
-        argv, envp = read_strv(vm, argv_p), read_strv(vm, envp_p)
+        path = guestmem.read_str(vm, path_p)
+    except OverflowError:
+        return job.reply(p, -errno.ENAMETOOLONG)
+    except ValueError:
+        return job.reply(p, -errno.EFAULT)
+    try:
+        argv, envp = guestmem.read_strv(vm, argv_p), guestmem.read_strv(vm, envp_p)
     except OverflowError:
         return job.reply(p, -errno.E2BIG)
     except ValueError:
         return job.reply(p, -errno.EFAULT)
-    allowed = {os.fsencode(job.program), os.fsencode(job.exe), b"/proc/self/exe"}
-    if path not in allowed:
-        job.say_once(p.pid, f"execve({path.decode(errors='replace')}): only the "
-                     "program's own image can be run; ENOENT")
-        return job.reply(p, -errno.ENOENT)
+    try:
+        found = _find(job, p, path, argv)
+    except ExecError as err:
+        job.say_once(p.pid, f"execve: {err.why}")
+        return job.reply(p, -err.code)
+    _load(job, p, found, envp)
+
+
+def _find(job: Job, p: Proc, path: bytes, argv: list[bytes]) -> programs.Found:
+    limit = vm_limit(p)
+    own = {os.fsencode(job.program), os.fsencode(job.exe)}
+    if job.files is None:
+        if path not in own | {b"/proc/self/exe"}:
+            raise ExecError(errno.ENOENT, f"{path.decode(errors='replace')}: "
+                                     "only the program's own image can be run here")
+        return programs.Found(job.prog, os.fsencode(job.exe), job.exe, argv, in_tree=False)
+    pf = job.files.proc(p.pid)
+    if path == b"/proc/self/exe" and pf.exe is None:
+        return programs.find_host(pf.exe_host, argv, limit)
+    try:
+        return programs.find(job.files.tree, lambda q: job.files.walk_path(
+            p.pid, linux.AT_FDCWD, q, True), path, argv, limit)
+    except ExecError as err:
+        if err.code == errno.ENOENT and path in own:     # the program given on the host
+            return programs.find_host(job.exe, argv, limit)
+        raise
+
+
+def vm_limit(p: Proc) -> int:
+    return p.vm.layout.mmap_top
+
+
+def _load(job: Job, p: Proc, found: programs.Found, envp: list[bytes]) -> None:
     from workers.fork.clone import punch     # (not on `unifork run`'s start path)
+    vm = p.vm
     lay = vm.layout
     punch(vm.ram_fd, abi.USER_BASE, lay.ram_size - abi.USER_BASE)
-    layout.load_program(vm.mem, job.prog)
+    layout.load_program(vm.mem, found.prog)
     try:
-        sp = layout.initial_stack(vm.mem, lay, job.prog, argv, envp, os.fsencode(job.exe),
+        sp = layout.initial_stack(vm.mem, lay, found.prog, found.argv, envp, found.exe,
                                   os.getuid(), os.getgid())
     except BadProgram:      # arguments and environment too big for the stack
         return job.reply(p, -errno.E2BIG)
-    abi.BOOT.put(vm.mem, abi.BOOT_ADDR, entry=job.prog.entry, sp=sp,
-                 brk=(job.prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
-                 mmap_top=lay.mmap_top, stack_low=lay.stack_low)
+    abi.BOOT.put(vm.mem, abi.BOOT_ADDR, entry=found.prog.entry, sp=sp,
+                 brk=(found.prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
+                 mmap_top=lay.mmap_top, stack_low=lay.stack_low, exe=found.exe[:255])
+    if job.files is not None:
+        pf = job.files.proc(p.pid)
+        pf.exe, pf.exe_host = (found.exe if found.in_tree else None), found.host
     job.reply(p, 0)

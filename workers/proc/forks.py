@@ -64,6 +64,8 @@ def fork(job: Job, parent: Proc, asked: float) -> None:
         job.say(parent.pid, f"fork failed: {err}")
         return job.reply(parent, -errno.EAGAIN)
     count_ends(job, child_vm, +1)
+    if job.files is not None:
+        job.files.fork(parent.pid, pid)
     child = job.add(child_vm, parent.pid, pid, record=False)
     parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
     clone.start(child_vm, parent_tsc, asked, clone.clock_offset(parent.vm))

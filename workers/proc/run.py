@@ -1,16 +1,21 @@
 """`unifork run`: one program, one VM, on this machine, no broker.
 
-run() checks the program, makes the job's shared region with its stdio
-rings, pid 1's VM and the Job, and hands them to the supervisor
-(supervisor.py), which runs the job until pid 1 ends and says how it did.
+run() makes the job's file tree (workers/files/), finds the program (in
+the tree if it is there, else on the host), makes the job's shared region
+with its stdio rings, pid 1's VM and the Job, and hands them to the
+supervisor (supervisor.py), which runs the job until pid 1 ends and says
+how it did.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 from workers import abi, config
-from workers.errors import BadProgram, UniforkError, VMError
+from workers.errors import BadProgram, ExecError, UniforkError, UsageError, VMError
+from workers.files import linux, programs
+from workers.files.calls import Files
 from workers.proc.stdio import Stdio
 from workers.proc.supervisor import Supervisor
 from workers.proc.table import Job, Slots
@@ -26,7 +31,8 @@ class RunRequest:
     def __init__(self, program: str, args: list[str], env: list[str], mem_mib: int = 128,
                  timeout: float | None = None, stdin: int = 0, stdout: int = 1,
                  stderr: int = 2, max_procs: int = 64, name: str | None = None,
-                 slots=None, events=None, link=None, fork_wait: float | None = None) -> None:
+                 slots=None, events=None, link=None, fork_wait: float | None = None,
+                 volumes: list[str] | None = None, workdir: str = "/") -> None:
         self.program, self.args, self.env = program, args, env
         self.mem_mib, self.timeout = mem_mib, timeout
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -36,13 +42,12 @@ class RunRequest:
         self.events = events            # process changes, for the cluster's state
         self.link = link                # cluster.Link: forks may go to other hosts
         self.fork_wait = fork_wait      # a fork's wait for a VM (then EAGAIN); None: config
+        self.volumes = volumes or []    # HOST_DIR:GUEST_DIR[:ro], the job's tree
+        self.workdir = workdir          # pid 1's working directory in it
 
 
 def prepare(req: RunRequest) -> elf.Program:
-    """Read and validate the program; every problem is a BadProgram."""
-    if req.mem_mib % 2 or not 16 <= req.mem_mib <= abi.MAX_RAM >> 20:
-        raise BadProgram(f"--mem {req.mem_mib}: must be an even number of MiB "
-                         f"from 16 to {abi.MAX_RAM >> 20}")
+    """Read and validate the program on the host; every problem is a BadProgram."""
     try:
         with open(req.program, "rb") as f:
             data = f.read()
@@ -51,17 +56,61 @@ def prepare(req: RunRequest) -> elf.Program:
     return elf.parse(req.program, data, abi.PIE_BASE, Layout(req.mem_mib << 20).mmap_top)
 
 
+def check(req: RunRequest) -> None:
+    """The options that do not depend on the program."""
+    if req.mem_mib % 2 or not 16 <= req.mem_mib <= abi.MAX_RAM >> 20:
+        raise BadProgram(f"--mem {req.mem_mib}: must be an even number of MiB "
+                         f"from 16 to {abi.MAX_RAM >> 20}")
+    if req.max_procs < 1:
+        raise BadProgram(f"--max-procs {req.max_procs}: must be at least 1")
+    if not req.workdir.startswith("/"):
+        raise UsageError(f"--workdir {req.workdir}: must be an absolute path in the tree")
+
+
+def open_tree(req: RunRequest, say) -> tuple[Files, programs.Found]:
+    """The job's files, and its program: the tree's when the tree has it
+    (as `docker run` finds it), else the host's."""
+    from workers.files.tree import Tree, parse_volume
+    files = Files(Tree([parse_volume(v) for v in req.volumes]), say)
+    try:
+        workdir = os.fsencode(req.workdir)
+        files.start(1, workdir, None, "")
+        argv = [os.fsencode(req.name), *map(os.fsencode, req.args)]
+        walk = lambda q: files.walk_path(1, linux.AT_FDCWD, q, True)   # noqa: E731
+        limit = Layout(req.mem_mib << 20).mmap_top
+        try:
+            found = programs.find(files.tree, walk, os.fsencode(req.program), argv, limit)
+        except ExecError as err:
+            if err.code != errno.ENOENT or not os.path.exists(req.program):
+                raise BadProgram(err.why) from err
+            found = programs.Found(prepare(req), os.fsencode(os.path.abspath(req.program)),
+                                   os.path.abspath(req.program), argv, in_tree=False)
+        try:
+            files.walk_path(1, linux.AT_FDCWD, workdir, True).release()
+        except OSError as err:
+            raise UsageError(f"--workdir {req.workdir}: {err.strerror} in the job's tree") \
+                from err
+        files.start(1, workdir, found.exe if found.in_tree else None, found.host)
+        return files, found
+    except BaseException:
+        files.close()
+        raise
+
+
 def run(req: RunRequest) -> int:
     """Run (req) to completion; returns the exit status for our caller.
 
     :raise BadProgram: before any VM starts, when the program cannot run.
+    :raise UsageError: a bad volume or working directory.
     :raise VMError: when QEMU cannot be started.
     """
-    prog = prepare(req)
-    if req.max_procs < 1:
-        raise BadProgram(f"--max-procs {req.max_procs}: must be at least 1")
+    check(req)
+    said: list = []
+    files, found = open_tree(req, lambda pid, msg: said[0](pid, msg))
+    prog = found.prog
     slots = req.slots or Slots(config.get().host_max_vms)
     if not slots.take():
+        files.close()
         raise VMError("this host has no free slot for the job's first VM")
     shm = SharedRegion()
     vm: VM | None = None
@@ -75,12 +124,12 @@ def run(req: RunRequest) -> int:
             cols, rows = os.get_terminal_size(req.stdout)
         except OSError:
             cols, rows = 0, 0
-        vm.load(prog, [os.fsencode(req.name), *map(os.fsencode, req.args)],
-                [os.fsencode(e) for e in req.env], os.fsencode(os.path.abspath(req.program)),
+        vm.load(prog, found.argv, [os.fsencode(e) for e in req.env], found.exe,
                 pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         sup = Supervisor(Stdio(req.name, *(r[1] for r in rings), req.stdin, req.stdout,
                                req.stderr), req.timeout)
+        said.append(sup.say)
         bridge = None
         if req.link is not None:
             from workers.pipes.bridge import open_bridge
@@ -88,7 +137,7 @@ def run(req: RunRequest) -> int:
                                  lambda msg: sup.say(1, msg))
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
                   fork_wait=config.get().fork_wait if req.fork_wait is None else req.fork_wait,
-                  events=req.events, link=req.link, bridge=bridge)
+                  events=req.events, link=req.link, bridge=bridge, files=files)
         sup.job = job
         job.add(vm, pid=1)
         vm.start()
@@ -100,13 +149,14 @@ def run(req: RunRequest) -> int:
             if vm is not None:
                 vm.close()
             slots.give()
+            files.close()
         shm.close()
 
 
 def main_run(req: RunRequest) -> int:
     try:
         return run(req)
-    except BadProgram as err:
+    except (BadProgram, UsageError) as err:
         print(f"unifork: {err}", file=sys.stderr)
         return 2
     except UniforkError as err:

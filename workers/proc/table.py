@@ -94,7 +94,7 @@ class Job:
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
                  max_procs: int, slots: "Slots", say, fork_wait: float = 5.0,
-                 events=None, link=None, tree: int = 1, bridge=None) -> None:
+                 events=None, link=None, tree: int = 1, bridge=None, files=None) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
         self.mem_mib, self.shm = mem_mib, shm
@@ -116,6 +116,7 @@ class Job:
         self.alarm_nudged: dict[int, float] = {}  # pid -> when it was last nudged
         self.alarms_due: float | None = None  # when nudge_alarms must look again
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
+        self.files = files          # workers.files.calls.Files: the job's tree
 
     @property
     def qmp(self):
@@ -204,6 +205,8 @@ class Job:
             waits.wait(self, p, args[0], args[1])
         elif req == abi.Req.KILL:
             signals.kill(self, p, args[0], args[1])
+        elif req == abi.Req.FILE and self.files is not None:
+            self.reply(p, *self.files.call(p.pid, vm, args[0]))
         elif req == abi.Req.EXEC:
             execve.execve(self, p, args[0], args[1], args[2])
         elif req == abi.Req.EXIT:
@@ -232,28 +235,11 @@ class Job:
         if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") == what:
             p.vm.wake()
 
-    # fork --------------------------------------------------------------------
-
     def aio(self, coro):
         """Run a QMP conversation to its end, on the QMP thread."""
         return self.qmp.call(coro)
 
-    # wait ----------------------------------------------------------------------
-
-
-    # the children's table (unifork_abi.h, "Children") -------------------------
-
-
-
-    # kill ----------------------------------------------------------------------
-
-
-
-    # exec ----------------------------------------------------------------------
-
-
-
-    # ends ----------------------------------------------------------------------
+    # -- ends ------------------------------------------------------------------
     def reap(self, p: Proc) -> None:
         """(p)'s QEMU has exited: record how it ended, close what it held,
         hand its children to pid 1, and tell a waiting parent."""
@@ -273,6 +259,8 @@ class Job:
                 self.say(p.pid, "the VM stopped without an exit status (a triple fault "
                          "or a QEMU crash)" + (f": {detail}" if detail else ""))
         self.slots.give()
+        if self.files is not None:
+            self.files.end(p.pid)
         if self.events:
             self.events(p.pid, p.ppid, "killed" if p.wstatus & 0x7F else "exited", p.wstatus,
                         self.tree)
@@ -356,6 +344,8 @@ class Job:
             self._pool.close()
         if self.bridge is not None:
             self.bridge.close()
+        if self.files is not None:
+            self.files.close()
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None

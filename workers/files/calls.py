@@ -1,0 +1,330 @@
+"""The FILE requests of a job's processes (unifork_abi.h, "Files"): the
+system calls on paths, here, and on descriptors (io.py), each with
+Linux's semantics and error numbers.
+
+Files is a job's file service on this host: its tree, the open file
+descriptions, and each process's working directory and program.  call()
+answers one request; every failure is an errno for the guest, never an
+exception for the worker: a bad pointer is EFAULT, an error the host's
+system call gave is passed on as it is (the host's errno numbers are
+Linux's), and anything unexpected is EIO, said once.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from workers import abi
+from workers.files import changes, io, linux
+from workers.files.descriptions import Description, Descriptions
+from workers.files.linux import oserror
+from workers.files.tree import SPECIALS, Place, Tree
+from workers.vm import guestmem
+
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from workers.vm.machine import VM
+
+NR = {"read": 0, "write": 1, "close": 3, "fstat": 5, "lseek": 8, "ioctl": 16,
+      "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20, "fcntl": 72, "flock": 73,
+      "fsync": 74, "fdatasync": 75, "truncate": 76, "ftruncate": 77, "getcwd": 79,
+      "chdir": 80, "fchdir": 81, "fchmod": 91, "fchown": 93, "statfs": 137, "fstatfs": 138,
+      "getdents64": 217, "openat": 257, "mkdirat": 258, "fchownat": 260, "newfstatat": 262, "unlinkat": 263,
+      "linkat": 265, "symlinkat": 266, "readlinkat": 267, "fchmodat": 268,
+      "utimensat": 280, "preadv": 295, "pwritev": 296, "renameat2": 316, "statx": 332,
+      "faccessat2": 439}
+NODES = {"null": abi.Node.NULL, "zero": abi.Node.ZERO, "random": abi.Node.RANDOM}
+
+
+class ProcFiles:
+    """A process's place in the tree: its working directory, and its
+    program (exe: its guest path, None when it is not in the tree; the
+    host's path of it, exe_host)."""
+
+    __slots__ = ("cwd", "exe", "exe_host")
+
+    def __init__(self, cwd: tuple[bytes, ...] = (), exe: bytes | None = None,
+                 exe_host: str = "") -> None:
+        self.cwd, self.exe, self.exe_host = cwd, exe, exe_host
+
+
+class Files:
+    """The file service of one job on this host; (say)(pid, msg) prints
+    a line about a process once."""
+
+    def __init__(self, tree: Tree, say: Callable[[int, str], None], max_open: int = 4096) -> None:
+        self.tree = tree
+        self.say = say
+        self.open = Descriptions(max_open)
+        self.procs: dict[int, ProcFiles] = {}
+
+    def close(self) -> None:
+        self.open.close()
+        self.tree.close()
+
+    # -- processes -------------------------------------------------------------
+    def start(self, pid: int, cwd: bytes, exe: bytes | None, exe_host: str) -> None:
+        self.procs[pid] = ProcFiles(_components(cwd), exe, exe_host)
+
+    def fork(self, parent: int, child: int) -> None:
+        self.open.fork(parent, child)
+        pf = self.procs.get(parent, ProcFiles())
+        self.procs[child] = ProcFiles(pf.cwd, pf.exe, pf.exe_host)
+
+    def end(self, pid: int) -> None:
+        self.open.drop(pid)
+        self.procs.pop(pid, None)
+
+    def proc(self, pid: int) -> ProcFiles:
+        return self.procs.setdefault(pid, ProcFiles())
+
+    # -- requests --------------------------------------------------------------
+    def call(self, pid: int, vm: VM, nr: int) -> tuple[int, int]:
+        """Answer (pid)'s FILE request for system call (nr): (ret, val0)."""
+        fn = _TABLE.get(nr)
+        if fn is None:
+            self.say(pid, f"file system call {nr} is not served: ENOSYS")
+            return -errno.ENOSYS, 0
+        args = abi.CTL.get(vm.mem, abi.CTL_ADDR, "sysarg")
+        try:
+            r = fn(self, pid, vm, *args)
+        except OSError as err:
+            return -(err.errno or errno.EIO), 0
+        except ValueError:
+            return -errno.EFAULT, 0
+        except OverflowError:
+            return -errno.ENAMETOOLONG, 0
+        except Exception as err:        # noqa: BLE001 - a guest must never break the worker
+            self.say(pid, f"file system call {nr} failed on the host: {err!r}: EIO")
+            return -errno.EIO, 0
+        return r if isinstance(r, tuple) else (r, 0)
+
+    # -- walks -----------------------------------------------------------------
+    def walk(self, pid: int, vm: VM, dirh: int, path_p: int, follow: bool) -> Place:
+        """The place of the path at (path_p), relative to handle (dirh)."""
+        path = guestmem.read_str(vm, path_p, 4096)
+        return self.walk_path(pid, dirh, path, follow)
+
+    def walk_path(self, pid: int, dirh: int, path: bytes, follow: bool) -> Place:
+        pf = self.proc(pid)
+        if path.startswith(b"/"):
+            start: tuple[bytes, ...] = ()
+        elif dirh == linux.AT_FDCWD:
+            start = pf.cwd
+        else:
+            d = self.open.get(pid, dirh)
+            if not d.is_dir:
+                raise oserror(errno.ENOTDIR)
+            start = d.path
+        links = {"cwd": b"/" + b"/".join(pf.cwd)}
+        if pf.exe is not None:
+            links["exe"] = pf.exe
+        return self.tree.walk(start, path, follow, links)
+
+    def special_stat(self, pid: int, place: Place) -> bytes:
+        sp = place.special
+        ino = 0x100 + list(SPECIALS).index(place.guest) if place.guest in SPECIALS else 0x100
+        if sp.kind == "dir":
+            return linux.dir_stat(ino)
+        if sp.kind == "dev":
+            return linux.device_stat(sp.rdev, ino)
+        if sp.target == "exe":          # the program outside the tree: the file itself
+            return linux.pack_stat(os.stat(self.proc(pid).exe_host))
+        return linux.link_stat(ino, len(self.link_target(pid, place)))
+
+    def link_target(self, pid: int, place: Place) -> bytes:
+        pf, sp = self.proc(pid), place.special
+        if sp.target == "exe":
+            return pf.exe if pf.exe is not None else os.fsencode(pf.exe_host)
+        if sp.target == "cwd":
+            return b"/" + b"/".join(pf.cwd)
+        return os.fsencode(sp.target)
+
+
+def _components(path: bytes) -> tuple[bytes, ...]:
+    return tuple(c for c in path.split(b"/") if c and c != b".")
+
+
+# -- open ----------------------------------------------------------------------
+def sys_openat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, flags: int,
+               mode: int, *_) -> tuple[int, int]:
+    follow = not flags & os.O_NOFOLLOW and not (flags & os.O_CREAT and flags & os.O_EXCL)
+    if flags & linux.O_TMPFILE == linux.O_TMPFILE:
+        return -errno.EOPNOTSUPP, 0
+    place = files.walk(pid, vm, dirh, path_p, follow)
+    try:
+        if place.special is not None:
+            return _open_special(files, pid, place, flags)
+        return _open_host(files, pid, place, flags, mode)
+    finally:
+        place.release()
+
+
+def _open_special(files: Files, pid: int, place: Place, flags: int) -> tuple[int, int]:
+    sp = place.special
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        raise oserror(errno.EEXIST)
+    if sp.kind == "dev":
+        return 0, NODES[sp.device]
+    writing = flags & os.O_ACCMODE != os.O_RDONLY
+    if sp.kind == "dir":
+        if writing:
+            raise oserror(errno.EISDIR)
+        d = Description(-1, place.guest, None, flags & ~os.O_CREAT, sp, is_dir=True)
+        return files.open.add(pid, d), abi.Node.HOST
+    if sp.target != "exe" or flags & os.O_NOFOLLOW:
+        raise oserror(errno.ELOOP)
+    if writing:
+        raise oserror(errno.ETXTBSY)
+    fd = os.open(files.proc(pid).exe_host, os.O_RDONLY | os.O_CLOEXEC)
+    return files.open.add(pid, Description(fd, place.guest, None, flags)), abi.Node.HOST
+
+
+def _open_host(files: Files, pid: int, place: Place, flags: int, mode: int) -> tuple[int, int]:
+    st = place.st
+    writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+    if st is None:
+        if not flags & os.O_CREAT:
+            raise oserror(errno.ENOENT)
+        if place.must_dir:
+            raise oserror(errno.EISDIR)
+        place.check_writable()
+    else:
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise oserror(errno.EEXIST)
+        _check_existing(files, pid, place, st, flags, writing)
+    host_flags = ((flags & linux.OPEN_PASSED) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+                  | os.O_NONBLOCK)
+    fd = os.open(place.name, host_flags, mode, dir_fd=place.dirfd)
+    try:
+        fst = os.fstat(fd)
+        if not (stat.S_ISREG(fst.st_mode) or stat.S_ISDIR(fst.st_mode)):
+            raise oserror(errno.EACCES)       # swapped for a device meanwhile
+        if not flags & os.O_NONBLOCK and not flags & linux.O_PATH:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    keep = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_NOFOLLOW)
+    d = Description(fd, place.guest, place.vol, keep | os.O_LARGEFILE,
+                    is_dir=stat.S_ISDIR(fst.st_mode))
+    return files.open.add(pid, d), abi.Node.HOST
+
+
+def _check_existing(files: Files, pid: int, place: Place, st, flags: int, writing) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise oserror(errno.ELOOP)
+    if stat.S_ISDIR(st.st_mode):
+        if writing or flags & os.O_CREAT:
+            raise oserror(errno.EISDIR)
+    elif flags & os.O_DIRECTORY or place.must_dir:
+        raise oserror(errno.ENOTDIR)
+    elif not stat.S_ISREG(st.st_mode):
+        files.say(pid, f"open({b'/'.join(place.guest).decode(errors='replace')}): a "
+                  "device, FIFO or socket of the host is never opened through the tree: EACCES")
+        raise oserror(errno.EACCES)
+    if writing:
+        place.check_writable()
+
+
+# -- stat, access, links ---------------------------------------------------------
+def sys_newfstatat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, stp: int,
+                   flags: int, *_) -> int:
+    guestmem.span(vm, stp, linux.STAT.size)[:] = _stat_at(files, pid, vm, dirh, path_p, flags)
+    return 0
+
+
+def _stat_at(files: Files, pid: int, vm: VM, dirh: int, path_p: int, flags: int) -> bytes:
+    if flags & linux.AT_EMPTY_PATH and guestmem.read_str(vm, path_p, 4096) == b"":
+        return io.stat_of(files, pid, files.open.get(pid, dirh))
+    place = files.walk(pid, vm, dirh, path_p, not flags & linux.AT_SYMLINK_NOFOLLOW)
+    try:
+        if place.special is not None:
+            return files.special_stat(pid, place)
+        if place.st is None:
+            raise oserror(errno.ENOENT)
+        if place.must_dir and not stat.S_ISDIR(place.st.st_mode):
+            raise oserror(errno.ENOTDIR)
+        return linux.pack_stat(place.st)
+    finally:
+        place.release()
+
+
+def sys_statx(files: Files, pid: int, vm: VM, dirh: int, path_p: int, flags: int,
+              mask: int, stxp: int, *_) -> int:
+    raw = _stat_at(files, pid, vm, dirh, path_p, flags)
+    guestmem.span(vm, stxp, linux.STATX.size)[:] = linux.pack_statx(raw)
+    return 0
+
+
+def sys_faccessat2(files: Files, pid: int, vm: VM, dirh: int, path_p: int, mode: int,
+                   flags: int, *_) -> int:
+    place = files.walk(pid, vm, dirh, path_p, not flags & linux.AT_SYMLINK_NOFOLLOW)
+    try:
+        if place.special is not None:
+            return -errno.EACCES if mode & os.X_OK and place.special.kind == "dev" else 0
+        if place.st is None:
+            raise oserror(errno.ENOENT)
+        if mode & os.W_OK and place.vol.ro:
+            raise oserror(errno.EROFS)
+        ok = os.access(place.name, mode, dir_fd=place.dirfd, follow_symlinks=False,
+                       effective_ids=bool(flags & linux.AT_EACCESS))
+        return 0 if ok else -errno.EACCES
+    finally:
+        place.release()
+
+
+def sys_readlinkat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, buf: int,
+                   n: int, *_) -> int:
+    place = files.walk(pid, vm, dirh, path_p, False)
+    try:
+        if place.special is not None:
+            if place.special.kind != "link":
+                raise oserror(errno.EINVAL)
+            target = files.link_target(pid, place)
+        elif place.st is None:
+            raise oserror(errno.ENOENT)
+        elif not stat.S_ISLNK(place.st.st_mode):
+            raise oserror(errno.EINVAL)
+        else:
+            target = os.readlink(place.name, dir_fd=place.dirfd)
+    finally:
+        place.release()
+    out = target[:n]
+    guestmem.span(vm, buf, len(out))[:] = out
+    return len(out)
+
+
+def sys_getcwd(files: Files, pid: int, vm: VM, _h: int, buf: int, n: int, *_) -> int:
+    cwd = b"/" + b"/".join(files.proc(pid).cwd) + b"\0"
+    if n < len(cwd):
+        raise oserror(errno.ERANGE)
+    guestmem.span(vm, buf, len(cwd))[:] = cwd
+    return len(cwd)
+
+
+def sys_chdir(files: Files, pid: int, vm: VM, dirh: int, path_p: int, *_) -> int:
+    place = files.walk(pid, vm, dirh, path_p, True)
+    try:
+        is_dir = (place.special.kind == "dir" if place.special is not None
+                  else place.st is not None and stat.S_ISDIR(place.st.st_mode))
+        if place.st is None and place.special is None:
+            raise oserror(errno.ENOENT)
+        if not is_dir:
+            raise oserror(errno.ENOTDIR)
+        files.proc(pid).cwd = place.guest
+        return 0
+    finally:
+        place.release()
+
+
+_TABLE: dict[int, Callable] = {
+    NR["openat"]: sys_openat, NR["newfstatat"]: sys_newfstatat, NR["statx"]: sys_statx,
+    NR["faccessat2"]: sys_faccessat2, NR["readlinkat"]: sys_readlinkat,
+    NR["getcwd"]: sys_getcwd, NR["chdir"]: sys_chdir,
+    **{NR[name]: fn for name, fn in changes.CALLS.items()},
+    **{NR[name]: fn for name, fn in io.CALLS.items()},
+}

@@ -1,0 +1,135 @@
+"""Programs found in a job's tree, for execve and for the job's first
+process: the file a path names, checked as Linux's execve checks it, read,
+and parsed; a "#!" script becomes its interpreter with the script's path
+among its arguments, as Linux's binfmt_script does.
+
+Each failure is the errno Linux gives (ENOENT, EACCES, ENOEXEC, ELOOP)
+and a line that says why (ExecError).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from workers import abi
+from workers.errors import BadProgram, ExecError
+from workers.files.tree import Place, Tree
+from workers.vm import elf
+
+MAX_SCRIPTS = 4                 # Linux's nesting of #! interpreters
+MAX_SIZE = 1 << 30
+_parsed: dict[tuple, elf.Program] = {}     # (dev, ino, mtime, size, ram limit) -> Program
+
+
+class Found:
+    """A program to run: (prog), its path as the guest names it (exe), its
+    host path (host), whether it is in the job's tree, and the arguments
+    (argv) it gets (a script's: its interpreter's)."""
+
+    def __init__(self, prog: elf.Program, exe: bytes, host: str, argv: list[bytes],
+                 in_tree: bool = True) -> None:
+        self.prog, self.exe, self.host, self.argv = prog, exe, host, argv
+        self.in_tree = in_tree
+
+
+def find_host(host: str, argv: list[bytes], ram_limit: int) -> Found:
+    """The program at (host) on the host, outside the tree: the one given
+    to `unifork run` (which it may run again, as /proc/self/exe)."""
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            data = _read_all(fd, st.st_size)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise ExecError(err.errno, f"{host}: {err.strerror}") from err
+    exe = os.fsencode(host)
+    return Found(_parse(exe, data, st, ram_limit), exe, host, argv, in_tree=False)
+
+
+def find(tree: Tree, walk, path: bytes, argv: list[bytes], ram_limit: int) -> Found:
+    """The program at (path) with arguments (argv); (walk)(path) resolves
+    a path in the tree as the process sees it (its working directory).
+
+    :raise ExecError: it cannot be run.
+    """
+    for _ in range(MAX_SCRIPTS + 1):
+        exe, host, data, st = _read(walk, path)
+        if not data.startswith(b"#!"):
+            return Found(_parse(exe, data, st, ram_limit), exe, host, argv)
+        interp, arg = _shebang(exe, data)
+        argv = [interp, *([arg] if arg else []), path, *argv[1:]]
+        path = interp
+    raise ExecError(errno.ELOOP, f"{path.decode(errors='replace')}: more than "
+                    f"{MAX_SCRIPTS} levels of #! interpreters")
+
+
+def _read(walk, path: bytes) -> tuple[bytes, str, bytes, os.stat_result]:
+    shown = path.decode(errors="replace")
+    try:
+        place: Place = walk(path)
+    except OSError as err:
+        raise ExecError(err.errno, f"{shown}: {err.strerror}") from err
+    try:
+        st = place.st
+        if place.special is not None or st is None:
+            raise ExecError(errno.EACCES if place.special else errno.ENOENT,
+                            f"{shown}: " + ("not a program" if place.special else
+                                            "no such file in the job's tree"))
+        if not stat.S_ISREG(st.st_mode):
+            raise ExecError(errno.EACCES, f"{shown}: not a regular file")
+        if not st.st_mode & 0o111:
+            raise ExecError(errno.EACCES, f"{shown}: not executable (mode "
+                            f"{stat.S_IMODE(st.st_mode):o})")
+        if st.st_size > MAX_SIZE:
+            raise ExecError(errno.E2BIG, f"{shown}: larger than {MAX_SIZE >> 20} MiB")
+        fd = os.open(place.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=place.dirfd)
+        try:
+            data = _read_all(fd, st.st_size)
+        finally:
+            os.close(fd)
+        exe = b"/" + b"/".join(place.guest)
+        host = os.path.join(place.vol.host, *map(os.fsdecode, place.guest[len(place.vol.guest):]))
+        return exe, host, data, st
+    finally:
+        place.release()
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        b = os.read(fd, left)
+        if not b:
+            break
+        chunks.append(b)
+        left -= len(b)
+    return b"".join(chunks)
+
+
+def _shebang(exe: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """The interpreter and its one optional argument of a #! line."""
+    line = data[2:data.find(b"\n") if b"\n" in data[:256] else 256].strip(b" \t")
+    if not line:
+        raise ExecError(errno.ENOEXEC, f"{exe.decode(errors='replace')}: a #! line "
+                        "without an interpreter")
+    interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
+    return interp, arg.strip(b" ")
+
+
+def _parse(exe: bytes, data: bytes, st: os.stat_result, ram_limit: int) -> elf.Program:
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, ram_limit)
+    prog = _parsed.get(key)
+    if prog is not None:
+        return prog
+    try:
+        prog = elf.parse(os.fsdecode(exe), data, abi.PIE_BASE, ram_limit)
+    except BadProgram as err:
+        dynamic = "dynamically linked" in str(err)
+        raise ExecError(errno.ENOENT if dynamic else errno.ENOEXEC, str(err)) from err
+    if len(_parsed) > 64:
+        _parsed.clear()
+    _parsed[key] = prog
+    return prog
