@@ -184,7 +184,7 @@ CTL = Record("uf_ctl", [
     ("sig_ignored", "Q"), ("sig_caught", "Q"), ("sig_blocked", "Q"), ("sig_posted", "Q"),
     ("alarm_real_ns", "Q"), ("tsc_is_host", "I"), ("_pad4", "I"), ("_pad5", "16s"),
     ("ends", "128H"), ("kids_alive", "I"), ("kids_unlisted", "I"), ("_pad6", "Q"),
-    ("kids", "512s"), ("sysarg", "6q"),
+    ("kids", "512s"), ("sysarg", "6q"), ("host_watch", "I"), ("_pad7", "I"),
 ])
 
 KIDS = 32

@@ -291,6 +291,13 @@ struct uf_ctl {
 	} kids[32];
 	/* Guest-written: a FILE request's system-call arguments. */
 	int64_t  sysarg[6];
+	/* Host-written: 1 while the host watches req_seq itself (it does for
+	 * a while after a FILE reply, as the next call often follows): a
+	 * request then needs no doorbell.  The guest reads it after storing
+	 * req_seq, the host reads req_seq again after clearing it (both
+	 * behind a full fence), so that one of them sees the other. */
+	volatile uint32_t host_watch;
+	uint32_t _pad7;
 };
 
 /*
@@ -419,7 +426,7 @@ struct uf_shm {
 };
 
 _Static_assert(sizeof(struct uf_boot) == 520, "uf_boot layout");
-_Static_assert(sizeof(struct uf_ctl) == 1088, "uf_ctl layout");
+_Static_assert(sizeof(struct uf_ctl) == 1096, "uf_ctl layout");
 _Static_assert(sizeof(struct uf_ctl) <= UF_PAGE_SIZE, "uf_ctl fits its page");
 _Static_assert(__builtin_offsetof(struct uf_ctl, req) == 64, "uf_ctl lines");
 _Static_assert(__builtin_offsetof(struct uf_ctl, rep_seq) == 128, "uf_ctl lines");

@@ -90,7 +90,8 @@ class Supervisor:
                 return
             if job.changed:                 # a VM came or went: poll the new set
                 continue
-            if self.io.output_waiting():
+            if self.io.output_waiting() or job.unrung:
+                job.unrung = False
                 fired = None
                 continue
             self.io.sync(poller)

@@ -20,7 +20,7 @@ import os
 import time
 
 from workers import abi, config
-from workers.proc import execve, forks, remote, signals, waits
+from workers.proc import execve, forks, remote, signals, waits, watch
 from workers.proc.signals import SIGKILL
 from workers.vm import elf
 from workers.vm.machine import VM
@@ -117,6 +117,7 @@ class Job:
         self.alarms_due: float | None = None  # when nudge_alarms must look again
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
         self.files = files          # workers.files.calls.Files: the job's tree
+        self.unrung = False         # a request may wait that rang no doorbell (watch.py)
 
     @property
     def qmp(self):
@@ -189,8 +190,9 @@ class Job:
             self.say(pid, msg)
 
     # -- requests ------------------------------------------------------------
-    def service(self, p: Proc) -> None:
-        """Answer (p)'s request if it has a new one."""
+    def service(self, p: Proc, watching: bool = True) -> None:
+        """Answer (p)'s request if it has a new one; after a FILE request,
+        and if (watching), answer the next ones as they come (watch.py)."""
         vm = p.vm
         if vm is None or not p.running:
             return
@@ -206,7 +208,9 @@ class Job:
         elif req == abi.Req.KILL:
             signals.kill(self, p, args[0], args[1])
         elif req == abi.Req.FILE and self.files is not None:
-            self.reply(p, *self.files.call(p.pid, vm, args[0]))
+            self.serve_file(p)
+            if watching:
+                watch.watch(self, p)
         elif req == abi.Req.EXEC:
             execve.execve(self, p, args[0], args[1], args[2])
         elif req == abi.Req.EXIT:
@@ -216,6 +220,11 @@ class Job:
             self.reply(p, -errno.ENOSYS)
         if self.bridge is not None and p.parked_seq != p.watched_parked:
             self.watch_vms()
+
+    def serve_file(self, p: Proc) -> None:
+        """Answer (p)'s FILE request (workers/files/)."""
+        mem = p.vm.mem
+        self.reply(p, *self.files.call(p.pid, p.vm, abi.CTL.get(mem, abi.CTL_ADDR, "arg")[0]))
 
     def reply(self, p: Proc, ret: int, val0: int = 0, val1: int = 0,
               wake: bool = True) -> None:
