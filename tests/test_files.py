@@ -106,7 +106,7 @@ def test_nothing_outside_the_tree_is_created_or_read(tmp_path, program):
 
 
 @pytest.mark.parametrize("libc", ["musl", "glibc"])
-@pytest.mark.parametrize("how", ["", "static", "script", "path", "fork"])
+@pytest.mark.parametrize("how", ["", "static", "script", "path", "fexecve", "fork"])
 def test_execve_runs_the_trees_programs_as_linux_does(tmp_path, program, libc, how):
     def build(root: Path) -> Path:
         make_tree(root, {"/execs": program("execs", libc), "/dynamic": "/bin/true"})
@@ -182,6 +182,16 @@ def test_a_read_only_volume_refuses_writes_and_keeps_its_files(tmp_path):
     assert got.stdout == b"kept\nkeep\n"
     assert got.stderr.count(b"Read-only file system") == 3, got.stderr.decode()
     assert sorted(os.listdir(data)) == ["keep"] and (data / "keep").read_text() == "kept\n"
+
+
+def test_the_jobs_limits_give_emfile_and_edquot_and_keep_what_was_written(tmp_path, program):
+    root = make_tree(tmp_path / "t", {"/files": program("files", "musl")})
+    got = unifork("run", "--volume", f"{root}:/", "/files", "limits",
+                  env={"UNIFORK_FILES_MAX_OPEN": "20", "UNIFORK_FILES_MAX_WRITE": "1000"})
+    assert got.stdout == b"opened 20, then EMFILE\nwrote 1000, then EDQUOT\nthe file holds 1000\n"
+    assert (root / "work" / "big").read_bytes() == b"q" * 1000
+    err = got.stderr.decode()
+    assert err.count("UNIFORK_FILES_MAX_OPEN") == 1 and err.count("UNIFORK_FILES_MAX_WRITE") == 1
 
 
 def test_without_volumes_a_job_has_a_fresh_tree_and_tmp_that_are_removed_after(tmp_path):

@@ -165,9 +165,10 @@ enum uf_state {
  *         ("Children", below)
  *   KILL  (arg0) pid, 0 or -1, (arg1) signal    ret: 0 | -errno; the host kills
  *         others; the guest acts on itself after the reply
- *   EXEC  (arg0) path, (arg1) argv, (arg2) envp  ret: 0 | -errno; on success
- *         the host has laid out the new image: entry, sp, brk, mmap_top in
- *         the boot page
+ *   EXEC  (arg0) path, (arg1) argv, (arg2) envp, ret: 0 | -errno; on success
+ *         (arg3) the handle of the directory a     the host has laid out the
+ *         relative path starts from, or AT_FDCWD   new image: entry, sp, brk,
+ *         (an empty path: that file itself)        mmap_top in the boot page
  *   EXIT  none: the process has ended (state     no reply: the VM is parked
  *         and status say how), or a vessel has      ("Vessels")
  *         booted (state NONE)

@@ -472,3 +472,53 @@ fs_map_fill(int fd, uint64_t at, size_t len, long off)
 	}
 	return 0;
 }
+
+/* An offset argument of copy_file_range: 0 and *off, or -errno. */
+static long
+off_arg(long p, struct file *f, int64_t *off)
+{
+	if (!p)
+		return 0;
+	if (f->type != FT_HOST)
+		return -ESPIPE;
+	if (!user_ok((uint64_t)p, 8))
+		return -EFAULT;
+	*off = *(int64_t *)p;
+	return *off < 0 ? -EINVAL : 0;
+}
+
+/*
+ * copy_file_range: as much as one read gives, through a buffer here, from
+ * any file to any other (Linux's takes regular files only; a pipe works
+ * here as with sendfile).  With an offset pointer, that side is read or
+ * written at *off, which moves on, and its file's offset does not.
+ */
+long
+sys_copy_file_range(int in, long offin, int out, long offout, long len, unsigned flags)
+{
+	static uint8_t buf[65536];
+	struct file *fi = getfile(in), *fo = getfile(out);
+	int64_t oi = 0, oo = 0;
+	long e;
+
+	if (!fi || !fo)
+		return -EBADF;
+	if (flags)
+		return -EINVAL;
+	if ((e = off_arg(offin, fi, &oi)) || (e = off_arg(offout, fo, &oo)))
+		return e;
+	if (len <= 0)
+		return len < 0 ? -EINVAL : 0;
+	size_t want = MIN((size_t)len, sizeof buf);
+	long n = offin ? fs_call(__NR_pread64, fi->handle, (long)buf, (long)want, oi, 0) :
+	    file_read(fi, buf, want);
+	if (n <= 0)
+		return n;
+	long w = offout ? fs_call(__NR_pwrite64, fo->handle, (long)buf, n, oo, 0) :
+	    file_write(fo, buf, (size_t)n);
+	if (w > 0 && offin)
+		*(int64_t *)offin = oi + w;
+	if (w > 0 && offout)
+		*(int64_t *)offout = oo + w;
+	return w;
+}

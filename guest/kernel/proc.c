@@ -297,19 +297,29 @@ sys_waitid(long idtype_, long id_, long infop, long options_)
 }
 
 /*
- * execve of the program's own image (the multi-call binary re-running
- * itself): the host checks the path, reads argv and envp from our memory
- * and lays out a fresh image; then this process starts over, keeping its
- * descriptors but those marked close-on-exec.
+ * execve and execveat: the host finds the program in the job's tree
+ * (relative to directory handle dirh, or the descriptor itself when the
+ * path is empty), reads argv and envp from our memory and lays out the
+ * new image; then this process starts over, keeping its descriptors but
+ * those marked close-on-exec.
  */
 long
-sys_execve(long path, long argv, long envp)
+sys_execveat(int dirfd, long path, long argv, long envp, int flags)
 {
-	if (!user_str_ok((const char *)path, 4096))
+	const char *p = (const char *)path;
+	long dirh = AT_FDCWD;
+
+	if (!user_str_ok(p, 4096))
 		return -EFAULT;
 	if (!user_ok((uint64_t)argv, 8) || (envp && !user_ok((uint64_t)envp, 8)))
 		return -EFAULT;
-	long r = host_call(UF_REQ_EXEC, path, argv, envp, 0);
+	if (flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+		return -EINVAL;
+	if (!p[0] && !(flags & AT_EMPTY_PATH))
+		return -ENOENT;
+	if (dirfd != AT_FDCWD && p[0] != '/' && (dirh = fd_handle(dirfd)) < 0)
+		return dirh;
+	long r = host_call(UF_REQ_EXEC, path, argv, envp, dirh);
 	if (r < 0)
 		return r;
 	signal_exec();
@@ -325,4 +335,10 @@ sys_execve(long path, long argv, long envp)
 	uint32_t id[4];
 	cpuid(0, 0, id);
 	start_program(BOOT->entry, BOOT->sp);
+}
+
+long
+sys_execve(long path, long argv, long envp)
+{
+	return sys_execveat(AT_FDCWD, path, argv, envp, 0);
 }

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -55,6 +56,10 @@ main(int argc, char **argv)
 	} else if (!strcmp(argv[1], "path")) {
 		char *a[] = { "echo", "found", "on", "the", "PATH", NULL };
 		execvpe("echo", a, env);
+	} else if (!strcmp(argv[1], "fexecve")) {
+		char *a[] = { "echo", "by", "descriptor", NULL };
+		int fd = open("/bin/busybox", O_RDONLY | O_CLOEXEC);
+		fexecve(fd, a, env);
 	} else if (!strcmp(argv[1], "fork")) {
 		pid_t pid = fork();
 		if (pid == 0) {

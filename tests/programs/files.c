@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/statfs.h>
@@ -39,6 +40,8 @@ ename(int e)
 	case ERANGE: return "ERANGE";
 	case ESPIPE: return "ESPIPE";
 	case EROFS: return "EROFS";
+	case EMFILE: return "EMFILE";
+	case EDQUOT: return "EDQUOT";
 	}
 	return "E?";
 }
@@ -128,6 +131,14 @@ basics(void)
 	SHOW("write appended", write(fd, "!", 1));
 	close(fd);
 	show_file("a");
+	int c = open("c", O_CREAT | O_RDWR | O_TRUNC, 0644), in = open("a", O_RDONLY);
+	loff_t from = 3;
+	SHOW("copy_file_range", syscall(SYS_copy_file_range, in, &from, c, NULL, 5L, 0));
+	SHOW("  and the offset", (long)from);
+	SHOW("sendfile", sendfile(c, in, NULL, 4));
+	close(c);
+	close(in);
+	show_file("c");
 	SHOW("read closed", read(fd, buf, 1));
 	SHOW("read bad pointer", read(open("a", O_RDONLY), (void *)8, 4));
 	SHOW("open bad pointer", open((char *)8, O_RDONLY));
@@ -276,6 +287,29 @@ escapes(void)
 	list("/");
 }
 
+/* The job's limits (set small by the test): open files, bytes written. */
+static void
+limits(void)
+{
+	int n = 0, fd = -1;
+	while (n < 100000 && (fd = open("many", O_CREAT | O_RDONLY, 0644)) >= 0)
+		n++;
+	printf("opened %d, then %s\n", n, ename(errno));
+	for (int i = 3; i < 3 + n; i++)
+		close(i);
+	fd = open("big", O_CREAT | O_WRONLY | O_TRUNC, 0644);
+	long total = 0, r;
+	char buf[300];
+	memset(buf, 'q', sizeof buf);
+	while ((r = write(fd, buf, sizeof buf)) > 0)
+		total += r;
+	printf("wrote %ld, then %s\n", total, ename(errno));
+	close(fd);
+	struct stat st;
+	stat("big", &st);
+	printf("the file holds %ld\n", (long)st.st_size);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -293,5 +327,7 @@ main(int argc, char **argv)
 		sharing();
 	if (!strcmp(part, "all") || !strcmp(part, "escapes"))
 		escapes();
+	if (!strcmp(part, "limits"))
+		limits();
 	return 0;
 }

@@ -55,11 +55,50 @@ class Files:
     """The file service of one job on this host; (say)(pid, msg) prints
     a line about a process once."""
 
-    def __init__(self, tree: Tree, say: Callable[[int, str], None], max_open: int = 4096) -> None:
+    def __init__(self, tree: Tree, say: Callable[[int, str], None], max_open: int = 4096,
+                 max_write: int = 0) -> None:
         self.tree = tree
-        self.say = say
+        self._say, self._said = say, set()
         self.open = Descriptions(max_open)
         self.procs: dict[int, ProcFiles] = {}
+        self.max_write = max_write      # bytes the job may write (0: no limit)
+        self.written = 0
+
+    def say(self, pid: int, msg: str) -> None:
+        """A line about (pid) on the job's stderr, once for each message."""
+        if msg not in self._said:
+            self._said.add(msg)
+            self._say(pid, msg)
+
+    def hold(self, pid: int, d: Description) -> int:
+        """(pid) holds the new open (d): its handle.
+
+        :raise OSError: EMFILE past the job's limit (d is closed).
+        """
+        try:
+            return self.open.add(pid, d)
+        except OSError:
+            self.say(pid, f"the job holds its {self.open.limit} open files "
+                     "(UNIFORK_FILES_MAX_OPEN): EMFILE")
+            raise
+
+    def write_room(self, pid: int, n: int) -> int:
+        """How many of (n) bytes (pid) may write now, counted as written.
+
+        :raise OSError: EDQUOT when the job has written all it may.
+        """
+        if not self.max_write:
+            return n
+        room = self.max_write - self.written
+        if room <= 0 and n > 0:
+            self.say(pid, f"the job has written its {self.max_write} bytes "
+                     "(UNIFORK_FILES_MAX_WRITE): EDQUOT")
+            raise oserror(errno.EDQUOT)
+        return min(n, room)
+
+    def wrote(self, n: int) -> int:
+        self.written += max(n, 0)
+        return n
 
     def close(self) -> None:
         self.open.close()
@@ -174,13 +213,13 @@ def _open_special(files: Files, pid: int, place: Place, flags: int) -> tuple[int
         if writing:
             raise oserror(errno.EISDIR)
         d = Description(-1, place.guest, None, flags & ~os.O_CREAT, sp, is_dir=True)
-        return files.open.add(pid, d), abi.Node.HOST
+        return files.hold(pid, d), abi.Node.HOST
     if sp.target != "exe" or flags & os.O_NOFOLLOW:
         raise oserror(errno.ELOOP)
     if writing:
         raise oserror(errno.ETXTBSY)
     fd = os.open(files.proc(pid).exe_host, os.O_RDONLY | os.O_CLOEXEC)
-    return files.open.add(pid, Description(fd, place.guest, None, flags)), abi.Node.HOST
+    return files.hold(pid, Description(fd, place.guest, None, flags)), abi.Node.HOST
 
 
 def _open_host(files: Files, pid: int, place: Place, flags: int, mode: int) -> tuple[int, int]:
@@ -211,7 +250,7 @@ def _open_host(files: Files, pid: int, place: Place, flags: int, mode: int) -> t
     keep = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_NOFOLLOW)
     d = Description(fd, place.guest, place.vol, keep | os.O_LARGEFILE,
                     is_dir=stat.S_ISDIR(fst.st_mode))
-    return files.open.add(pid, d), abi.Node.HOST
+    return files.hold(pid, d), abi.Node.HOST
 
 
 def _check_existing(files: Files, pid: int, place: Place, st, flags: int, writing) -> None:

@@ -45,7 +45,8 @@ def sys_read(files: Files, pid: int, vm: VM, h: int, buf: int, n: int, *_) -> in
 
 def sys_write(files: Files, pid: int, vm: VM, h: int, buf: int, n: int, *_) -> int:
     d = _file(files, pid, h)
-    return os.write(d.fd, guestmem.span(vm, buf, min(n, MAX_RW)))
+    n = files.write_room(pid, min(n, MAX_RW))
+    return files.wrote(os.write(d.fd, guestmem.span(vm, buf, n)))
 
 
 def sys_pread64(files: Files, pid: int, vm: VM, h: int, buf: int, n: int, off: int,
@@ -61,7 +62,8 @@ def sys_pwrite64(files: Files, pid: int, vm: VM, h: int, buf: int, n: int, off: 
     d = _file(files, pid, h)
     if off < 0:
         raise oserror(errno.EINVAL)
-    return os.pwrite(d.fd, guestmem.span(vm, buf, min(n, MAX_RW)), off)
+    n = files.write_room(pid, min(n, MAX_RW))
+    return files.wrote(os.pwrite(d.fd, guestmem.span(vm, buf, n), off))
 
 
 def sys_readv(files: Files, pid: int, vm: VM, h: int, iov: int, cnt: int, *_) -> int:
@@ -70,8 +72,20 @@ def sys_readv(files: Files, pid: int, vm: VM, h: int, iov: int, cnt: int, *_) ->
 
 
 def sys_writev(files: Files, pid: int, vm: VM, h: int, iov: int, cnt: int, *_) -> int:
-    bufs = guestmem.iovecs(vm, iov, cnt)
-    return os.writev(_file(files, pid, h).fd, bufs) if bufs else 0
+    bufs = _room(files, pid, guestmem.iovecs(vm, iov, cnt))
+    return files.wrote(os.writev(_file(files, pid, h).fd, bufs)) if bufs else 0
+
+
+def _room(files: Files, pid: int, bufs: list[memoryview]) -> list[memoryview]:
+    """The buffers of a vectored write, cut to what the job may write."""
+    left = files.write_room(pid, sum(len(b) for b in bufs))
+    out = []
+    for b in bufs:
+        if left <= 0:
+            break
+        out.append(b[:left])
+        left -= len(out[-1])
+    return out
 
 
 def sys_preadv(files: Files, pid: int, vm: VM, h: int, iov: int, cnt: int, off: int,
@@ -84,10 +98,10 @@ def sys_preadv(files: Files, pid: int, vm: VM, h: int, iov: int, cnt: int, off: 
 
 def sys_pwritev(files: Files, pid: int, vm: VM, h: int, iov: int, cnt: int, off: int,
                 *_) -> int:
-    bufs = guestmem.iovecs(vm, iov, cnt)
+    bufs = _room(files, pid, guestmem.iovecs(vm, iov, cnt))
     if off < 0:
         raise oserror(errno.EINVAL)
-    return os.pwritev(_file(files, pid, h).fd, bufs, off) if bufs else 0
+    return files.wrote(os.pwritev(_file(files, pid, h).fd, bufs, off)) if bufs else 0
 
 
 def sys_lseek(files: Files, pid: int, vm: VM, h: int, off: int, whence: int, *_) -> int:

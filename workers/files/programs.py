@@ -50,13 +50,14 @@ def find_host(host: str, argv: list[bytes], ram_limit: int) -> Found:
 
 
 def find(tree: Tree, walk, path: bytes, argv: list[bytes], ram_limit: int) -> Found:
-    """The program at (path) with arguments (argv); (walk)(path) resolves
-    a path in the tree as the process sees it (its working directory).
+    """The program at (path) with arguments (argv); (walk)(path, first)
+    resolves a path in the tree as the process sees it: the program's
+    (first, for execveat's directory) or a #! interpreter's.
 
     :raise ExecError: it cannot be run.
     """
-    for _ in range(MAX_SCRIPTS + 1):
-        exe, host, data, st = _read(walk, path)
+    for depth in range(MAX_SCRIPTS + 1):
+        exe, host, data, st = _read(lambda q: walk(q, depth == 0), path)
         if not data.startswith(b"#!"):
             return Found(_parse(exe, data, st, ram_limit), exe, host, argv)
         interp, arg = _shebang(exe, data)

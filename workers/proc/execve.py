@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from workers.proc.table import Job, Proc
 
 
-def execve(job: Job, p: Proc, path_p: int, argv_p: int, envp_p: int) -> None:
-    """(p)'s EXEC request."""
+def execve(job: Job, p: Proc, path_p: int, argv_p: int, envp_p: int,
+           dirh: int = linux.AT_FDCWD) -> None:
+    """(p)'s EXEC request: (path_p) relative to the directory handle (dirh)."""
     vm = p.vm
     try:
         path = guestmem.read_str(vm, path_p)
@@ -34,14 +35,14 @@ def execve(job: Job, p: Proc, path_p: int, argv_p: int, envp_p: int) -> None:
     except ValueError:
         return job.reply(p, -errno.EFAULT)
     try:
-        found = _find(job, p, path, argv)
+        found = _find(job, p, path, argv, dirh)
     except ExecError as err:
         job.say_once(p.pid, f"execve: {err.why}")
         return job.reply(p, -err.code)
     _load(job, p, found, envp)
 
 
-def _find(job: Job, p: Proc, path: bytes, argv: list[bytes]) -> programs.Found:
+def _find(job: Job, p: Proc, path: bytes, argv: list[bytes], dirh: int) -> programs.Found:
     limit = vm_limit(p)
     own = {os.fsencode(job.program), os.fsencode(job.exe)}
     if job.files is None:
@@ -52,9 +53,19 @@ def _find(job: Job, p: Proc, path: bytes, argv: list[bytes]) -> programs.Found:
     pf = job.files.proc(p.pid)
     if path == b"/proc/self/exe" and pf.exe is None:
         return programs.find_host(pf.exe_host, argv, limit)
+    if not path:                        # execveat(fd, "", AT_EMPTY_PATH): fexecve
+        try:
+            d = job.files.open.get(p.pid, dirh)
+        except OSError as err:
+            raise ExecError(err.errno, "fexecve of a descriptor that is not open") from err
+        if d.special is not None or d.vol is None:
+            if d.path == (b"proc", b"self", b"exe") and pf.exe is None:
+                return programs.find_host(pf.exe_host, argv, limit)
+            raise ExecError(errno.EACCES, "fexecve of a file that is not a program")
+        path, dirh = b"/" + b"/".join(d.path), linux.AT_FDCWD
     try:
-        return programs.find(job.files.tree, lambda q: job.files.walk_path(
-            p.pid, linux.AT_FDCWD, q, True), path, argv, limit)
+        return programs.find(job.files.tree, lambda q, first: job.files.walk_path(
+            p.pid, dirh if first else linux.AT_FDCWD, q, True), path, argv, limit)
     except ExecError as err:
         if err.code == errno.ENOENT and path in own:     # the program given on the host
             return programs.find_host(job.exe, argv, limit)

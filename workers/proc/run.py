@@ -71,12 +71,14 @@ def open_tree(req: RunRequest, say) -> tuple[Files, programs.Found]:
     """The job's files, and its program: the tree's when the tree has it
     (as `docker run` finds it), else the host's."""
     from workers.files.tree import Tree, parse_volume
-    files = Files(Tree([parse_volume(v) for v in req.volumes]), say)
+    cfg = config.get()
+    files = Files(Tree([parse_volume(v) for v in req.volumes]), say, cfg.files_max_open,
+                  cfg.files_max_write)
     try:
         workdir = os.fsencode(req.workdir)
         files.start(1, workdir, None, "")
         argv = [os.fsencode(req.name), *map(os.fsencode, req.args)]
-        walk = lambda q: files.walk_path(1, linux.AT_FDCWD, q, True)   # noqa: E731
+        walk = lambda q, first: files.walk_path(1, linux.AT_FDCWD, q, True)   # noqa: E731
         limit = Layout(req.mem_mib << 20).mmap_top
         try:
             found = programs.find(files.tree, walk, os.fsencode(req.program), argv, limit)

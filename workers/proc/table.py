@@ -212,7 +212,7 @@ class Job:
             if watching:
                 watch.watch(self, p)
         elif req == abi.Req.EXEC:
-            execve.execve(self, p, args[0], args[1], args[2])
+            execve.execve(self, p, args[0], args[1], args[2], args[3])
         elif req == abi.Req.EXIT:
             return              # it has ended and parked: the supervisor reaps it
         else:
