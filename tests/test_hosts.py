@@ -9,6 +9,7 @@ fork makes one child."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 
@@ -155,6 +156,20 @@ def test_children_run_on_every_host_and_their_statuses_and_output_come_back(net,
     while free_slots(net) != SLOTS:                          # every slot came back
         assert time.monotonic() < deadline, free_slots(net)
         time.sleep(0.2)
+
+
+def test_children_on_other_hosts_use_the_jobs_files_as_if_they_were_home(net, program, tmp_path):
+    """The tree is pid 1's host's: children placed on the other two read
+    through a descriptor they share with the rest (one offset), append to
+    one log, make files of their own and run execve, all in it."""
+    exe = program("spreadfiles", "musl")
+    want = subprocess.run([exe, "6", "2000"], capture_output=True, cwd=tmp_path, timeout=60)
+    got = cli(net, "submit", "--wait", exe, 6, 2000)
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout.decode() == want.stdout.decode(), got.stderr.decode()
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    ps = procs(net, job_id)
+    assert len({p["host"] for p in ps.values()}) == 3, ps     # some ran elsewhere
 
 
 def test_a_full_cluster_makes_fork_fail_with_eagain_after_the_fork_wait(net, program):
@@ -333,3 +348,4 @@ def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, p
         assert f"child {pid - 2} killed by 9".encode() in out.stdout, out
         assert f"(pid {pid}): host {dead} was lost: reported as killed".encode() in out.stderr
     assert b"3 forked" in out.stdout
+

@@ -173,6 +173,15 @@ class Link:
         """Process (pid)'s record in the job (its tree, host, state)."""
         return state.procs(self.r, self.job_id).get(pid)
 
+    def set_files(self, address: str) -> None:
+        """The job's file server is at (address) (its home's, HOST:PORT)."""
+        state.set_job(self.r, self.job_id, files=address)
+
+    def files_address(self) -> str | None:
+        """Where the job's file server is, for a subtree (remote.py)."""
+        info = state.job_info(self.r, self.job_id) or {}
+        return info.get("files") or None
+
     def alloc_pid(self) -> int:
         """A pid unique in the job: from a block of PID_BLOCK this subtree
         took from the job's counter (one Redis round trip a block, not a

@@ -34,8 +34,7 @@ from broker.cluster.link import Link, cluster_secret
 from workers import abi
 from workers.errors import TransferError
 from workers.fork import arrival, clone, wire
-from workers.files.calls import Files
-from workers.files.tree import Tree
+from workers.files.remote import RemoteFiles
 from workers.fork.arrival import Arrival
 from workers.proc.stdio import Stdio
 from workers.proc.supervisor import Supervisor
@@ -196,8 +195,9 @@ class _Child:
         if self.bridge is None:     # for the pipes the subtree makes and forks elsewhere
             self.bridge = self.make_bridge()
         events = state.proc_recorder(here.r, task.job, here.host, here.incarnation, task.holder)
-        files = Files(Tree([]), sup.say)    # (the job's tree is its home's: not forwarded yet)
-        files.start(task.pid, b"/", None, self.path)
+        link = self.link
+        files = RemoteFiles(link.files_address, link.secret, task.job, sup.say,
+                            task.mem_mib << 20)     # the job's tree is its home's
         self.job = Job(self.path, self.program, task.mem_mib, a.shm, 64,
                        here.slots, sup.say, fork_wait=task.fork_wait, events=events,
                        link=self.link, tree=task.pid, bridge=self.bridge, files=files)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 
 from workers import abi
-from workers.files import changes, io, linux
+from workers.files import changes, io, linux, programs
 from workers.files.descriptions import Description, Descriptions
 from workers.files.linux import oserror
 from workers.files.tree import SPECIALS, Place, Tree
@@ -63,6 +64,9 @@ class Files:
         self.procs: dict[int, ProcFiles] = {}
         self.max_write = max_write      # bytes the job may write (0: no limit)
         self.written = 0
+        # Held by each call: processes on other hosts are served on the
+        # file server's threads (server.py), those here on the supervisor's.
+        self.lock = threading.Lock()
 
     def say(self, pid: int, msg: str) -> None:
         """A line about (pid) on the job's stderr, once for each message."""
@@ -109,13 +113,28 @@ class Files:
         self.procs[pid] = ProcFiles(_components(cwd), exe, exe_host)
 
     def fork(self, parent: int, child: int) -> None:
-        self.open.fork(parent, child)
-        pf = self.procs.get(parent, ProcFiles())
-        self.procs[child] = ProcFiles(pf.cwd, pf.exe, pf.exe_host)
+        """(child) holds what (parent) holds, and starts where it is; told
+        by the parent's host before the child can run."""
+        with self.lock:
+            self.open.fork(parent, child)
+            pf = self.procs.get(parent, ProcFiles())
+            self.procs[child] = ProcFiles(pf.cwd, pf.exe, pf.exe_host)
 
     def end(self, pid: int) -> None:
-        self.open.drop(pid)
-        self.procs.pop(pid, None)
+        with self.lock:
+            self.open.drop(pid)
+            self.procs.pop(pid, None)
+
+    def find_program(self, pid: int, path: bytes, argv: list[bytes], dirh: int, limit: int):
+        """What (pid)'s execve of (path) runs (programs.find_for)."""
+        with self.lock:
+            return programs.find_for(self, pid, path, argv, dirh, limit)
+
+    def exec_done(self, pid: int, found) -> None:
+        """(pid) runs (found) now: /proc/self/exe names it."""
+        with self.lock:
+            pf = self.proc(pid)
+            pf.exe, pf.exe_host = (found.exe if found.in_tree else None), found.host
 
     def proc(self, pid: int) -> ProcFiles:
         return self.procs.setdefault(pid, ProcFiles())
@@ -123,13 +142,18 @@ class Files:
     # -- requests --------------------------------------------------------------
     def call(self, pid: int, vm: VM, nr: int) -> tuple[int, int]:
         """Answer (pid)'s FILE request for system call (nr): (ret, val0)."""
+        return self.call_with(pid, vm, nr, abi.CTL.get(vm.mem, abi.CTL_ADDR, "sysarg"))
+
+    def call_with(self, pid: int, vm, nr: int, args) -> tuple[int, int]:
+        """call(), with the arguments given (vm: the guest's memory, or a
+        copy of what the call needs of it, server.py)."""
         fn = _TABLE.get(nr)
         if fn is None:
             self.say(pid, f"file system call {nr} is not served: ENOSYS")
             return -errno.ENOSYS, 0
-        args = abi.CTL.get(vm.mem, abi.CTL_ADDR, "sysarg")
         try:
-            r = fn(self, pid, vm, *args)
+            with self.lock:
+                r = fn(self, pid, vm, *args)
         except OSError as err:
             return -(err.errno or errno.EIO), 0
         except ValueError:

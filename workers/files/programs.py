@@ -14,8 +14,13 @@ import stat
 
 from workers import abi
 from workers.errors import BadProgram, ExecError
+from workers.files.linux import AT_FDCWD
 from workers.files.tree import Place, Tree
 from workers.vm import elf
+
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
+if TYPE_CHECKING:
+    from workers.files.calls import Files
 
 MAX_SCRIPTS = 4                 # Linux's nesting of #! interpreters
 MAX_SIZE = 1 << 30
@@ -28,9 +33,9 @@ class Found:
     (argv) it gets (a script's: its interpreter's)."""
 
     def __init__(self, prog: elf.Program, exe: bytes, host: str, argv: list[bytes],
-                 in_tree: bool = True) -> None:
+                 in_tree: bool = True, key: str = "") -> None:
         self.prog, self.exe, self.host, self.argv = prog, exe, host, argv
-        self.in_tree = in_tree
+        self.in_tree, self.key = in_tree, key
 
 
 def find_host(host: str, argv: list[bytes], ram_limit: int) -> Found:
@@ -46,7 +51,8 @@ def find_host(host: str, argv: list[bytes], ram_limit: int) -> Found:
     except OSError as err:
         raise ExecError(err.errno, f"{host}: {err.strerror}") from err
     exe = os.fsencode(host)
-    return Found(_parse(exe, data, st, ram_limit), exe, host, argv, in_tree=False)
+    return Found(_parse(exe, data, st, ram_limit), exe, host, argv, in_tree=False,
+                 key=_key(st))
 
 
 def find(tree: Tree, walk, path: bytes, argv: list[bytes], ram_limit: int) -> Found:
@@ -59,7 +65,7 @@ def find(tree: Tree, walk, path: bytes, argv: list[bytes], ram_limit: int) -> Fo
     for depth in range(MAX_SCRIPTS + 1):
         exe, host, data, st = _read(lambda q: walk(q, depth == 0), path)
         if not data.startswith(b"#!"):
-            return Found(_parse(exe, data, st, ram_limit), exe, host, argv)
+            return Found(_parse(exe, data, st, ram_limit), exe, host, argv, key=_key(st))
         interp, arg = _shebang(exe, data)
         argv = [interp, *([arg] if arg else []), path, *argv[1:]]
         path = interp
@@ -99,6 +105,10 @@ def _read(walk, path: bytes) -> tuple[bytes, str, bytes, os.stat_result]:
         place.release()
 
 
+def _key(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
 def _read_all(fd: int, size: int) -> bytes:
     chunks, left = [], size
     while left > 0:
@@ -120,17 +130,64 @@ def _shebang(exe: bytes, data: bytes) -> tuple[bytes, bytes]:
     return interp, arg.strip(b" ")
 
 
+def key_of(found: Found) -> str:
+    """A name of the program's file as it is now, for hosts that cache it."""
+    return found.key
+
+
+def parse_cached(key: str, exe: bytes, data: bytes, ram_limit: int) -> elf.Program:
+    """(data) parsed, or the program parsed before under (key)."""
+    prog = _parsed.get((key, ram_limit))
+    if prog is None:
+        prog = _parse_data(exe, data, ram_limit)
+        _remember((key, ram_limit), prog)
+    return prog
+
+
 def _parse(exe: bytes, data: bytes, st: os.stat_result, ram_limit: int) -> elf.Program:
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, ram_limit)
     prog = _parsed.get(key)
     if prog is not None:
         return prog
-    try:
-        prog = elf.parse(os.fsdecode(exe), data, abi.PIE_BASE, ram_limit)
-    except BadProgram as err:
-        dynamic = "dynamically linked" in str(err)
-        raise ExecError(errno.ENOENT if dynamic else errno.ENOEXEC, str(err)) from err
+    prog = _parse_data(exe, data, ram_limit)
+    _remember(key, prog)
+    return prog
+
+
+def _remember(key: tuple, prog: elf.Program) -> None:
     if len(_parsed) > 64:
         _parsed.clear()
     _parsed[key] = prog
-    return prog
+
+
+def _parse_data(exe: bytes, data: bytes, ram_limit: int) -> elf.Program:
+    try:
+        return elf.parse(os.fsdecode(exe), data, abi.PIE_BASE, ram_limit)
+    except BadProgram as err:
+        dynamic = "dynamically linked" in str(err)
+        raise ExecError(errno.ENOENT if dynamic else errno.ENOEXEC, str(err)) from err
+
+
+def find_for(files: Files, pid: int, path: bytes, argv: list[bytes], dirh: int,
+             ram_limit: int) -> Found:
+    """What (pid)'s execveat(dirh, path, argv) runs, as the process sees
+    the tree (its working directory; dirh a handle or AT_FDCWD; an empty
+    path: the file of handle dirh itself).
+
+    :raise ExecError: it cannot be run.
+    """
+    pf = files.proc(pid)
+    if path == b"/proc/self/exe" and pf.exe is None:
+        return find_host(pf.exe_host, argv, ram_limit)
+    if not path:                        # execveat(fd, "", AT_EMPTY_PATH): fexecve
+        try:
+            d = files.open.get(pid, dirh)
+        except OSError as err:
+            raise ExecError(err.errno, "fexecve of a descriptor that is not open") from err
+        if d.special is not None or d.vol is None:
+            if d.path == (b"proc", b"self", b"exe") and pf.exe is None:
+                return find_host(pf.exe_host, argv, ram_limit)
+            raise ExecError(errno.EACCES, "fexecve of a file that is not a program")
+        path, dirh = b"/" + b"/".join(d.path), AT_FDCWD
+    return find(files.tree, lambda q, first: files.walk_path(
+        pid, dirh if first else AT_FDCWD, q, True), path, argv, ram_limit)

@@ -29,94 +29,22 @@ runs anything, nor do its bytes cross the network in clear.  Sealing costs
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import struct
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from workers.errors import TransferError
+from workers.seal import Sealed
 
 MAGIC = b"UFK3"
-TAG_SIZE = 16
 MAX_HEADER = 1 << 16
 CHUNK = 1 << 20
-_Q, _I, _QQ = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<QQ")
+PERSON = b"unifork-fork"
+_I, _QQ = struct.Struct("<I"), struct.Struct("<QQ")
 
 
-def _cipher(secret: bytes, nonce: bytes, direction: bytes) -> AESGCM:
-    return AESGCM(hashlib.blake2b(nonce + direction, key=secret[:64], digest_size=32,
-                                  person=b"unifork-fork").digest())
-
-
-class _Sealed:
-    """One direction of a fork's connection: records sealed under nonces
-    (first), (first)+1...  (the order is part of what is authenticated)."""
-
-    def __init__(self, sock: socket.socket | None, secret: bytes, nonce: bytes,
-                 direction: bytes, first: int = 0) -> None:
-        self.sock, self.aead, self.n = sock, _cipher(secret, nonce, direction), first
-
-    def _nonce(self) -> bytes:
-        self.n += 1
-        return (self.n - 1).to_bytes(12, "little")
-
-    def seal(self, data) -> bytearray:
-        """The next record, (data) sealed."""
-        record = bytearray(4 + len(data) + TAG_SIZE)
-        _I.pack_into(record, 0, len(data) + TAG_SIZE)
-        self.aead.encrypt_into(self._nonce(), data, None, memoryview(record)[4:])
-        return record
-
-    def send(self, data) -> None:
-        self.sock.sendall(self.seal(data))
-
-    def _record(self, limit: int) -> bytearray:
-        n = _I.unpack(_recv_exact(self.sock, 4))[0]
-        if not TAG_SIZE <= n <= limit + TAG_SIZE:
-            raise TransferError(f"a fork stream record of {n} bytes")
-        buf = bytearray(n)
-        _recv_into(self.sock, memoryview(buf))
-        return buf
-
-    def take(self, limit: int) -> bytes:
-        """The next record, opened; at most (limit) bytes."""
-        record = self._record(limit)
-        try:
-            return self.aead.decrypt(self._nonce(), record, None)
-        except InvalidTag:
-            raise _forged() from None
-
-    def take_into(self, view: memoryview) -> None:
-        """The next record, opened straight into (view), which it fills."""
-        record = self._record(len(view))
-        if len(record) - TAG_SIZE != len(view):
-            raise TransferError("a RAM record of the wrong length")
-        try:
-            self.aead.decrypt_into(self._nonce(), record, None, view)
-        except InvalidTag:
-            raise _forged() from None
-
-
-def _forged() -> TransferError:
-    return TransferError("the fork stream does not open: not sent with this cluster's "
-                         "secret, altered, or replayed")
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    _recv_into(sock, memoryview(buf))
-    return bytes(buf)
-
-
-def _recv_into(sock: socket.socket, view: memoryview) -> None:
-    while view:
-        got = sock.recv_into(view)
-        if got == 0:
-            raise TransferError("the connection closed in the middle of a fork")
-        view = view[got:]
+def _Sealed(sock, secret: bytes, nonce: bytes, direction: bytes, first: int = 0) -> Sealed:
+    return Sealed(sock, secret, nonce + direction, PERSON, first)
 
 
 def seal_ram(secret: bytes, nonce: bytes, ram: memoryview, extents) -> list[bytearray]:

@@ -50,22 +50,8 @@ def _find(job: Job, p: Proc, path: bytes, argv: list[bytes], dirh: int) -> progr
             raise ExecError(errno.ENOENT, f"{path.decode(errors='replace')}: "
                                      "only the program's own image can be run here")
         return programs.Found(job.prog, os.fsencode(job.exe), job.exe, argv, in_tree=False)
-    pf = job.files.proc(p.pid)
-    if path == b"/proc/self/exe" and pf.exe is None:
-        return programs.find_host(pf.exe_host, argv, limit)
-    if not path:                        # execveat(fd, "", AT_EMPTY_PATH): fexecve
-        try:
-            d = job.files.open.get(p.pid, dirh)
-        except OSError as err:
-            raise ExecError(err.errno, "fexecve of a descriptor that is not open") from err
-        if d.special is not None or d.vol is None:
-            if d.path == (b"proc", b"self", b"exe") and pf.exe is None:
-                return programs.find_host(pf.exe_host, argv, limit)
-            raise ExecError(errno.EACCES, "fexecve of a file that is not a program")
-        path, dirh = b"/" + b"/".join(d.path), linux.AT_FDCWD
     try:
-        return programs.find(job.files.tree, lambda q, first: job.files.walk_path(
-            p.pid, dirh if first else linux.AT_FDCWD, q, True), path, argv, limit)
+        return job.files.find_program(p.pid, path, argv, dirh, limit)
     except ExecError as err:
         if err.code == errno.ENOENT and path in own:     # the program given on the host
             return programs.find_host(job.exe, argv, limit)
@@ -91,6 +77,5 @@ def _load(job: Job, p: Proc, found: programs.Found, envp: list[bytes]) -> None:
                  brk=(found.prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
                  mmap_top=lay.mmap_top, stack_low=lay.stack_low, exe=found.exe[:255])
     if job.files is not None:
-        pf = job.files.proc(p.pid)
-        pf.exe, pf.exe_host = (found.exe if found.in_tree else None), found.host
+        job.files.exec_done(p.pid, found)
     job.reply(p, 0)

@@ -81,6 +81,8 @@ def fork_remote(job: Job, parent: Proc, asked: float) -> None:
     parent.parked_seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
     pid, pipes = job.new_pid(), []
     parent.sending = (pid, pipes)
+    if job.files is not None:      # before the child can run, wherever it does
+        job.files.fork(parent.pid, pid)
     if job.bridge is not None:     # the child's pipes (and stdin) reach it over a link
         ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
         used = job.shm.used()
@@ -105,6 +107,8 @@ def forked(job: Job, msg: dict) -> None:
     if "error" in msg and job.bridge is not None:
         for spec in pipes:
             job.bridge.unlink(spec)
+    if "error" in msg and job.files is not None:
+        job.files.end(pid)
     if "error" in msg:
         if parent.running:
             job.say_once(parent.pid, f"fork onto another host failed: {msg['error']}: EAGAIN")

@@ -116,7 +116,7 @@ def run(req: RunRequest) -> int:
         raise VMError("this host has no free slot for the job's first VM")
     shm = SharedRegion()
     vm: VM | None = None
-    job = None
+    job = server = None
     try:
         rings = [shm.new_ring() for _ in range(3)]
         vm = VM(req.mem_mib, shm, fast_bell=req.link is not None)
@@ -137,6 +137,10 @@ def run(req: RunRequest) -> int:
             from workers.pipes.bridge import open_bridge
             bridge = open_bridge(shm, req.link.secret, req.link.job_id, req.link.address,
                                  lambda msg: sup.say(1, msg))
+        if req.link is not None and req.link.address:   # its processes elsewhere use its tree
+            from workers.files.server import FileServer
+            server = FileServer(files, req.link.secret, req.link.job_id, req.link.address)
+            req.link.set_files(server.address)
         job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
                   fork_wait=config.get().fork_wait if req.fork_wait is None else req.fork_wait,
                   events=req.events, link=req.link, bridge=bridge, files=files)
@@ -145,6 +149,8 @@ def run(req: RunRequest) -> int:
         vm.start()
         return sup.run()
     finally:
+        if server is not None:
+            server.close()
         if job is not None:
             job.close()             # closes the VMs, gives back their slots
         else:
