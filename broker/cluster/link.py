@@ -154,7 +154,9 @@ class Link:
         for pid, host in watch.items():
             rec = records.get(pid, {})
             if rec.get("state") in ("exited", "killed"):
-                self.deliver({"type": "exit", "pid": pid, "wstatus": rec.get("wstatus") or 9})
+                wstatus = rec.get("wstatus")    # (0 for exit 0: not "none")
+                self.deliver({"type": "exit", "pid": pid,
+                              "wstatus": 9 if wstatus is None else wstatus})
             elif not state.host_alive(r, host, rec.get("incarnation")):
                 self.deliver({"type": "lost", "pid": pid, "why": f"host {host} was lost"})
             else:
