@@ -46,6 +46,16 @@ def parser():
     s.add_argument("--mem", type=int, default=128, metavar="MIB")
     s.add_argument("--max-procs", type=int, default=64, metavar="N")
     s.add_argument("--timeout", type=float, default=None, metavar="S")
+    s.add_argument("--input", action="append", default=[], metavar="HOST_PATH[:GUEST_PATH]",
+                   help="a file or directory for the job's tree (repeatable; default "
+                   "GUEST_PATH /BASENAME); PROGRAM is found there if it is not a file here")
+    s.add_argument("--workdir", default="/", metavar="GUEST_DIR",
+                   help="pid 1's working directory in the tree (default /)")
+    s.add_argument("--output", action="append", default=[], metavar="GLOB",
+                   help="files of the tree the job gives back as it ends (repeatable; "
+                   "`unifork fetch` gets them; with --wait, written into --out)")
+    s.add_argument("--out", default=None, metavar="DIR",
+                   help="with --wait: where the --output files go (default: not written)")
     s.add_argument("--fork-wait", type=float, default=None, metavar="S",
                    help="how long a fork waits for a free slot in the cluster before it "
                    "fails with EAGAIN (default: the worker's UNIFORK_FORK_WAIT, 5 s)")
@@ -58,6 +68,10 @@ def parser():
     cluster("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
     cn = cluster("cancel", help="stop a job")
     cn.add_argument("job", metavar="JOB")
+    fe = cluster("fetch", help="the files a job gave back (its --output), into a directory")
+    fe.add_argument("job", metavar="JOB")
+    fe.add_argument("paths", nargs="*", metavar="GUEST_PATH")
+    fe.add_argument("--out", default=".", metavar="DIR", help="where they go (default .)")
     dr = cluster("drain", help="make a host take no new jobs or forks; its running ones finish")
     dr.add_argument("name", metavar="NAME")
     return p

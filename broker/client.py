@@ -81,12 +81,43 @@ def connect():
 
 def submit(program: str, args: list[str] | tuple = (), env: list[str] | tuple = (),
            stdin: bytes = b"", mem_mib: int = 128, max_procs: int = 64,
-           timeout: float | None = None, fork_wait: float | None = None) -> Job:
-    """Validate (program), store it by content hash, queue the job.
+           timeout: float | None = None, fork_wait: float | None = None,
+           inputs: list[str] | tuple = (), workdir: str = "/",
+           outputs: list[str] | tuple = ()) -> Job:
+    """Validate (program), store it by content hash, queue the job; with
+    (inputs) (HOST_PATH[:GUEST_PATH]), its tree, the program is found
+    there if it is not a file here.  (outputs): globs of the tree's files
+    the job gives back when it ends (fetch()).
 
     :raise workers.errors.BadProgram: the program cannot run (nothing is queued).
+    :raise workers.errors.UsageError: bad inputs, or more than UNIFORK_INPUT_MAX.
     :raise state.Unreachable: Redis cannot be reached.
     """
+    import os
+    from broker import inputs as files
+    from workers import config
+    kwargs: dict = {"name": program, "args": list(args), "env": list(env),
+                    "stdin": base64.b64encode(stdin).decode(), "mem_mib": mem_mib,
+                    "max_procs": max_procs, "timeout": timeout, "fork_wait": fork_wait,
+                    "workdir": workdir, "outputs": list(outputs)}
+    archive = files.pack_inputs(list(inputs), config.get().input_max) if inputs else None
+    data = None
+    if not files.in_inputs(program, list(inputs), workdir):
+        data = _program(program, mem_mib)
+    r = connect()
+    if data is not None:
+        kwargs["image"] = state.put_image(r, data)
+    else:
+        kwargs["path"] = program
+    if archive is not None:
+        kwargs["inputs"] = state.put_image(r, archive)
+    job_id = str(uuid.uuid4())
+    state.new_job(r, job_id, program, list(args))
+    app.send_task(RUN_JOB, task_id=job_id, queue=JOBS_QUEUE, kwargs=kwargs)
+    return Job(r, job_id)
+
+
+def _program(program: str, mem_mib: int) -> bytes:
     try:
         with open(program, "rb") as f:
             data = f.read()
@@ -94,16 +125,25 @@ def submit(program: str, args: list[str] | tuple = (), env: list[str] | tuple = 
         from workers.errors import BadProgram
         raise BadProgram(f"{program}: {err.strerror}") from err
     elf.parse(program, data, abi.PIE_BASE, Layout(mem_mib << 20).mmap_top)
-    r = connect()
-    sha = state.put_image(r, data)
-    job_id = str(uuid.uuid4())
-    state.new_job(r, job_id, program, list(args))
-    app.send_task(RUN_JOB, task_id=job_id, queue=JOBS_QUEUE, kwargs={
-        "image": sha, "name": program,
-        "args": list(args), "env": list(env), "stdin": base64.b64encode(stdin).decode(),
-        "mem_mib": mem_mib, "max_procs": max_procs, "timeout": timeout,
-        "fork_wait": fork_wait})
-    return Job(r, job_id)
+    return data
+
+
+def fetch(job_id: str, paths: list[str], out: str) -> list[str]:
+    """The outputs job (job_id) gave back (all, or those at or below
+    (paths)), written below directory (out); the guest paths written.
+
+    :raise UnknownJob: no such job, or no outputs (yet).
+    """
+    from broker import inputs as files
+    j = job(job_id)
+    sha = j.info().get("outputs")
+    if not sha:
+        why = "is still running" if j.status not in DONE else "gave back no files"
+        raise UnknownJob(f"job {job_id} {why} (its outputs come as it ends: submit --output)")
+    data = state.get_image(j.r, sha)
+    if data is None:
+        raise UnknownJob(f"the outputs of job {job_id} are no longer kept")
+    return files.extract(data, out, paths or None)
 
 
 def job(job_id: str) -> Job:

@@ -1,5 +1,5 @@
 """The cluster commands of `unifork`: worker, submit, ps, logs, hosts,
-cancel, drain.  Each prints a one-line error and exits non-zero on
+cancel, drain, fetch.  Each prints a one-line error and exits non-zero on
 trouble: an unreachable Redis, an unknown job, a bad program."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _err(msg: str, code: int = 1) -> int:
 
 def main(args) -> int:
     from workers import config
-    from workers.errors import BadProgram, ConfigError, UniforkError
+    from workers.errors import BadProgram, ConfigError, UniforkError, UsageError
     try:
         config.override(redis_url=getattr(args, "redis", None))
         config.get()
@@ -24,7 +24,7 @@ def main(args) -> int:
     from broker import client, state
     try:
         return COMMANDS[args.command](args, client, state)
-    except BadProgram as err:
+    except (BadProgram, UsageError) as err:
         return _err(str(err), 2)
     except UniforkError as err:     # Redis out of reach, an unknown job, ...
         return _err(str(err))
@@ -45,16 +45,23 @@ def worker(args, client, state) -> int:
 def submit(args, client, state) -> int:
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     job = client.submit(args.program, args.args, args.env, stdin, args.mem, args.max_procs,
-                        args.timeout, args.fork_wait)
+                        args.timeout, args.fork_wait, args.input, args.workdir, args.output)
     if not (args.wait or args.follow):
         print(job.id)
         return 0
-    if args.follow:
-        return follow(job)
-    status = job.wait()
-    sys.stdout.buffer.write(job.stdout)
-    sys.stderr.buffer.write(job.stderr)
+    status = follow(job) if args.follow else job.wait()
+    if not args.follow:
+        sys.stdout.buffer.write(job.stdout)
+        sys.stderr.buffer.write(job.stderr)
+    if args.out and args.output and job.info().get("outputs"):
+        client.fetch(job.id, [], args.out)
     return status
+
+
+def fetch(args, client, state) -> int:
+    for path in client.fetch(args.job, args.paths, args.out):
+        print(path)
+    return 0
 
 
 def follow(job) -> int:
@@ -136,4 +143,4 @@ def drain(args, client, state) -> int:
 
 
 COMMANDS = {"worker": worker, "submit": submit, "ps": ps, "logs": logs, "hosts": hosts,
-            "cancel": cancel, "drain": drain}
+            "cancel": cancel, "drain": drain, "fetch": fetch}

@@ -4,6 +4,7 @@ the client API and plain Celery client code.  Both workers are on this
 host's loopback: test_hosts.py has them in network namespaces."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -67,9 +68,10 @@ def cluster(tmp_path_factory):
     assert_no_qemu_after(qemu_before)
 
 
-def cli(c, *args, input: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(c, *args, input: bytes = b"", timeout: float = 120,
+        env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(UNIFORK), *map(str, args)], input=input, capture_output=True,
-                          env=c["env"], timeout=timeout)
+                          env={**c["env"], **(env or {})}, timeout=timeout)
 
 
 def test_hosts_lists_each_worker_with_its_slots(cluster):
@@ -105,6 +107,57 @@ sys.exit(res["exit_status"])
     assert plain.stdout == via_cli.stdout
     assert b"argv[2] = b c" in plain.stdout
 
+
+BUSYBOX = shutil.which("busybox")
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox-static is not installed (make setup installs it)")
+def test_plain_celery_gives_a_job_files_and_gets_back_those_its_outputs_name(cluster):
+    script = f"""
+import base64, json, sys
+from celery import Celery
+app = Celery(broker={cluster['url']!r}, backend={cluster['url']!r})
+r = app.send_task("unifork.run_job", queue="unifork.jobs", kwargs={{
+    "program": base64.b64encode(open({BUSYBOX!r}, "rb").read()).decode(),
+    "name": "busybox", "args": ["sh", "-c", "cd /data; busybox sort in.txt > out/sorted; busybox wc -l < in.txt"],
+    "files": {{"/data/in.txt": base64.b64encode(b"b\\na\\nc\\n").decode(),
+               "/data/out/.keep": ""}},
+    "outputs": ["data/out/*"]}})
+res = r.get(timeout=120)
+print(json.dumps({{"out": base64.b64decode(res["stdout"]).decode(), "status": res["exit_status"],
+                  "files": {{k: base64.b64decode(v).decode() for k, v in res["files"].items()}}}}))
+"""
+    got = subprocess.run([os.sys.executable, "-c", script], capture_output=True, timeout=180)
+    res = json.loads(got.stdout)
+    assert res == {"out": "3\n", "status": 0, "files": {"/data/out/sorted": "a\nb\nc\n"}}, got
+
+
+def test_submit_sends_inputs_and_fetch_brings_the_outputs_back(cluster, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "words").write_text("pear\napple\n")
+    args = ["--input", f"{src}:/in", "--input", f"{BUSYBOX}:/bin/busybox", "--workdir", "/in",
+            "--output", "in/*.sorted", "/bin/busybox", "sh", "-c",
+            "busybox sort words > words.sorted; busybox ls /in"]
+    job_id = cli(cluster, "submit", *args).stdout.decode().strip()
+    got = cli(cluster, "submit", "--wait", "--out", str(tmp_path / "back"), *args)
+    assert got.returncode == 0 and got.stdout == b"words\nwords.sorted\n", got.stderr.decode()
+    assert (tmp_path / "back" / "in" / "words.sorted").read_text() == "apple\npear\n"
+    deadline = time.monotonic() + 60
+    while cli(cluster, "ps", job_id).stdout.find(b"finished") < 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    fetched = cli(cluster, "fetch", job_id, "/in/words.sorted", "--out", str(tmp_path / "f"))
+    assert fetched.stdout == b"in/words.sorted\n", fetched.stderr.decode()
+    assert (tmp_path / "f" / "in" / "words.sorted").read_text() == "apple\npear\n"
+
+
+def test_inputs_past_the_limit_are_refused_before_anything_is_queued(cluster, tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 5000)
+    got = cli(cluster, "submit", "--input", str(big), "/big", env={"UNIFORK_INPUT_MAX": "4096"})
+    assert got.returncode == 2
+    assert b"5000 bytes of files, more than the 4096 UNIFORK_INPUT_MAX allows" in got.stderr
 
 def test_ps_shows_the_process_tree_with_host_state_and_status(cluster, example):
     job_id = cli(cluster, "submit", example("primes", "musl"), 100000, 3).stdout.decode().strip()

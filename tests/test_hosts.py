@@ -8,6 +8,7 @@ as a broker that redelivers would: every test below also checks that one
 fork makes one child."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,34 @@ def test_children_on_other_hosts_use_the_jobs_files_as_if_they_were_home(net, pr
     ps = procs(net, job_id)
     assert len({p["host"] for p in ps.values()}) == 3, ps     # some ran elsewhere
 
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None or shutil.which("bash-static") is None,
+                    reason="needs busybox-static and bash-static (make setup installs them)")
+def test_a_script_over_uploaded_inputs_runs_across_the_cluster_as_natively(net, tmp_path):
+    """bash-static and BusyBox as the tree's /bin, sent with --input; the
+    pipelines' processes spill over to the other hosts; the files the
+    script leaves come back with --output."""
+    import test_files as tf
+    def build(root):
+        tf.make_tree(root, shell=tf.BASH)
+        tf._inputs(root)
+        return root
+    nat, uni, back = build(tmp_path / "native"), build(tmp_path / "tree"), tmp_path / "back"
+    tf.native_devices(nat)
+    want = subprocess.run(["/bin/sh", "-c", tf.SCRIPT], capture_output=True, env={"PATH": "/bin"},
+                          preexec_fn=lambda: (os.chroot(nat), os.chdir("/")), timeout=120)
+    got = cli(net, "submit", "--wait", "--input", f"{uni}:/", "--workdir", "/work",
+              "--env", "PATH=/bin", "--output", "work/out/**", "--out", str(back),
+              "/bin/sh", "-c", tf.SCRIPT, timeout=300)
+    assert got.stdout.decode() == want.stdout.decode(), (got.returncode, got.stderr.decode())
+    assert got.returncode == want.returncode == 0
+    def files(root):
+        return {k: v for k, v in tf.snapshot(root, ("out/in.tar.gz",)).items()
+                if k.startswith("out/") and v[0] == "file"}
+    assert files(back / "work") == files(nat / "work") != {}
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    assert len({p["host"] for p in procs(net, job_id).values()}) > 1
 
 def test_a_full_cluster_makes_fork_fail_with_eagain_after_the_fork_wait(net, program):
     got = cli(net, "submit", "--wait", "--fork-wait", "1", program("spread", "musl"),

@@ -90,6 +90,8 @@ KNOBS = (
      "the most files a job holds open at once in its tree; past it, EMFILE"),
     ("UNIFORK_FILES_MAX_WRITE", "files_max_write", _int(0, 1 << 62), "0",
      "bytes a job may write into its tree, all writes counted; past it, EDQUOT (0: no limit)"),
+    ("UNIFORK_INPUT_MAX", "input_max", _int(0, 1 << 40), str(256 << 20),
+     "bytes of files a cluster job takes in (`submit --input`) or gives back (its outputs)"),
     ("UNIFORK_HOST_NAME", "host_name", _text, "",
      "this worker's name in the cluster (`--host-name`; default the node name)"),
     ("UNIFORK_FORK_PORTS", "fork_ports", _ports, "",

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import threading
 
@@ -44,9 +45,19 @@ class JobRequest:
     max_procs: int = 64
     timeout: float | None = None
     fork_wait: float | None = None
+    # The job's tree: (inputs) the sha256 of an archive stored in Redis
+    # (broker/inputs.py), (files) guest path -> content in base64; (path)
+    # the program's path in it (instead of image); (outputs) globs of the
+    # files given back; (workdir) pid 1's working directory.
+    inputs: str | None = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    path: str | None = None
+    outputs: list[str] = dataclasses.field(default_factory=list)
+    workdir: str = "/"
 
     def __post_init__(self) -> None:
         self.args, self.env = list(self.args), list(self.env)
+        self.outputs = list(self.outputs)
 
     def stored(self) -> dict:
         """What Redis keeps, to run the job again if its host is lost."""
@@ -65,6 +76,11 @@ def run_job(here: Here, job_id: str, req: JobRequest) -> dict:
         state.new_job(r, job_id, req.name, req.args)
     if req.program is not None:                 # kept by content, like a submitted one
         req.image, req.program = state.put_image(r, base64.b64decode(req.program)), None
+    if req.files:                               # so are its files
+        from broker import inputs
+        req.inputs = state.put_image(r, inputs.pack_files(
+            {p: base64.b64decode(d) for p, d in req.files.items()}))
+        req.files = {}
     holder = (here.host, here.incarnation)
     claim = state.claim_job(r, job_id, *holder, req.stored())
     if claim == "done":                         # delivered twice: already done
@@ -96,23 +112,54 @@ def run_job(here: Here, job_id: str, req: JobRequest) -> dict:
 def _run(here: Here, job_id: str, req: JobRequest, holder: tuple[str, str]) -> int:
     """pid 1 and its subtree here, until pid 1 ends: its exit status."""
     from broker.cluster.link import Link
-    if not req.image:
-        raise BadProgram("run_job needs image (a sha256) or program (base64)")
+    if not (req.image or req.path):
+        raise BadProgram("run_job needs image (a sha256), program (base64) or path "
+                         "(in its files)")
     r = here.r
-    path = here.image_path(req.image)
+    path = here.image_path(req.image) if req.image else req.path
     fork_wait = config.get().fork_wait if req.fork_wait is None else req.fork_wait
+    tree = _tree(r, req)
     with tempfile.TemporaryFile() as stdin, _Output(r, job_id, holder) as out:
         stdin.write(base64.b64decode(req.stdin))
         stdin.seek(0)
-        link = Link(here.url, job_id, here.host, 1, req.image, fork_wait, here.address, holder)
+        link = Link(here.url, job_id, here.host, 1, req.image or "", fork_wait, here.address,
+                    holder)
         try:
             return run(RunRequest(path, req.args, req.env, req.mem_mib, req.timeout,
                                   stdin=stdin.fileno(), stdout=out.fds["out"],
                                   stderr=out.fds["err"], max_procs=req.max_procs,
                                   name=req.name, slots=here.slots, link=link,
-                                  events=state.proc_recorder(r, job_id, *holder, holder)))
+                                  events=state.proc_recorder(r, job_id, *holder, holder),
+                                  volumes=[f"{tree}:/"], workdir=req.workdir))
         finally:
             link.close()
+            _give_back(r, job_id, req, tree)
+
+
+def _tree(r, req: JobRequest) -> str:
+    """A fresh directory for the job's tree, with its inputs in it."""
+    from broker import inputs
+    tree = tempfile.mkdtemp(prefix="unifork-job-")
+    if req.inputs:
+        data = state.get_image(r, req.inputs)
+        if data is None:
+            shutil.rmtree(tree, ignore_errors=True)
+            raise BadProgram(f"the job's inputs {req.inputs} are not in Redis")
+        inputs.extract(data, tree)
+    return tree
+
+
+def _give_back(r, job_id: str, req: JobRequest, tree: str) -> None:
+    """Keep the files of (tree) that (req.outputs) names with the job, and
+    remove the tree."""
+    from broker import inputs
+    try:
+        if req.outputs:
+            archive, _ = inputs.collect(tree, req.outputs, config.get().input_max)
+            if archive:
+                state.set_job(r, job_id, outputs=state.put_image(r, archive))
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 class _Output:
@@ -146,7 +193,15 @@ class _Output:
 
 
 def result(r, job_id: str, info: dict) -> dict:
-    """The job's result: its exit status, and all of its output so far."""
-    return {"job": job_id, "exit_status": int(info.get("exit_status", 1)),
-            "stdout": base64.b64encode(b"".join(state.output(r, job_id, "out"))).decode(),
-            "stderr": base64.b64encode(b"".join(state.output(r, job_id, "err"))).decode()}
+    """The job's result: its exit status, all of its output so far, and
+    the files of its tree its outputs named (guest path -> base64)."""
+    out = {"job": job_id, "exit_status": int(info.get("exit_status", 1)),
+           "stdout": base64.b64encode(b"".join(state.output(r, job_id, "out"))).decode(),
+           "stderr": base64.b64encode(b"".join(state.output(r, job_id, "err"))).decode()}
+    sha = (state.job_info(r, job_id) or {}).get("outputs")
+    data = state.get_image(r, sha) if sha else None
+    if data:
+        from broker import inputs
+        out["files"] = {p: base64.b64encode(d).decode()
+                        for p, d in inputs.read_files(data).items()}
+    return out

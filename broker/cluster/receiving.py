@@ -125,7 +125,7 @@ def run_child(here: Here, task: ForkTask, a: Arrival) -> None:
     """Make the child from the parent's stream and supervise its subtree
     until its last process here ends.  The slot taken for it is (here)'s."""
     secret = cluster_secret(here.r)
-    child = _Child(here, task, a, secret, here.image_path(task.image))
+    child = _Child(here, task, a, secret, here.image_path(task.image) if task.image else "")
     header, conn, began = a.receive(secret, task.pid)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -171,7 +171,7 @@ class _Child:
         """The child, let go: its supervisor, and the pipes it holds that
         no link carries."""
         a, task = self.a, self.task
-        self.program = _program(self.path, task.mem_mib)
+        self.program = _program(self.path, task.mem_mib) if self.path else None
         clone.answer_child(a.vm.mem, task.pid, task.ppid)
         pipes = _pipe_specs(header)
         cut = stdio_rings(a.shm, a.vm.mem, set(pipes))
