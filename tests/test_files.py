@@ -81,7 +81,7 @@ def both(tmp_path: Path, cmd: list[str], build, skip: tuple[str, ...] = (),
 
 
 @pytest.mark.parametrize("libc", ["musl", "glibc"])
-@pytest.mark.parametrize("part", ["basics", "tree", "sharing", "escapes"])
+@pytest.mark.parametrize("part", ["basics", "tree", "sharing", "escapes", "more"])
 def test_file_calls_match_a_native_run_in_a_chroot(tmp_path, program, libc, part):
     exe = program("files", libc)
     want, got, nat, uni = both(tmp_path, ["/files", part],
@@ -185,10 +185,14 @@ def test_a_read_only_volume_refuses_writes_and_keeps_its_files(tmp_path):
 
 
 def test_the_jobs_limits_give_emfile_and_edquot_and_keep_what_was_written(tmp_path, program):
+    """(and a writable MAP_SHARED mapping, which cannot follow the file, is
+    refused with a line that says so)"""
     root = make_tree(tmp_path / "t", {"/files": program("files", "musl")})
     got = unifork("run", "--volume", f"{root}:/", "/files", "limits",
                   env={"UNIFORK_FILES_MAX_OPEN": "20", "UNIFORK_FILES_MAX_WRITE": "1000"})
-    assert got.stdout == b"opened 20, then EMFILE\nwrote 1000, then EDQUOT\nthe file holds 1000\n"
+    assert got.stdout == (b"opened 20, then EMFILE\nwrote 1000, then EDQUOT\nthe file holds 1000\n"
+                          b"a writable shared mapping: ENODEV\n")
+    assert b"a writable MAP_SHARED mapping of a file is not supported" in got.stderr
     assert (root / "work" / "big").read_bytes() == b"q" * 1000
     err = got.stderr.decode()
     assert err.count("UNIFORK_FILES_MAX_OPEN") == 1 and err.count("UNIFORK_FILES_MAX_WRITE") == 1

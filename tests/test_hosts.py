@@ -356,6 +356,28 @@ def vms_but_spares_on(net, host: str) -> list[int]:
     return [pid for pids in by_parent.values() for pid in sorted(pids)[1:]]
 
 
+def test_a_host_lost_while_its_processes_hold_files_leaves_the_tree_to_the_others(net, program):
+    """hostC drained: pid 1 and a child at home, two children on the other
+    host, all holding the job's files; the other host dies.  The child at
+    home goes on with the files, the parent sees the two killed, and the
+    job ends as it does without files."""
+    job_id = cli(net, "submit", program("spreadfiles", "musl"), 3, 6000).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
+        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
+        time.sleep(0.2)
+    home = ps[1]["host"]
+    dead = "hostB" if home == "hostA" else "hostA"
+    here = sum(p["host"] == home for pid, p in ps.items() if pid != 1)
+    assert sum(p["host"] == dead for p in ps.values()) == 3 - here, ps
+    net.kill_host(dead)
+    net.restart_worker(dead)
+    wait_finished(net, job_id)
+    out = cli(net, "logs", job_id).stdout.decode()
+    assert f"{here} children ran execve and exited well" in out, out
+    assert out.count("a child read line") == here, out
+    assert out.count("ran execve") - 1 == here, out
+
 @pytest.mark.parametrize("fate", ["restarts", "dies"])
 def test_children_on_a_host_that_dies_are_reported_killed_to_their_parent(net, program, fate):
     """Runs last (hostC drained): pid 1 and children on hostA and hostB;

@@ -11,7 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -42,6 +46,7 @@ ename(int e)
 	case EROFS: return "EROFS";
 	case EMFILE: return "EMFILE";
 	case EDQUOT: return "EDQUOT";
+	case ENODEV: return "ENODEV";
 	}
 	return "E?";
 }
@@ -287,6 +292,57 @@ escapes(void)
 	list("/");
 }
 
+/* mmap of a file, record locks between processes, poll and select on
+ * files, statx, getrusage. */
+static void
+more(void)
+{
+	int fd = open("m", O_CREAT | O_RDWR | O_TRUNC, 0644);
+	write(fd, "mapped contents\n", 16);
+	char *p = mmap(NULL, 16, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	SHOW("mmap private", p == MAP_FAILED ? -1 : 0);
+	printf("  [%.15s]\n", p);
+	p[0] = 'M';                      /* a private copy: the file keeps its m */
+	show_file("m");
+	char *q = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	SHOW("mmap shared read-only", q == MAP_FAILED ? -1 : 0);
+	printf("  [%.6s] then zeroes: %d\n", q, q[100] == 0);
+	SHOW("mmap of a pipe", (long)mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 0, 0) == -1 ? -1 : 0);
+
+	struct flock lk = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 4 };
+	SHOW("F_SETLK", fcntl(fd, F_SETLK, &lk));
+	pid_t pid = fork();
+	if (pid == 0) {
+		int other = open("m", O_RDWR);
+		struct flock l2 = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 2, .l_len = 4 };
+		int busy = fcntl(other, F_SETLK, &l2) == -1 && (errno == EAGAIN || errno == EACCES);
+		struct flock probe = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1 };
+		fcntl(other, F_GETLK, &probe);
+		l2.l_start = 8;
+		int free_part = fcntl(other, F_SETLK, &l2) == 0;
+		_exit(busy | (probe.l_type == F_WRLCK) << 1 | free_part << 2);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	printf("the child: blocked %d, sees the lock %d, locks another range %d\n",
+	    WEXITSTATUS(status) & 1, (WEXITSTATUS(status) >> 1) & 1, (WEXITSTATUS(status) >> 2) & 1);
+
+	struct pollfd pf = { fd, POLLIN | POLLOUT, 0 };
+	SHOW("poll", poll(&pf, 1, 0));
+	printf("  revents %#x\n", pf.revents);
+	fd_set rs;
+	FD_ZERO(&rs);
+	FD_SET(fd, &rs);
+	struct timeval tv = { 0, 0 };
+	SHOW("select", select(fd + 1, &rs, NULL, NULL, &tv));
+	unsigned char sx[256];          /* struct statx: stx_mode at 28, stx_size at 40 */
+	SHOW("statx", syscall(SYS_statx, AT_FDCWD, "m", 0, 0x7ff, sx));
+	printf("  size %llu mode %o\n", *(unsigned long long *)(sx + 40),
+	    *(unsigned short *)(sx + 28) & 07777);
+	struct rusage ru;
+	SHOW("getrusage", getrusage(RUSAGE_SELF, &ru));
+}
+
 /* The job's limits (set small by the test): open files, bytes written. */
 static void
 limits(void)
@@ -308,6 +364,9 @@ limits(void)
 	struct stat st;
 	stat("big", &st);
 	printf("the file holds %ld\n", (long)st.st_size);
+	fd = open("big", O_RDWR);
+	void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	printf("a writable shared mapping: %s\n", p == MAP_FAILED ? ename(errno) : "mapped");
 }
 
 int
@@ -327,6 +386,8 @@ main(int argc, char **argv)
 		sharing();
 	if (!strcmp(part, "all") || !strcmp(part, "escapes"))
 		escapes();
+	if (!strcmp(part, "all") || !strcmp(part, "more"))
+		more();
 	if (!strcmp(part, "limits"))
 		limits();
 	return 0;
