@@ -64,6 +64,7 @@ bench: setup
 	$(VENV)/bin/python bench/boot.py
 	$(VENV)/bin/python bench/fork.py
 	$(VENV)/bin/python bench/shell.py
+	$(VENV)/bin/python bench/files.py
 	$(VENV)/bin/python bench/pipes.py
 	$(VENV)/bin/python bench/cluster.py
 	$(VENV)/bin/python bench/xpipe.py
