@@ -129,17 +129,24 @@ def _program(program: str, mem_mib: int) -> bytes:
 
 
 def fetch(job_id: str, paths: list[str], out: str) -> list[str]:
-    """The outputs job (job_id) gave back (all, or those at or below
-    (paths)), written below directory (out); the guest paths written.
+    """Files of job (job_id), written below directory (out); the guest
+    paths written.  While it runs: (paths) (all of it if none) from its
+    tree; once it has ended: those of its outputs at or below (paths).
 
-    :raise UnknownJob: no such job, or no outputs (yet).
+    :raise UnknownJob: no such job, or no outputs.
+    :raise TransferError: a running job's tree cannot be reached.
     """
     from broker import inputs as files
     j = job(job_id)
-    sha = j.info().get("outputs")
+    info = j.info()
+    if info.get("status") not in DONE and info.get("files"):
+        from broker.cluster.link import cluster_secret
+        from workers.files.remote import fetch as from_tree
+        data = from_tree(info["files"], cluster_secret(j.r), job_id, paths)
+        return files.extract(data, out)
+    sha = info.get("outputs")
     if not sha:
-        why = "is still running" if j.status not in DONE else "gave back no files"
-        raise UnknownJob(f"job {job_id} {why} (its outputs come as it ends: submit --output)")
+        raise UnknownJob(f"job {job_id} gave back no files (its outputs: submit --output)")
     data = state.get_image(j.r, sha)
     if data is None:
         raise UnknownJob(f"the outputs of job {job_id} are no longer kept")

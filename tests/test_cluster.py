@@ -152,6 +152,22 @@ def test_submit_sends_inputs_and_fetch_brings_the_outputs_back(cluster, tmp_path
     assert (tmp_path / "f" / "in" / "words.sorted").read_text() == "apple\npear\n"
 
 
+def test_fetch_gets_files_from_the_tree_of_a_running_job(cluster, tmp_path):
+    job_id = cli(cluster, "submit", "--input", f"{BUSYBOX}:/bin/busybox", "/bin/busybox", "sh",
+                 "-c", "busybox mkdir -p /w/d; echo early > /w/d/f; busybox sleep 30"
+                 ).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while True:
+        got = cli(cluster, "fetch", job_id, "/w", "--out", str(tmp_path / "live"))
+        if got.returncode == 0:
+            break
+        assert time.monotonic() < deadline, got.stderr.decode()
+        time.sleep(0.3)
+    assert (tmp_path / "live" / "w" / "d" / "f").read_text() == "early\n"
+    missing = cli(cluster, "fetch", job_id, "/nowhere", "--out", str(tmp_path / "x"))
+    assert missing.returncode == 1 and b"/nowhere: no such file in the job's tree" in missing.stderr
+    cli(cluster, "cancel", job_id)
+
 def test_inputs_past_the_limit_are_refused_before_anything_is_queued(cluster, tmp_path):
     big = tmp_path / "big"
     big.write_bytes(b"x" * 5000)

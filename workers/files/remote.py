@@ -11,6 +11,8 @@ server (server.py) over one sealed connection, made at the first need.
                                                          + the program, unless in have
                                                          | {code, why}
     exec_done  {pid, exe, host}                       -> {ok}
+    fetch      {paths}                                -> {ok} + a tar archive of them
+                                                         | {error}
 
 (bytes: the regions of guest memory the call reads, then those it wrote,
 in the order the header lists them; paths and argv in base64.)  If the
@@ -170,3 +172,21 @@ class RemoteFiles:
             self._ask({"op": "exec_done", "pid": pid, "exe": exe, "host": found.host})
         except (OSError, TransferError) as err:
             self._out_of_reach(pid, err)
+
+
+def fetch(address: str, secret: bytes, job_id: str, paths: list[str]) -> bytes:
+    """The files at (paths) of a running job's tree, from its file server
+    at (address), as a tar archive (`unifork fetch`).
+
+    :raise TransferError: the server cannot be reached, or refuses.
+    """
+    rf = RemoteFiles(lambda: address, secret, job_id, lambda pid, msg: None, 1 << 20)
+    try:
+        reply, data = rf._ask({"op": "fetch", "paths": paths})
+    except OSError as err:
+        raise TransferError(f"the job's files cannot be reached at {address}: {err}") from err
+    finally:
+        rf.close()
+    if "error" in reply:
+        raise TransferError(str(reply["error"]))
+    return bytes(data)

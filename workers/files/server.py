@@ -157,6 +157,8 @@ class FileServer:
             files.end(int(h["pid"]))
         elif op == "exec":
             return self._exec(h)
+        elif op == "fetch":
+            return self._fetch(h)
         elif op == "exec_done":
             exe = base64.b64decode(h["exe"]) if h.get("exe") is not None else None
             files.exec_done(int(h["pid"]), _Done(exe, str(h["host"])))
@@ -199,6 +201,40 @@ class FileServer:
         return pack({"exe": base64.b64encode(found.exe).decode(), "host": found.host,
                      "in_tree": found.in_tree, "key": key,
                      "argv": [base64.b64encode(a).decode() for a in found.argv]}, data)
+
+
+    def _fetch(self, h: dict) -> bytes:
+        """The files at (paths) in the tree (directories with what they
+        hold), as a tar archive: `unifork fetch` of a running job."""
+        import io
+        import tarfile
+        from workers import config
+        from workers.files.linux import AT_FDCWD
+        buf, total, limit = io.BytesIO(), 0, config.get().input_max
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for path in h.get("paths") or ["/"]:
+                with self.files.lock:
+                    try:
+                        place = self.files.walk_path(1, AT_FDCWD, os.fsencode(path), True)
+                    except OSError as err:
+                        return pack({"error": f"{path}: {err.strerror}"})
+                    place.release()
+                    host = self.files.tree.host_path(place.guest)
+                if place.special is not None or host is None or not os.path.lexists(host):
+                    return pack({"error": f"{path}: no such file in the job's tree"})
+                total += _size(host)
+                if total > limit:
+                    return pack({"error": f"more than the {limit} bytes UNIFORK_INPUT_MAX "
+                                          "allows"})
+                tar.add(host, arcname=b"/".join(place.guest).decode(errors="replace") or ".")
+        return pack({"ok": 1}, buf.getvalue())
+
+
+def _size(path: str) -> int:
+    if not os.path.isdir(path) or os.path.islink(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(d, n)).st_size for d, _, names in os.walk(path)
+               for n in names)
 
 
 class _Done:
