@@ -131,7 +131,8 @@ def _program(program: str, mem_mib: int) -> bytes:
 def fetch(job_id: str, paths: list[str], out: str) -> list[str]:
     """Files of job (job_id), written below directory (out); the guest
     paths written.  While it runs: (paths) (all of it if none) from its
-    tree; once it has ended: those of its outputs at or below (paths).
+    tree; once it has ended: from what its tree held then, if still kept
+    (UNIFORK_TREE_KEEP), else from its outputs, at or below (paths).
 
     :raise UnknownJob: no such job, or no outputs.
     :raise TransferError: a running job's tree cannot be reached.
@@ -144,13 +145,23 @@ def fetch(job_id: str, paths: list[str], out: str) -> list[str]:
         from workers.files.remote import fetch as from_tree
         data = from_tree(info["files"], cluster_secret(j.r), job_id, paths)
         return files.extract(data, out)
+    kept = state.kept_tree(j.r, job_id)
+    if kept is not None:
+        return _only(files.extract(kept, out, paths or None), paths, job_id)
     sha = info.get("outputs")
     if not sha:
-        raise UnknownJob(f"job {job_id} gave back no files (its outputs: submit --output)")
+        raise UnknownJob(f"job {job_id} gave back no files (its outputs: submit --output), "
+                         "and its tree is no longer kept")
     data = state.get_image(j.r, sha)
     if data is None:
         raise UnknownJob(f"the outputs of job {job_id} are no longer kept")
-    return files.extract(data, out, paths or None)
+    return _only(files.extract(data, out, paths or None), paths, job_id)
+
+
+def _only(got: list[str], paths: list[str], job_id: str) -> list[str]:
+    if paths and not got:
+        raise UnknownJob(f"job {job_id} kept none of {' '.join(paths)}")
+    return got
 
 
 def job(job_id: str) -> Job:

@@ -103,17 +103,19 @@ def read_files(data: bytes) -> dict[str, bytes]:
     return out
 
 
-def collect(root: str, patterns: list[str], limit: int) -> tuple[bytes, dict[str, bytes]]:
+def collect(root: str, patterns: list[str], limit: int,
+            hidden: bool = False) -> tuple[bytes, dict[str, bytes]]:
     """The regular files of tree (root) that match (patterns) (globs of
-    guest paths, ** too), as an archive and as path -> content; symlinks
-    are not followed.
+    guest paths, ** too; names starting with a dot only if (hidden)), as an
+    archive and as path -> content; symlinks are not followed.
 
     :raise UsageError: more than (limit) bytes of them.
     """
     found: dict[str, bytes] = {}
     total = 0
     for pattern in patterns:
-        for rel in glob.glob(pattern.lstrip("/"), root_dir=root, recursive=True):
+        for rel in glob.glob(pattern.lstrip("/"), root_dir=root, recursive=True,
+                             include_hidden=hidden):
             path = os.path.join(root, rel)
             if os.path.islink(path) or not os.path.isfile(path):
                 continue

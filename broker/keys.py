@@ -49,6 +49,10 @@ def job_events(job_id: str) -> str:     # list of JSON process events, in order
     return f"{PREFIX}job:{job_id}:events"
 
 
+def job_tree(job_id: str) -> str:        # a tar of the tree as the job ended (a TTL)
+    return f"{PREFIX}tree:{job_id}"
+
+
 def image(sha256: str) -> str:          # the program's bytes, by content
     return f"{PREFIX}image:{sha256}"
 

@@ -44,6 +44,15 @@ def get_image(r: redis.Redis, sha: str) -> bytes | None:
     return r.get(keys.image(sha))
 
 
+def keep_tree(r: redis.Redis, job_id: str, archive: bytes, seconds: int) -> None:
+    """The job's tree as it ended, for `unifork fetch`, for (seconds)."""
+    r.set(keys.job_tree(job_id), archive, ex=seconds)
+
+
+def kept_tree(r: redis.Redis, job_id: str) -> bytes | None:
+    return r.get(keys.job_tree(job_id))
+
+
 # -- hosts --------------------------------------------------------------------
 def host_alive_age(r: redis.Redis, name: str) -> float | None:
     """Seconds since host (name)'s last heartbeat, None if it is not alive."""

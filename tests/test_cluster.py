@@ -152,7 +152,8 @@ def test_submit_sends_inputs_and_fetch_brings_the_outputs_back(cluster, tmp_path
     assert (tmp_path / "f" / "in" / "words.sorted").read_text() == "apple\npear\n"
 
 
-def test_fetch_gets_files_from_the_tree_of_a_running_job(cluster, tmp_path):
+def test_fetch_gets_files_from_the_tree_of_a_running_job_and_of_one_that_ended(cluster,
+                                                                              tmp_path):
     job_id = cli(cluster, "submit", "--input", f"{BUSYBOX}:/bin/busybox", "/bin/busybox", "sh",
                  "-c", "busybox mkdir -p /w/d; echo early > /w/d/f; busybox sleep 30"
                  ).stdout.decode().strip()
@@ -167,6 +168,12 @@ def test_fetch_gets_files_from_the_tree_of_a_running_job(cluster, tmp_path):
     missing = cli(cluster, "fetch", job_id, "/nowhere", "--out", str(tmp_path / "x"))
     assert missing.returncode == 1 and b"/nowhere: no such file in the job's tree" in missing.stderr
     cli(cluster, "cancel", job_id)
+    while b"cancelled" not in cli(cluster, "ps", job_id).stdout:
+        assert time.monotonic() < deadline + 60
+        time.sleep(0.3)
+    after = cli(cluster, "fetch", job_id, "/w/d", "--out", str(tmp_path / "after"))
+    assert after.returncode == 0, after.stderr.decode()      # kept as it was at the end
+    assert (tmp_path / "after" / "w" / "d" / "f").read_text() == "early\n"
 
 def test_inputs_past_the_limit_are_refused_before_anything_is_queued(cluster, tmp_path):
     big = tmp_path / "big"

@@ -92,6 +92,9 @@ KNOBS = (
      "bytes a job may write into its tree, all writes counted; past it, EDQUOT (0: no limit)"),
     ("UNIFORK_INPUT_MAX", "input_max", _int(0, 1 << 40), str(256 << 20),
      "bytes of files a cluster job takes in (`submit --input`) or gives back (its outputs)"),
+    ("UNIFORK_TREE_KEEP", "tree_keep", _int(0, 1 << 31), "3600",
+     "seconds a cluster job's tree stays fetchable after it ends (its files, up to "
+     "UNIFORK_INPUT_MAX; 0: only its outputs)"),
     ("UNIFORK_HOST_NAME", "host_name", _text, "",
      "this worker's name in the cluster (`--host-name`; default the node name)"),
     ("UNIFORK_FORK_PORTS", "fork_ports", _ports, "",

@@ -151,13 +151,21 @@ def _tree(r, req: JobRequest) -> str:
 
 def _give_back(r, job_id: str, req: JobRequest, tree: str) -> None:
     """Keep the files of (tree) that (req.outputs) names with the job, and
-    remove the tree."""
+    all of them for UNIFORK_TREE_KEEP seconds (unless they are more than
+    UNIFORK_INPUT_MAX); remove the tree."""
     from broker import inputs
+    cfg = config.get()
     try:
         if req.outputs:
-            archive, _ = inputs.collect(tree, req.outputs, config.get().input_max)
+            archive, _ = inputs.collect(tree, req.outputs, cfg.input_max)
             if archive:
                 state.set_job(r, job_id, outputs=state.put_image(r, archive))
+        if cfg.tree_keep:
+            try:
+                archive, _ = inputs.collect(tree, ["**"], cfg.input_max, hidden=True)
+                state.keep_tree(r, job_id, archive, cfg.tree_keep)
+            except UniforkError as err:
+                log.info("job %s: its tree is not kept: %s", job_id, err)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 
