@@ -318,6 +318,29 @@ def test_a_job_whose_host_dies_is_sent_again_at_once_and_runs_elsewhere(net, pro
     assert out.stdout.endswith(b"child 0 exited 10\n1 forked\n"), out   # the second run's
 
 
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox-static "
+                    "(make setup installs it)")
+def test_a_job_sent_again_after_its_host_died_starts_from_its_inputs(net, tmp_path):
+    data = tmp_path / "data"
+    data.write_text("from the inputs\n")
+    job_id = cli(net, "submit", "--input", f"{shutil.which('busybox')}:/bin/busybox",
+                 "--input", f"{data}:/in/data", "/bin/busybox", "sh", "-c",
+                 "busybox sleep 3; busybox cat /in/data; echo changed > /in/data"
+                 ).stdout.decode().strip()
+    deadline = time.monotonic() + 60
+    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
+        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
+        time.sleep(0.1)
+    home = ps[1]["host"]
+    net.kill_host(home)
+    try:
+        wait_finished(net, job_id, within=60)
+    finally:
+        net.restart_worker(home)            # for the next tests
+    out = cli(net, "logs", job_id)
+    assert b"the job runs again from the start on" in out.stderr, out
+    assert out.stdout == b"from the inputs\n", out
+
 def test_a_host_that_stalls_and_comes_back_after_its_job_ran_again_adds_nothing(net, program):
     """A worker stalled past its heartbeat's lifetime is taken for lost, and
     its job runs again elsewhere; when it comes back, its own run of the job
