@@ -198,6 +198,15 @@ def test_the_jobs_limits_give_emfile_and_edquot_and_keep_what_was_written(tmp_pa
     assert err.count("UNIFORK_FILES_MAX_OPEN") == 1 and err.count("UNIFORK_FILES_MAX_WRITE") == 1
 
 
+@pytest.mark.parametrize("libc", ["musl", "glibc"])
+def test_proc_self_fd_opens_the_file_afresh_and_names_it(tmp_path, program, libc):
+    root = make_tree(tmp_path / "t", {"/files": program("files", libc)})
+    got = unifork("run", "--volume", f"{root}:/", "/files", "fdnames")
+    assert got.stdout == (b"reopened: a new descriptor, reads a from its own offset; the first "
+                          b"is at 6\nreadlink: /work/n\na pipe reopened carries x\n"
+                          b"stdin is a pipe\n"), got.stderr.decode()
+
+
 def test_without_volumes_a_job_has_a_fresh_tree_and_tmp_that_are_removed_after(tmp_path):
     before = {p for p in os.listdir("/tmp") if p.startswith("unifork-")}
     got = unifork("run", BUSYBOX, "sh", "-c",

@@ -151,6 +151,7 @@ long file_write(struct file *f, const void *buf, size_t n);
 long fd_open(int node, long handle, int flags, int cloexec);
 long fd_handle(int fd);
 long fd_reopen(int fd, int cloexec);
+long fd_link(int fd, long buf, long n);
 long fd_stat_here(int fd, long stp);
 struct iovec;
 long check_iov(const struct iovec *iov, long cnt);

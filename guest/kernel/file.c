@@ -548,6 +548,36 @@ fd_reopen(int fd, int cloexec)
 	return f ? fd_install(f, 0, cloexec) : -ENOENT;
 }
 
+/* readlink of /proc/self/fd/N: the file's path for one the host serves,
+ * else what Linux says of a pipe or a device. */
+long
+fd_link(int fd, long buf, long n)
+{
+	static const char *const dev[] = { [FT_NULL] = "/dev/null", [FT_ZERO] = "/dev/zero",
+	    [FT_RANDOM] = "/dev/urandom" };
+	struct file *f = getfile(fd);
+	char name[16] = "pipe:[";
+	const char *s = name;
+
+	if (!f)
+		return -ENOENT;
+	if (f->type == FT_HOST)
+		return fs_call(__NR_readlinkat, f->handle, 0, buf, n, 0);
+	if (f->type == FT_NULL || f->type == FT_ZERO || f->type == FT_RANDOM) {
+		s = dev[f->type];
+	} else {                        /* pipe:[ino], the ino fstat gives */
+		int ino = (int)(f - files) + 1, at = 6;
+		if (ino >= 10)
+			name[at++] = (char)('0' + ino / 10);
+		name[at++] = (char)('0' + ino % 10);
+		name[at++] = ']';
+		name[at] = 0;
+	}
+	size_t len = MIN(strlen(s), (size_t)n);
+	memcpy((void *)buf, s, len);
+	return (long)len;
+}
+
 /* fchdir's, *at's and execveat's directory: its handle, or -errno. */
 long
 fd_handle(int fd)

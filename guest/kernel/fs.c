@@ -65,12 +65,11 @@ at_call(long nr, int dirfd, long path, long a2, long a3, long a4)
 
 /*
  * /proc/self/fd/N and /dev/fd/N (and /dev/stdin, /dev/stdout, /dev/stderr)
- * name descriptor N, which only this kernel knows: opening one gives
- * another descriptor of the same file (bash's process substitution
- * passes a pipe so).  -1 if (p) is none of them.
+ * name descriptor N, which only this kernel knows: N, or -1 if (p) is none
+ * of them.
  */
 static long
-open_own_fd(const char *p, int flags)
+own_fd(const char *p)
 {
 	static const char *const std[] = { "/dev/stdin", "/dev/stdout", "/dev/stderr" };
 	long n = -1;
@@ -87,19 +86,30 @@ open_own_fd(const char *p, int flags)
 			n = n * 10 + (*num - '0');
 		}
 	}
-	if (n < 0)
-		return -1;
-	return fd_reopen((int)n, (flags & O_CLOEXEC) != 0);
+	return n;
+}
+
+/* Opening descriptor N's name: a file the host serves is opened afresh (a
+ * description of its own, as Linux's reopen), anything else is shared
+ * (bash's process substitution passes a pipe so). */
+static long
+open_own_fd(long n, int flags)
+{
+	struct file *f = getfile(n);
+	if (!f)
+		return -ENOENT;
+	if (f->type != FT_HOST)
+		return fd_reopen((int)n, (flags & O_CLOEXEC) != 0);
+	long r = fs_call(__NR_openat, f->handle, 0, flags & ~O_CLOEXEC, 0, 0);
+	return r < 0 ? r : fd_open((int)CTL->val[0], r, flags, (flags & O_CLOEXEC) != 0);
 }
 
 long
 sys_openat(int dirfd, long path, int flags, int mode)
 {
-	if (path_ok(path)) {
-		long fd = open_own_fd((const char *)path, flags);
-		if (fd != -1)
-			return fd;
-	}
+	long n = path_ok(path) ? own_fd((const char *)path) : -1;
+	if (n >= 0)
+		return open_own_fd(n, flags);
 	long r = at_call(__NR_openat, dirfd, path, flags & ~O_CLOEXEC, mode & ~umask_ & 07777, 0);
 	if (r < 0)
 		return r;
@@ -282,6 +292,9 @@ sys_readlinkat(int dirfd, long path, long buf, long n)
 		return -EINVAL;
 	if (!user_ok((uint64_t)buf, (uint64_t)n))
 		return -EFAULT;
+	long fd = path_ok(path) ? own_fd((const char *)path) : -1;
+	if (fd >= 0)
+		return fd_link((int)fd, buf, n);
 	return at_call(__NR_readlinkat, dirfd, path, buf, n, 0);
 }
 

@@ -326,6 +326,26 @@ more(void)
 	waitpid(pid, &status, 0);
 	printf("the child: blocked %d, sees the lock %d, locks another range %d\n",
 	    WEXITSTATUS(status) & 1, (WEXITSTATUS(status) >> 1) & 1, (WEXITSTATUS(status) >> 2) & 1);
+	/* POSIX: locks are the process's, not inherited, and any close of the
+	 * file lets go of them. */
+	pid = fork();
+	if (pid == 0) {
+		struct flock l3 = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 4 };
+		_exit(fcntl(fd, F_SETLK, &l3) == -1 ? 1 : 0);   /* the parent's lock, through fd */
+	}
+	waitpid(pid, &status, 0);
+	printf("a child through the shared descriptor: blocked %d\n", WEXITSTATUS(status));
+	struct flock again = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 4 };
+	SHOW("relock own range", fcntl(fd, F_SETLK, &again));
+	close(open("m", O_RDONLY));         /* another descriptor of the file, closed */
+	pid = fork();
+	if (pid == 0) {
+		int other = open("m", O_RDWR);
+		struct flock l4 = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 4 };
+		_exit(fcntl(other, F_SETLK, &l4) == -1 ? 1 : 0);
+	}
+	waitpid(pid, &status, 0);
+	printf("after a close of the file: a child blocked %d\n", WEXITSTATUS(status));
 
 	struct pollfd pf = { fd, POLLIN | POLLOUT, 0 };
 	SHOW("poll", poll(&pf, 1, 0));
@@ -341,6 +361,32 @@ more(void)
 	    *(unsigned short *)(sx + 28) & 07777);
 	struct rusage ru;
 	SHOW("getrusage", getrusage(RUSAGE_SELF, &ru));
+}
+
+/* /proc/self/fd/N: another open of the file (its own offset), and its
+ * name; a pipe's is shared.  (Not compared with a chroot: it has no /proc.) */
+static void
+fdnames(void)
+{
+	char buf[64], path[32], c = 0;
+	int fd = open("n", O_CREAT | O_RDWR | O_TRUNC, 0644);
+	write(fd, "abcdef", 6);
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	int again = open(path, O_RDONLY);
+	read(again, &c, 1);
+	printf("reopened: %s, reads %c from its own offset; the first is at %ld\n",
+	    again > fd ? "a new descriptor" : "?", c, (long)lseek(fd, 0, SEEK_CUR));
+	ssize_t n = readlink(path, buf, sizeof buf);
+	printf("readlink: %.*s\n", (int)n, buf);
+	int p[2];
+	pipe(p);
+	snprintf(path, sizeof path, "/dev/fd/%d", p[1]);
+	int w = open(path, O_WRONLY);
+	write(w, "x", 1);
+	read(p[0], &c, 1);
+	printf("a pipe reopened carries %c\n", c);
+	n = readlink("/proc/self/fd/0", buf, sizeof buf);
+	printf("stdin is a %.4s\n", buf);
 }
 
 /* The job's limits (set small by the test): open files, bytes written. */
@@ -390,5 +436,7 @@ main(int argc, char **argv)
 		more();
 	if (!strcmp(part, "limits"))
 		limits();
+	if (!strcmp(part, "fdnames"))
+		fdnames();
 	return 0;
 }

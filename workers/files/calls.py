@@ -67,6 +67,33 @@ class Files:
         # Held by each call: processes on other hosts are served on the
         # file server's threads (server.py), those here on the supervisor's.
         self.lock = threading.Lock()
+        # (pid, dev, ino) -> a descriptor of that file for (pid)'s record locks
+        self.lock_fds: dict[tuple[int, int, int], int] = {}
+
+    def lock_fd(self, pid: int, d: Description, make: bool = True) -> int | None:
+        """The descriptor that holds (pid)'s record locks on (d)'s file."""
+        st = os.fstat(d.fd)
+        key = (pid, st.st_dev, st.st_ino)
+        fd = self.lock_fds.get(key)
+        if fd is None and make:
+            fd = self.lock_fds[key] = os.open(f"/proc/self/fd/{d.fd}",
+                                              (d.flags & os.O_ACCMODE) | os.O_CLOEXEC)
+        return fd
+
+    def lock_owner(self, pid: int, d: Description) -> int:
+        """Who holds a lock on (d)'s file, if one process (else -1)."""
+        st = os.fstat(d.fd)
+        others = {p for p, dev, ino in self.lock_fds if (dev, ino) == (st.st_dev, st.st_ino)
+                  and p != pid}
+        return others.pop() if len(others) == 1 else -1
+
+    def unlock(self, pid: int, d: Description) -> None:
+        """(pid) closed (d): its record locks on the file go."""
+        if d.fd >= 0 and self.lock_fds:
+            st = os.fstat(d.fd)
+            fd = self.lock_fds.pop((pid, st.st_dev, st.st_ino), None)
+            if fd is not None:
+                os.close(fd)
 
     def say(self, pid: int, msg: str) -> None:
         """A line about (pid) on the job's stderr, once for each message."""
@@ -105,6 +132,9 @@ class Files:
         return n
 
     def close(self) -> None:
+        for fd in self.lock_fds.values():
+            os.close(fd)
+        self.lock_fds.clear()
         self.open.close()
         self.tree.close()
 
@@ -124,6 +154,8 @@ class Files:
         with self.lock:
             self.open.drop(pid)
             self.procs.pop(pid, None)
+            for key in [k for k in self.lock_fds if k[0] == pid]:
+                os.close(self.lock_fds.pop(key))
 
     def find_program(self, pid: int, path: bytes, argv: list[bytes], dirh: int, limit: int):
         """What (pid)'s execve of (path) runs (programs.find_for)."""
@@ -217,6 +249,8 @@ def sys_openat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, flags: in
     follow = not flags & os.O_NOFOLLOW and not (flags & os.O_CREAT and flags & os.O_EXCL)
     if flags & linux.O_TMPFILE == linux.O_TMPFILE:
         return -errno.EOPNOTSUPP, 0
+    if not path_p:                      # /proc/self/fd/N of a file here: opened afresh
+        return _reopen(files, pid, files.open.get(pid, dirh), flags)
     place = files.walk(pid, vm, dirh, path_p, follow)
     try:
         if place.special is not None:
@@ -224,6 +258,20 @@ def sys_openat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, flags: in
         return _open_host(files, pid, place, flags, mode)
     finally:
         place.release()
+
+
+def _reopen(files: Files, pid: int, d: Description, flags: int) -> tuple[int, int]:
+    if d.fd < 0 or d.flags & linux.O_PATH:
+        raise oserror(errno.ENXIO if d.fd >= 0 else errno.EISDIR)
+    if d.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
+        raise oserror(errno.EISDIR)
+    if flags & os.O_ACCMODE != os.O_RDONLY and d.vol is not None and d.vol.ro:
+        raise oserror(errno.EROFS)
+    host = (flags & (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_DIRECTORY)) | os.O_CLOEXEC
+    fd = os.open(f"/proc/self/fd/{d.fd}", host)
+    keep = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_NOFOLLOW)
+    new = Description(fd, d.path, d.vol, keep | os.O_LARGEFILE, d.special, d.is_dir)
+    return files.hold(pid, new), abi.Node.HOST
 
 
 def _open_special(files: Files, pid: int, place: Place, flags: int) -> tuple[int, int]:
@@ -342,6 +390,10 @@ def sys_faccessat2(files: Files, pid: int, vm: VM, dirh: int, path_p: int, mode:
 
 def sys_readlinkat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, buf: int,
                    n: int, *_) -> int:
+    if not path_p:                      # /proc/self/fd/N of a file here: its path
+        target = b"/" + b"/".join(files.open.get(pid, dirh).path)
+        guestmem.span(vm, buf, min(n, len(target)))[:] = target[:n]
+        return min(n, len(target))
     place = files.walk(pid, vm, dirh, path_p, False)
     try:
         if place.special is not None:

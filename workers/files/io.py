@@ -34,6 +34,8 @@ def _file(files: Files, pid: int, h: int) -> Description:
 
 
 def sys_close(files: Files, pid: int, vm: VM, h: int, *_) -> int:
+    d = files.open.get(pid, h)
+    files.unlock(pid, d)            # POSIX: a close lets go of the process's locks
     files.open.release(pid, h)
     return 0
 
@@ -206,21 +208,29 @@ def sys_fcntl(files: Files, pid: int, vm: VM, h: int, cmd: int, arg: int, *_) ->
             fcntl.fcntl(d.fd, fcntl.F_SETFL, (host & ~os.O_APPEND) | (arg & os.O_APPEND))
         return 0
     if cmd in (fcntl.F_SETLK, fcntl.F_GETLK):
-        return _record_lock(vm, d, cmd, arg)
+        return _record_lock(files, pid, vm, d, cmd, arg)
     raise oserror(errno.EINVAL)
 
 
-def _record_lock(vm: VM, d: Description, cmd: int, arg: int) -> int:
-    """A record lock, as an open file description lock on the host: the
-    job's processes conflict with each other as POSIX says (but for a
-    description shared across a fork, whose holders share its locks)."""
+def _record_lock(files: Files, pid: int, vm: VM, d: Description, cmd: int, arg: int) -> int:
+    """A POSIX record lock.  Each process's locks on a file are open file
+    description locks on a descriptor of the file that only it uses
+    (Files.lock_fd): so they conflict between processes and not within
+    one, a child does not inherit them, and they go when the process
+    closes the file or ends, as POSIX says of record locks."""
+    if d.fd < 0 or d.is_dir:
+        raise oserror(errno.EBADF if d.fd < 0 else errno.EINVAL)
     raw = guestmem.span(vm, arg, FLOCK.size)
     ltype, whence, start, length, _ = FLOCK.unpack(raw)
     req = FLOCK.pack(ltype, whence, start, length, 0)
-    got = fcntl.fcntl(d.fd, F_OFD_SETLK if cmd == fcntl.F_SETLK else F_OFD_GETLK, req)
-    if cmd == fcntl.F_GETLK:
-        ltype, whence, start, length, lpid = FLOCK.unpack(got)
-        raw[:] = FLOCK.pack(ltype, whence, start, length, -1 if lpid else 0)
+    if cmd == fcntl.F_SETLK:
+        fcntl.fcntl(files.lock_fd(pid, d), F_OFD_SETLK, req)
+        return 0
+    mine = files.lock_fd(pid, d, make=False)
+    got = fcntl.fcntl(mine if mine is not None else d.fd, F_OFD_GETLK, req)
+    ltype, whence, start, length, _ = FLOCK.unpack(got)
+    owner = files.lock_owner(pid, d) if ltype != fcntl.F_UNLCK else 0
+    raw[:] = FLOCK.pack(ltype, whence, start, length, owner)
     return 0
 
 

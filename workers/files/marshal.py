@@ -98,6 +98,8 @@ def _length(args: list[int], n: int) -> int:
 
 
 def _string(vm: VM, addr: int) -> tuple[int, bytes]:
+    if not addr:                        # (a reopen of /proc/self/fd/N: no path)
+        return 0, b""
     return addr, guestmem.read_str(vm, addr, 4096) + b"\0"
 
 
