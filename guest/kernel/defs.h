@@ -149,6 +149,7 @@ struct file *getfile(long fd);
 long file_read(struct file *f, void *buf, size_t n);
 long file_write(struct file *f, const void *buf, size_t n);
 long fd_open(int node, long handle, int flags, int cloexec);
+long fd_host(int fd, long otherwise);
 long fd_handle(int fd);
 long fd_reopen(int fd, int cloexec);
 long fd_link(int fd, long buf, long n);

@@ -578,14 +578,22 @@ fd_link(int fd, long buf, long n)
 	return (long)len;
 }
 
-/* fchdir's, *at's and execveat's directory: its handle, or -errno. */
+/* The host's handle for (fd); -EBADF if it is not open, (otherwise) if
+ * the host does not serve it (a pipe, a device served here). */
 long
-fd_handle(int fd)
+fd_host(int fd, long otherwise)
 {
 	struct file *f = getfile(fd);
 	if (!f)
 		return -EBADF;
-	return f->type == FT_HOST ? f->handle : -ENOTDIR;
+	return f->type == FT_HOST ? f->handle : otherwise;
+}
+
+/* fchdir's, *at's and execveat's directory: its handle, or -errno. */
+long
+fd_handle(int fd)
+{
+	return fd_host(fd, -ENOTDIR);
 }
 
 /* Stat a descriptor the host does not serve (fstatat with AT_EMPTY_PATH). */

@@ -129,37 +129,32 @@ sys_creat(long path, int mode)
 }
 
 /* A call on descriptor (fd), which the host serves, with a buffer of
- * (len) bytes at (buf) that it checks here. */
+ * (len) bytes at (buf) that it checks here; (otherwise): its error for a
+ * descriptor the host does not serve. */
 static long
-fd_call(long nr, int fd, long buf, long len, long a3)
+fd_call(long nr, int fd, long buf, long len, long a3, long otherwise)
 {
-	struct file *f = getfile(fd);
-	if (!f)
-		return -EBADF;
-	if (f->type != FT_HOST)
-		return nr == __NR_ftruncate || nr == __NR_fsync || nr == __NR_fdatasync ?
-		    -EINVAL : -ESPIPE;
+	long h = fd_host(fd, otherwise);
+	if (h < 0)
+		return h;
 	if (len < 0)
 		return -EINVAL;
 	if (len && !user_ok((uint64_t)buf, (uint64_t)len))
 		return -EFAULT;
-	return fs_call(nr, f->handle, buf, len, a3, 0);
+	return fs_call(nr, h, buf, len, a3, 0);
 }
 
-long sys_pread64(int fd, long buf, long n, long off) { return fd_call(__NR_pread64, fd, buf, n, off); }
-long sys_pwrite64(int fd, long buf, long n, long off) { return fd_call(__NR_pwrite64, fd, buf, n, off); }
-long sys_fsync(int fd)      { return fd_call(__NR_fsync, fd, 0, 0, 0); }
-long sys_fdatasync(int fd)  { return fd_call(__NR_fdatasync, fd, 0, 0, 0); }
+long sys_pread64(int fd, long buf, long n, long off) { return fd_call(__NR_pread64, fd, buf, n, off, -ESPIPE); }
+long sys_pwrite64(int fd, long buf, long n, long off) { return fd_call(__NR_pwrite64, fd, buf, n, off, -ESPIPE); }
+long sys_fsync(int fd)      { return fd_call(__NR_fsync, fd, 0, 0, 0, -EINVAL); }
+long sys_fdatasync(int fd)  { return fd_call(__NR_fdatasync, fd, 0, 0, 0, -EINVAL); }
+long sys_getdents64(int fd, long buf, long n) { return fd_call(__NR_getdents64, fd, buf, n, 0, -ENOTDIR); }
 
 long
 sys_ftruncate(int fd, long len)
 {
-	struct file *f = getfile(fd);
-	if (!f)
-		return -EBADF;
-	if (f->type != FT_HOST)
-		return -EINVAL;
-	return fs_call(__NR_ftruncate, f->handle, len, 0, 0, 0);
+	long h = fd_host(fd, -EINVAL);
+	return h < 0 ? h : fs_call(__NR_ftruncate, h, len, 0, 0, 0);
 }
 
 /* preadv, pwritev: the host reads the iovec array; its buffers are
@@ -167,30 +162,15 @@ sys_ftruncate(int fd, long len)
 static long
 fd_vcall(long nr, int fd, long iovp, long cnt, long off)
 {
-	struct file *f = getfile(fd);
-	if (!f)
-		return -EBADF;
-	if (f->type != FT_HOST)
-		return -ESPIPE;
+	long h = fd_host(fd, -ESPIPE);
+	if (h < 0)
+		return h;
 	long e = check_iov((const struct iovec *)iovp, cnt);
-	return e ? e : fs_call(nr, f->handle, iovp, cnt, off, 0);
+	return e ? e : fs_call(nr, h, iovp, cnt, off, 0);
 }
 
 long sys_preadv(int fd, long iov, long cnt, long off) { return fd_vcall(__NR_preadv, fd, iov, cnt, off); }
 long sys_pwritev(int fd, long iov, long cnt, long off) { return fd_vcall(__NR_pwritev, fd, iov, cnt, off); }
-
-long
-sys_getdents64(int fd, long buf, long n)
-{
-	struct file *f = getfile(fd);
-	if (!f)
-		return -EBADF;
-	if (f->type != FT_HOST)
-		return -ENOTDIR;
-	if (n < 0 || !user_ok((uint64_t)buf, (uint64_t)n))
-		return -EFAULT;
-	return fs_call(__NR_getdents64, f->handle, buf, n, 0, 0);
-}
 
 long
 sys_newfstatat(int dirfd, long path, long stp, int flags)
