@@ -16,6 +16,7 @@ import os
 import tarfile
 
 from workers.errors import UsageError
+from workers.files.tree import size_of
 
 
 def parse_input(spec: str) -> tuple[str, str]:
@@ -53,7 +54,7 @@ def pack_inputs(specs: list[str], limit: int) -> bytes:
     :raise UsageError: a bad spec, or more than (limit) bytes.
     """
     pairs = [parse_input(s) for s in specs]
-    total = sum(_size(host) for host, _ in pairs)
+    total = sum(size_of(host) for host, _ in pairs)
     if total > limit:
         raise UsageError(f"--input: {total} bytes of files, more than the "
                          f"{limit} UNIFORK_INPUT_MAX allows")
@@ -155,8 +156,3 @@ def collect(root: str, patterns: list[str], limit: int,
     return (pack_files(found) if found else b""), found
 
 
-def _size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path)
-               for n in names if os.path.isfile(os.path.join(d, n)))

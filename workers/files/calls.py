@@ -17,7 +17,7 @@ import stat
 import threading
 
 from workers import abi
-from workers.files import changes, io, linux, programs
+from workers.files import changes, io, linux, opens, programs
 from workers.files.descriptions import Description, Descriptions
 from workers.files.linux import oserror
 from workers.files.tree import SPECIALS, Place, Tree
@@ -37,7 +37,6 @@ NR = {"read": 0, "write": 1, "close": 3, "fstat": 5, "lseek": 8, "ioctl": 16,
       "linkat": 265, "symlinkat": 266, "readlinkat": 267, "fchmodat": 268,
       "utimensat": 280, "preadv": 295, "pwritev": 296, "renameat2": 316, "statx": 332,
       "faccessat2": 439}
-NODES = {"null": abi.Node.NULL, "zero": abi.Node.ZERO, "random": abi.Node.RANDOM}
 
 
 class ProcFiles:
@@ -54,12 +53,14 @@ class ProcFiles:
 
 class Files:
     """The file service of one job on this host; (say)(pid, msg) prints
-    a line about a process once."""
+    a line about a process (once for each message), set when the job's
+    stderr is there (until then, our own)."""
 
-    def __init__(self, tree: Tree, say: Callable[[int, str], None], max_open: int = 4096,
+    def __init__(self, tree: Tree, say: Callable[[int, str], None] | None = None,
+                 max_open: int = 4096,
                  max_write: int = 0) -> None:
         self.tree = tree
-        self._say, self._said = say, set()
+        self.tell, self._said = say or _to_stderr, set()
         self.open = Descriptions(max_open)
         self.procs: dict[int, ProcFiles] = {}
         self.max_write = max_write      # bytes the job may write (0: no limit)
@@ -99,7 +100,7 @@ class Files:
         """A line about (pid) on the job's stderr, once for each message."""
         if msg not in self._said:
             self._said.add(msg)
-            self._say(pid, msg)
+            self.tell(pid, msg)
 
     def hold(self, pid: int, d: Description) -> int:
         """(pid) holds the new open (d): its handle.
@@ -142,9 +143,10 @@ class Files:
     def start(self, pid: int, cwd: bytes, exe: bytes | None, exe_host: str) -> None:
         self.procs[pid] = ProcFiles(_components(cwd), exe, exe_host)
 
-    def fork(self, parent: int, child: int) -> None:
+    def fork(self, parent: int, child: int, here: bool = False) -> None:
         """(child) holds what (parent) holds, and starts where it is; told
-        by the parent's host before the child can run."""
+        by the parent's host before the child can run ((here): on this
+        host, which matters to RemoteFiles only)."""
         with self.lock:
             self.open.fork(parent, child)
             pf = self.procs.get(parent, ProcFiles())
@@ -239,106 +241,13 @@ class Files:
         return os.fsencode(sp.target)
 
 
+def _to_stderr(pid: int, msg: str) -> None:
+    import sys
+    print(f"unifork: pid {pid}: {msg}", file=sys.stderr)
+
+
 def _components(path: bytes) -> tuple[bytes, ...]:
     return tuple(c for c in path.split(b"/") if c and c != b".")
-
-
-# -- open ----------------------------------------------------------------------
-def sys_openat(files: Files, pid: int, vm: VM, dirh: int, path_p: int, flags: int,
-               mode: int, *_) -> tuple[int, int]:
-    follow = not flags & os.O_NOFOLLOW and not (flags & os.O_CREAT and flags & os.O_EXCL)
-    if flags & linux.O_TMPFILE == linux.O_TMPFILE:
-        return -errno.EOPNOTSUPP, 0
-    if not path_p:                      # /proc/self/fd/N of a file here: opened afresh
-        return _reopen(files, pid, files.open.get(pid, dirh), flags)
-    place = files.walk(pid, vm, dirh, path_p, follow)
-    try:
-        if place.special is not None:
-            return _open_special(files, pid, place, flags)
-        return _open_host(files, pid, place, flags, mode)
-    finally:
-        place.release()
-
-
-def _reopen(files: Files, pid: int, d: Description, flags: int) -> tuple[int, int]:
-    if d.fd < 0 or d.flags & linux.O_PATH:
-        raise oserror(errno.ENXIO if d.fd >= 0 else errno.EISDIR)
-    if d.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
-        raise oserror(errno.EISDIR)
-    if flags & os.O_ACCMODE != os.O_RDONLY and d.vol is not None and d.vol.ro:
-        raise oserror(errno.EROFS)
-    host = (flags & (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_DIRECTORY)) | os.O_CLOEXEC
-    fd = os.open(f"/proc/self/fd/{d.fd}", host)
-    keep = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_NOFOLLOW)
-    new = Description(fd, d.path, d.vol, keep | os.O_LARGEFILE, d.special, d.is_dir)
-    return files.hold(pid, new), abi.Node.HOST
-
-
-def _open_special(files: Files, pid: int, place: Place, flags: int) -> tuple[int, int]:
-    sp = place.special
-    if flags & os.O_CREAT and flags & os.O_EXCL:
-        raise oserror(errno.EEXIST)
-    if sp.kind == "dev":
-        return 0, NODES[sp.device]
-    writing = flags & os.O_ACCMODE != os.O_RDONLY
-    if sp.kind == "dir":
-        if writing:
-            raise oserror(errno.EISDIR)
-        d = Description(-1, place.guest, None, flags & ~os.O_CREAT, sp, is_dir=True)
-        return files.hold(pid, d), abi.Node.HOST
-    if sp.target != "exe" or flags & os.O_NOFOLLOW:
-        raise oserror(errno.ELOOP)
-    if writing:
-        raise oserror(errno.ETXTBSY)
-    fd = os.open(files.proc(pid).exe_host, os.O_RDONLY | os.O_CLOEXEC)
-    return files.hold(pid, Description(fd, place.guest, None, flags)), abi.Node.HOST
-
-
-def _open_host(files: Files, pid: int, place: Place, flags: int, mode: int) -> tuple[int, int]:
-    st = place.st
-    writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
-    if st is None:
-        if not flags & os.O_CREAT:
-            raise oserror(errno.ENOENT)
-        if place.must_dir:
-            raise oserror(errno.EISDIR)
-        place.check_writable()
-    else:
-        if flags & os.O_CREAT and flags & os.O_EXCL:
-            raise oserror(errno.EEXIST)
-        _check_existing(files, pid, place, st, flags, writing)
-    host_flags = ((flags & linux.OPEN_PASSED) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
-                  | os.O_NONBLOCK)
-    fd = os.open(place.name, host_flags, mode, dir_fd=place.dirfd)
-    try:
-        fst = os.fstat(fd)
-        if not (stat.S_ISREG(fst.st_mode) or stat.S_ISDIR(fst.st_mode)):
-            raise oserror(errno.EACCES)       # swapped for a device meanwhile
-        if not flags & os.O_NONBLOCK and not flags & linux.O_PATH:
-            os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    keep = flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_NOFOLLOW)
-    d = Description(fd, place.guest, place.vol, keep | os.O_LARGEFILE,
-                    is_dir=stat.S_ISDIR(fst.st_mode))
-    return files.hold(pid, d), abi.Node.HOST
-
-
-def _check_existing(files: Files, pid: int, place: Place, st, flags: int, writing) -> None:
-    if stat.S_ISLNK(st.st_mode):
-        raise oserror(errno.ELOOP)
-    if stat.S_ISDIR(st.st_mode):
-        if writing or flags & os.O_CREAT:
-            raise oserror(errno.EISDIR)
-    elif flags & os.O_DIRECTORY or place.must_dir:
-        raise oserror(errno.ENOTDIR)
-    elif not stat.S_ISREG(st.st_mode):
-        files.say(pid, f"open({b'/'.join(place.guest).decode(errors='replace')}): a "
-                  "device, FIFO or socket of the host is never opened through the tree: EACCES")
-        raise oserror(errno.EACCES)
-    if writing:
-        place.check_writable()
 
 
 # -- stat, access, links ---------------------------------------------------------
@@ -437,7 +346,7 @@ def sys_chdir(files: Files, pid: int, vm: VM, dirh: int, path_p: int, *_) -> int
 
 
 _TABLE: dict[int, Callable] = {
-    NR["openat"]: sys_openat, NR["newfstatat"]: sys_newfstatat, NR["statx"]: sys_statx,
+    NR["openat"]: opens.sys_openat, NR["newfstatat"]: sys_newfstatat, NR["statx"]: sys_statx,
     NR["faccessat2"]: sys_faccessat2, NR["readlinkat"]: sys_readlinkat,
     NR["getcwd"]: sys_getcwd, NR["chdir"]: sys_chdir,
     **{NR[name]: fn for name, fn in changes.CALLS.items()},

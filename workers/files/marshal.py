@@ -27,7 +27,6 @@ FIONREAD = 0x541B
 # By call: (strings: argument indices of paths; reads: (pointer, length) of
 # what it reads, a length as an argument index or a fixed size (negative);
 # writes: the same for what it writes, and whether cut to the result).
-_S, _R, _W = "s", "r", "w"
 SPECS: dict[int, tuple] = {
     NR["openat"]: ((1,), (), ()),
     NR["read"]: ((), (), ((1, 2, True),)),

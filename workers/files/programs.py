@@ -29,8 +29,9 @@ _parsed: dict[tuple, elf.Program] = {}     # (dev, ino, mtime, size, ram limit) 
 
 class Found:
     """A program to run: (prog), its path as the guest names it (exe), its
-    host path (host), whether it is in the job's tree, and the arguments
-    (argv) it gets (a script's: its interpreter's)."""
+    host path (host), whether it is in the job's tree, the arguments (argv)
+    it gets (a script's: its interpreter's), and (key) a name of its file
+    as it is now, for the hosts that keep programs they were sent."""
 
     def __init__(self, prog: elf.Program, exe: bytes, host: str, argv: list[bytes],
                  in_tree: bool = True, key: str = "") -> None:
@@ -128,11 +129,6 @@ def _shebang(exe: bytes, data: bytes) -> tuple[bytes, bytes]:
                         "without an interpreter")
     interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
     return interp, arg.strip(b" ")
-
-
-def key_of(found: Found) -> str:
-    """A name of the program's file as it is now, for hosts that cache it."""
-    return found.key
 
 
 def parse_cached(key: str, exe: bytes, data: bytes, ram_limit: int) -> elf.Program:

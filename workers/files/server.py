@@ -27,6 +27,7 @@ import threading
 
 from workers.errors import ExecError, TransferError
 from workers.files import marshal
+from workers.files.tree import size_of
 from workers.seal import Sealed, recv_exact
 
 TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
@@ -136,8 +137,7 @@ class FileServer:
                     continue
                 send.send(self._answer(header, body, memory))
         except (TransferError, OSError, ValueError, KeyError, TypeError) as err:
-            if not self._closed and not isinstance(err, TransferError) or \
-                    "closed the connection" not in str(err):
+            if not self._closed:        # (a subtree that ends closes its connection)
                 log.info("a file connection from another host ended: %s", err)
         finally:
             self._conns.discard(conn)
@@ -189,14 +189,13 @@ class FileServer:
         return pack({"ret": ret, "val": val, "writes": out}, data)
 
     def _exec(self, h: dict) -> bytes:
-        from workers.files import programs
         argv = [base64.b64decode(a) for a in h["argv"]]
         try:
             found = self.files.find_program(int(h["pid"]), base64.b64decode(h["path"]), argv,
                                             int(h["dirh"]), int(h["limit"]))
         except ExecError as err:
             return pack({"code": err.code, "why": err.why})
-        key = programs.key_of(found)
+        key = found.key
         data = b"" if key in h.get("have", ()) else found.prog.data
         return pack({"exe": base64.b64encode(found.exe).decode(), "host": found.host,
                      "in_tree": found.in_tree, "key": key,
@@ -222,19 +221,12 @@ class FileServer:
                     host = self.files.tree.host_path(place.guest)
                 if place.special is not None or host is None or not os.path.lexists(host):
                     return pack({"error": f"{path}: no such file in the job's tree"})
-                total += _size(host)
+                total += size_of(host)
                 if total > limit:
                     return pack({"error": f"more than the {limit} bytes UNIFORK_INPUT_MAX "
                                           "allows"})
                 tar.add(host, arcname=b"/".join(place.guest).decode(errors="replace") or ".")
         return pack({"ok": 1}, buf.getvalue())
-
-
-def _size(path: str) -> int:
-    if not os.path.isdir(path) or os.path.islink(path):
-        return os.lstat(path).st_size
-    return sum(os.lstat(os.path.join(d, n)).st_size for d, _, names in os.walk(path)
-               for n in names)
 
 
 class _Done:

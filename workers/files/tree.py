@@ -79,6 +79,15 @@ def parse_volume(spec: str) -> Volume:
     return Volume(os.path.abspath(parts[0]), components(os.fsencode(guest)), ro)
 
 
+def size_of(path: str) -> int:
+    """The bytes of the file at (path), or of all below the directory,
+    symlinks not followed."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(d, n)).st_size for d, _, names in os.walk(path)
+               for n in names)
+
+
 def components(path: bytes) -> tuple[bytes, ...]:
     """The names of an absolute path, without "." and with ".." applied."""
     out: list[bytes] = []

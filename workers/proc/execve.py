@@ -1,8 +1,8 @@
 """execve: the host reads the path, argv and envp from the guest's memory
 (untrusted: a bad pointer is EFAULT), finds the program in the job's tree
 (workers/files/programs.py) and lays out its image in the VM's RAM; the
-guest's kernel carries on from there.  A job with no tree (a subtree on
-another host) can run the program's own image again only."""
+guest's kernel carries on from there.  A path the tree does not have
+that names the program given on the host runs that again."""
 from __future__ import annotations
 
 import errno
@@ -43,23 +43,14 @@ def execve(job: Job, p: Proc, path_p: int, argv_p: int, envp_p: int,
 
 
 def _find(job: Job, p: Proc, path: bytes, argv: list[bytes], dirh: int) -> programs.Found:
-    limit = vm_limit(p)
+    limit = p.vm.layout.mmap_top
     own = {os.fsencode(job.program), os.fsencode(job.exe)}
-    if job.files is None:
-        if path not in own | {b"/proc/self/exe"}:
-            raise ExecError(errno.ENOENT, f"{path.decode(errors='replace')}: "
-                                     "only the program's own image can be run here")
-        return programs.Found(job.prog, os.fsencode(job.exe), job.exe, argv, in_tree=False)
     try:
         return job.files.find_program(p.pid, path, argv, dirh, limit)
     except ExecError as err:
         if err.code == errno.ENOENT and path in own:     # the program given on the host
             return programs.find_host(job.exe, argv, limit)
         raise
-
-
-def vm_limit(p: Proc) -> int:
-    return p.vm.layout.mmap_top
 
 
 def _load(job: Job, p: Proc, found: programs.Found, envp: list[bytes]) -> None:
@@ -76,6 +67,5 @@ def _load(job: Job, p: Proc, found: programs.Found, envp: list[bytes]) -> None:
     abi.BOOT.put(vm.mem, abi.BOOT_ADDR, entry=found.prog.entry, sp=sp,
                  brk=(found.prog.end + abi.PAGE_SIZE - 1) & -abi.PAGE_SIZE,
                  mmap_top=lay.mmap_top, stack_low=lay.stack_low, exe=found.exe[:255])
-    if job.files is not None:
-        job.files.exec_done(p.pid, found)
+    job.files.exec_done(p.pid, found)
     job.reply(p, 0)

@@ -80,8 +80,7 @@ def on_message(job: Job, msg: dict) -> None:
 def remote_ended(job: Job, p: Proc, wstatus: int) -> None:
     """Remote process (p) has ended with (wstatus)."""
     p.wstatus = wstatus
-    if job.files is not None:       # (its host told the home already, unless it was lost)
-        job.files.end(p.pid)
+    job.files.end(p.pid)            # (its host told the home already, unless it was lost)
     waits.publish_kids(job, job.procs.get(p.ppid))
     signals.sigchld(job, p)
     if job.link is not None:

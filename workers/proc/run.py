@@ -67,12 +67,12 @@ def check(req: RunRequest) -> None:
         raise UsageError(f"--workdir {req.workdir}: must be an absolute path in the tree")
 
 
-def open_tree(req: RunRequest, say) -> tuple[Files, programs.Found]:
+def open_tree(req: RunRequest) -> tuple[Files, programs.Found]:
     """The job's files, and its program: the tree's when the tree has it
     (as `docker run` finds it), else the host's."""
     from workers.files.tree import Tree, parse_volume
     cfg = config.get()
-    files = Files(Tree([parse_volume(v) for v in req.volumes]), say, cfg.files_max_open,
+    files = Files(Tree([parse_volume(v) for v in req.volumes]), None, cfg.files_max_open,
                   cfg.files_max_write)
     try:
         workdir = os.fsencode(req.workdir)
@@ -107,8 +107,7 @@ def run(req: RunRequest) -> int:
     :raise VMError: when QEMU cannot be started.
     """
     check(req)
-    said: list = []
-    files, found = open_tree(req, lambda pid, msg: said[0](pid, msg))
+    files, found = open_tree(req)
     prog = found.prog
     slots = req.slots or Slots(config.get().host_max_vms)
     if not slots.take():
@@ -131,7 +130,7 @@ def run(req: RunRequest) -> int:
                 tty_size=(rows, cols), hostname=os.uname().nodename.encode())
         sup = Supervisor(Stdio(req.name, *(r[1] for r in rings), req.stdin, req.stdout,
                                req.stderr), req.timeout)
-        said.append(sup.say)
+        files.tell = sup.say            # the job's stderr, from now on
         bridge = None
         if req.link is not None:
             from workers.pipes.bridge import open_bridge

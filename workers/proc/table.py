@@ -94,7 +94,7 @@ class Job:
 
     def __init__(self, req_program: str, prog: elf.Program, mem_mib: int, shm: SharedRegion,
                  max_procs: int, slots: "Slots", say, fork_wait: float = 5.0,
-                 events=None, link=None, tree: int = 1, bridge=None, files=None) -> None:
+                 events=None, link=None, tree: int = 1, bridge=None, *, files) -> None:
         self.program, self.prog = req_program, prog
         self.exe = os.path.abspath(req_program)
         self.mem_mib, self.shm = mem_mib, shm
@@ -116,7 +116,7 @@ class Job:
         self.alarm_nudged: dict[int, float] = {}  # pid -> when it was last nudged
         self.alarms_due: float | None = None  # when nudge_alarms must look again
         self.bridge = bridge        # bridge.Bridge: pipes with ends in other regions
-        self.files = files          # workers.files.calls.Files: the job's tree
+        self.files = files          # the job's tree: workers/files/ calls.Files, or remote.RemoteFiles
         self.unrung = False         # a request may wait that rang no doorbell (watch.py)
 
     @property
@@ -207,7 +207,7 @@ class Job:
             waits.wait(self, p, args[0], args[1])
         elif req == abi.Req.KILL:
             signals.kill(self, p, args[0], args[1])
-        elif req == abi.Req.FILE and self.files is not None:
+        elif req == abi.Req.FILE:
             self.serve_file(p)
             if watching:
                 watch.watch(self, p)
@@ -268,8 +268,7 @@ class Job:
                 self.say(p.pid, "the VM stopped without an exit status (a triple fault "
                          "or a QEMU crash)" + (f": {detail}" if detail else ""))
         self.slots.give()
-        if self.files is not None:
-            self.files.end(p.pid)
+        self.files.end(p.pid)
         if self.events:
             self.events(p.pid, p.ppid, "killed" if p.wstatus & 0x7F else "exited", p.wstatus,
                         self.tree)
@@ -353,8 +352,7 @@ class Job:
             self._pool.close()
         if self.bridge is not None:
             self.bridge.close()
-        if self.files is not None:
-            self.files.close()
+        self.files.close()
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
