@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 
+from workers import abi
 from workers.errors import ExecError, TransferError
 from workers.files import marshal, programs, server
 from workers.seal import recv_exact
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from workers.vm.machine import VM
 
 CACHED = 8                      # programs kept here, by key
+UNREAD = 64                     # notices sent before their answers are read
 
 
 class RemoteFiles:
@@ -53,6 +55,7 @@ class RemoteFiles:
         self._sock: socket.socket | None = None
         self._send = self._take = None
         self._lock = threading.Lock()
+        self._unread = 0            # answers to notices (tell) not read yet
         self._said: set[str] = set()
         self._programs: dict[str, bytes] = {}      # key -> the program's bytes
 
@@ -90,10 +93,30 @@ class RemoteFiles:
 
     def _ask(self, header: dict, body: bytes = b"") -> tuple[dict, memoryview]:
         with self._lock:
-            if self._sock is None:
-                self._connect()
-            self._send.send(server.pack(header, body))
+            self._put(header, body)
+            self._drain()                       # the notices' answers come first
             return server.unpack(self._take.take(server.MAX_RECORD))
+
+    def _tell(self, header: dict) -> None:
+        """Send (header) without waiting for its answer (read with the next
+        ask's): the home serves a connection in order, so whatever this
+        subtree asks next finds it done."""
+        with self._lock:
+            self._put(header, b"")
+            self._unread += 1
+            if self._unread >= UNREAD:  # (or the answers would fill the socket)
+                self._drain()
+
+    def _drain(self) -> None:
+        for _ in range(self._unread):
+            self._take.take(server.MAX_RECORD)
+        self._unread = 0
+
+    def _put(self, header: dict, body: bytes) -> None:
+        if self._sock is None:
+            self._connect()
+            self._unread = 0
+        self._send.send(server.pack(header, body))
 
     def _out_of_reach(self, pid: int, err: Exception) -> int:
         self.close()
@@ -102,7 +125,6 @@ class RemoteFiles:
 
     # -- what the Job asks -------------------------------------------------------
     def call(self, pid: int, vm: VM, nr: int) -> tuple[int, int]:
-        from workers import abi
         args = list(abi.CTL.get(vm.mem, abi.CTL_ADDR, "sysarg"))
         try:
             reads, writes = marshal.regions(vm, nr, args)
@@ -130,15 +152,21 @@ class RemoteFiles:
             guestmem.span(vm, addr, n)[:] = data[at:at + n]
             at += n
 
-    def fork(self, parent: int, child: int) -> None:
+    def fork(self, parent: int, child: int, here: bool = False) -> None:
+        """(child) holds what (parent) holds.  A child (here), in this
+        subtree, asks on this connection, after the notice: no need to wait
+        (the fork path); one elsewhere asks on its own, so we wait."""
         try:
-            self._ask({"op": "fork", "parent": parent, "child": child})
+            if here:
+                self._tell({"op": "fork", "parent": parent, "child": child})
+            else:
+                self._ask({"op": "fork", "parent": parent, "child": child})
         except (OSError, TransferError) as err:
             self._out_of_reach(parent, err)
 
     def end(self, pid: int) -> None:
         try:
-            self._ask({"op": "end", "pid": pid})
+            self._tell({"op": "end", "pid": pid})
         except (OSError, TransferError) as err:
             self._out_of_reach(pid, err)
 

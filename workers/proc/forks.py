@@ -64,8 +64,7 @@ def fork(job: Job, parent: Proc, asked: float) -> None:
         job.say(parent.pid, f"fork failed: {err}")
         return job.reply(parent, -errno.EAGAIN)
     count_ends(job, child_vm, +1)
-    if job.files is not None:
-        job.files.fork(parent.pid, pid)
+    job.files.fork(parent.pid, pid, here=True)
     child = job.add(child_vm, parent.pid, pid, record=False)
     parent_tsc = abi.CTL.get(parent.vm.mem, abi.CTL_ADDR, "arg")[1]
     clone.start(child_vm, parent_tsc, asked, clone.clock_offset(parent.vm))
@@ -81,8 +80,7 @@ def fork_remote(job: Job, parent: Proc, asked: float) -> None:
     parent.parked_seq = abi.CTL.get(mem, abi.CTL_ADDR, "req_seq")
     pid, pipes = job.new_pid(), []
     parent.sending = (pid, pipes)
-    if job.files is not None:      # before the child can run, wherever it does
-        job.files.fork(parent.pid, pid)
+    job.files.fork(parent.pid, pid)    # before the child can run, wherever it does
     if job.bridge is not None:     # the child's pipes (and stdin) reach it over a link
         ends = abi.CTL.get(mem, abi.CTL_ADDR, "ends")
         used = job.shm.used()
@@ -107,7 +105,7 @@ def forked(job: Job, msg: dict) -> None:
     if "error" in msg and job.bridge is not None:
         for spec in pipes:
             job.bridge.unlink(spec)
-    if "error" in msg and job.files is not None:
+    if "error" in msg:
         job.files.end(pid)
     if "error" in msg:
         if parent.running:
