@@ -2,6 +2,7 @@
 structure's size and every field's offset, and every constant, agree."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -79,3 +80,14 @@ def test_every_code_of_each_enum_agrees_and_none_is_missing(header_facts, prefix
 
 def test_ring_offsets_agree(header_facts):
     assert header_facts["ring_off_5"] == abi.shm_ring_off(5)
+
+
+def test_the_file_calls_numbers_are_linuxs():
+    """workers/files/ serves FILE requests by the Linux numbers the guest
+    forwards (guest/kernel/fs.c takes them from <asm/unistd_64.h>)."""
+    from workers.files.calls import NR
+    header = next(p for p in ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+                              "/usr/include/asm/unistd_64.h") if os.path.exists(p))
+    linux = {m[0]: int(m[1]) for m in
+             re.findall(r"^#define __NR_(\w+) (\d+)$", open(header).read(), re.M)}
+    assert {name: linux[name] for name in NR} == NR

@@ -113,25 +113,39 @@ def wait_finished(net, job_id: str, within: float = 60) -> None:
         time.sleep(0.2)
 
 
+def running(net, job_id: str, n: int) -> dict[int, dict]:
+    """The job's processes once (n) of them run (pid 1 first, if n is 1)."""
+    deadline = time.monotonic() + 60
+    while True:
+        ps = procs(net, job_id)
+        up = [p for p in ps.values() if p["state"] == "running"]
+        if (n == 1 and ps.get(1, {}).get("state") == "running") or (n > 1 and len(up) >= n):
+            return ps
+        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
+        time.sleep(0.1)
+
+
 def spread_running(net, program, sleep_ms: int) -> tuple[str, dict[int, dict]]:
     """A job of pid 1 and 3 children that sleep (sleep_ms), once all 4 run."""
     job_id = cli(net, "submit", program("spread", "musl"), 3, sleep_ms).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
-        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
-        time.sleep(0.2)
-    return job_id, ps
+    return job_id, running(net, job_id, 4)
 
 
 def pid1_running(net, program) -> tuple[str, str]:
     """A job of pid 1 and a child that sleeps 3 s, once pid 1 runs: its id
     and pid 1's host."""
     job_id = cli(net, "submit", program("spread", "musl"), 1, 3000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
-        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
-        time.sleep(0.1)
-    return job_id, ps[1]["host"]
+    return job_id, running(net, job_id, 1)[1]["host"]
+
+
+def lose_and_wait(net, job_id: str, host: str) -> None:
+    """(host) dies; once the job is over its worker comes back, for the
+    next tests."""
+    net.kill_host(host)
+    try:
+        wait_finished(net, job_id, within=60)
+    finally:
+        net.restart_worker(host)
 
 
 def test_children_run_on_every_host_and_their_statuses_and_output_come_back(net, program):
@@ -306,11 +320,7 @@ def test_a_job_whose_host_dies_is_sent_again_at_once_and_runs_elsewhere(net, pro
     """The broker would hand the job out again only after an hour (its
     visibility timeout): a live worker sees the host lapse and sends it."""
     job_id, home = pid1_running(net, program)
-    net.kill_host(home)
-    try:
-        wait_finished(net, job_id, within=60)
-    finally:
-        net.restart_worker(home)            # for the next tests
+    lose_and_wait(net, job_id, home)
     out = cli(net, "logs", job_id)
     assert f"the job's host {home} was lost: the job runs again from the start on".encode() \
         in out.stderr, out
@@ -327,16 +337,7 @@ def test_a_job_sent_again_after_its_host_died_starts_from_its_inputs(net, tmp_pa
                  "--input", f"{data}:/in/data", "/bin/busybox", "sh", "-c",
                  "busybox sleep 3; busybox cat /in/data; echo changed > /in/data"
                  ).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while (ps := procs(net, job_id)).get(1, {}).get("state") != "running":
-        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
-        time.sleep(0.1)
-    home = ps[1]["host"]
-    net.kill_host(home)
-    try:
-        wait_finished(net, job_id, within=60)
-    finally:
-        net.restart_worker(home)            # for the next tests
+    lose_and_wait(net, job_id, running(net, job_id, 1)[1]["host"])
     out = cli(net, "logs", job_id)
     assert b"the job runs again from the start on" in out.stderr, out
     assert out.stdout == b"from the inputs\n", out
@@ -385,17 +386,12 @@ def test_a_host_lost_while_its_processes_hold_files_leaves_the_tree_to_the_other
     home goes on with the files, the parent sees the two killed, and the
     job ends as it does without files."""
     job_id = cli(net, "submit", program("spreadfiles", "musl"), 3, 6000).stdout.decode().strip()
-    deadline = time.monotonic() + 60
-    while len(ps := procs(net, job_id)) < 4 or any(p["state"] != "running" for p in ps.values()):
-        assert time.monotonic() < deadline, (ps, cli(net, "logs", job_id))
-        time.sleep(0.2)
+    ps = running(net, job_id, 4)
     home = ps[1]["host"]
     dead = "hostB" if home == "hostA" else "hostA"
     here = sum(p["host"] == home for pid, p in ps.items() if pid != 1)
     assert sum(p["host"] == dead for p in ps.values()) == 3 - here, ps
-    net.kill_host(dead)
-    net.restart_worker(dead)
-    wait_finished(net, job_id)
+    lose_and_wait(net, job_id, dead)
     out = cli(net, "logs", job_id).stdout.decode()
     assert f"{here} children ran execve and exited well" in out, out
     assert out.count("a child read line") == here, out
