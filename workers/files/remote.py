@@ -165,6 +165,13 @@ class RemoteFiles:
             self._out_of_reach(parent, err)
 
     def end(self, pid: int) -> None:
+        """(pid) has ended here.  With no connection yet, nothing of this
+        subtree was told to the home: its root's hold was the parent's
+        host's to make, and that host tells the home of its end too
+        (remote.remote_ended), so a child that used no files costs its end
+        no connection."""
+        if self._sock is None:
+            return
         try:
             self._tell({"op": "end", "pid": pid})
         except (OSError, TransferError) as err:
