@@ -21,15 +21,35 @@ OUTPUT_TTL = 7 * 24 * 3600   # job records and output expire a week after they e
 def connect(url: str) -> redis.Redis:
     """A client for (url), checked with a PING.
 
-    :raise Unreachable: with a one-line reason.
+    :raise Unreachable: with a one-line reason (the password never in it).
     """
     try:
         r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
         r.ping()
         return r
+    except redis.exceptions.AuthenticationError as err:
+        raise Unreachable(_refusal(url, err)) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
             ValueError) as err:
-        raise Unreachable(f"cannot reach Redis at {url}: {err}") from err
+        raise Unreachable(f"cannot reach Redis at {shown(url)}: {err}") from None
+
+
+def shown(url: str) -> str:
+    """(url) as it may be printed: a password in it replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, where = rest.rpartition("@")
+    if not (sep and at):
+        return url
+    user, colon, _ = auth.partition(":")
+    return f"{scheme}://{user}{colon}{'***' if colon else ''}@{where}"
+
+
+def _refusal(url: str, err: Exception) -> str:
+    """Why Redis at (url) would not let us in, in one line."""
+    if "@" in url.partition("://")[2]:
+        return f"Redis at {shown(url)} refused the password in the URL"
+    return (f"Redis at {url} requires a password: give it in the URL, "
+            f"redis://:PASSWORD@HOST:PORT/DB (--redis or UNIFORK_REDIS_URL)")
 
 
 # -- images -------------------------------------------------------------------

@@ -19,6 +19,9 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (make setup installs it)")
 
 
+PASSWORD = "pw-of-the-test-cluster"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -27,17 +30,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Redis on a free port and two workers, hostA (4 slots) and hostB (5)."""
+    """Redis on a free port, with a password as every deployment has, and
+    two workers, hostA (4 slots) and hostB (5)."""
     port = free_port()
     d = tmp_path_factory.mktemp("redis")
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", str(d)],
-                             stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
+                              "--save", "", "--appendonly", "no", "--dir", str(d),
+                              "--requirepass", PASSWORD], stdout=subprocess.DEVNULL)
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
     env = {**os.environ, "UNIFORK_REDIS_URL": url}
     deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout \
-            != b"PONG\n":
+    while subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", PASSWORD,
+                          "ping"], capture_output=True).stdout != b"PONG\n":
         assert time.monotonic() < deadline, "redis did not start"
         time.sleep(0.05)
     workers = {}
@@ -252,6 +256,24 @@ def test_an_unreachable_redis_is_a_one_line_error(example):
     assert got.returncode == 1
     assert got.stderr.startswith(b"unifork: cannot reach Redis at redis://127.0.0.1:")
     assert len(got.stderr.splitlines()) == 1
+
+
+def test_a_client_without_the_password_is_told_to_give_one(cluster):
+    got = cli(cluster, "hosts", "--redis", f"redis://127.0.0.1:{cluster['port']}/0")
+    assert got.returncode == 1
+    assert got.stderr == (f"unifork: Redis at redis://127.0.0.1:{cluster['port']}/0 requires "
+                          "a password: give it in the URL, redis://:PASSWORD@HOST:PORT/DB "
+                          "(--redis or UNIFORK_REDIS_URL)\n").encode()
+
+
+def test_a_worker_with_a_wrong_password_stops_with_one_line_that_hides_it(cluster):
+    got = cli(cluster, "worker", "--host-name", "hostC", "--slots", "1", "--advertise",
+              "127.0.0.1", env={"UNIFORK_REDIS_URL": f"redis://:wrong@127.0.0.1:{cluster['port']}/0"},
+              timeout=30)
+    assert got.returncode == 1
+    assert got.stderr == (f"unifork: Redis at redis://:***@127.0.0.1:{cluster['port']}/0 "
+                          "refused the password in the URL\n").encode()
+    assert b"hostC" not in cli(cluster, "hosts").stdout
 
 
 def test_drain_stops_placement_on_that_host(cluster, example):
