@@ -38,6 +38,9 @@ def parser():
                    help="TCP ports for forks arriving from other hosts (default: any)")
     w.add_argument("--bridge-ports", metavar="LO-HI", type=_port_range,
                    help="UDP ports for pipes to other hosts (default: any)")
+    w.add_argument("--files-ports", metavar="LO-HI", type=_port_range,
+                   help="TCP ports of jobs' file servers, for their processes on other "
+                   "hosts (default: any)")
     s = cluster("submit", help="submit a job to the cluster; prints its id")
     s.add_argument("--wait", action="store_true", help="print its output, exit with its status")
     s.add_argument("--follow", action="store_true",

@@ -47,7 +47,8 @@ def net(request, tmp_path_factory):
         url = net.start_redis(d)
         qemu_before = qemu_pids()
         net.start_workers(UNIFORK, url, SLOTS, d,
-                          args=("--fork-ports", "41000-41009", "--bridge-ports", "42000-42009"),
+                          args=("--fork-ports", "41000-41009", "--bridge-ports", "42000-42009",
+                                "--files-ports", "43000-43009"),
                           env={"UNIFORK_BRIDGE_TIMEOUT": "3", **NETWORKS[mode]})
         net.url = url
         yield net

@@ -2,7 +2,7 @@
 
 Each knob is a variable of the environment (KNOBS, the table the README
 shows); the command line sets a few of them for its own process
-(`unifork worker --host-name --fork-ports --bridge-ports`, `--redis`)
+(`unifork worker --host-name --fork-ports --bridge-ports --files-ports`, `--redis`)
 through override(), which checks them the same way.  Everything else reads
 get().  A bad value is a ConfigError that names the variable, the value
 and what it takes.  Processes started after override() (Celery's pool, forked)
@@ -101,6 +101,9 @@ KNOBS = (
      "LO-HI: TCP ports for forks arriving here, for a firewall (`--fork-ports`)"),
     ("UNIFORK_BRIDGE_PORTS", "bridge_ports", _ports, "",
      "LO-HI: UDP ports for pipes between hosts (`--bridge-ports`)"),
+    ("UNIFORK_FILES_PORTS", "files_ports", _ports, "",
+     "LO-HI: TCP ports of a job's file server, for its processes on other hosts "
+     "(`--files-ports`)"),
     ("UNIFORK_BRIDGE_TIMEOUT", "bridge_timeout", _float(0.1), "5",
      "seconds of silence after which a peer of a pipe is gone"),
     ("UNIFORK_BRIDGE_NICE", "bridge_nice", _int(-20, 0), "-20",

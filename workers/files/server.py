@@ -84,11 +84,15 @@ class _Memory:
 
 class FileServer:
     """Serves (files) to the job's other hosts on (address) (its host's
-    advertised address; any port), as long as the job runs here."""
+    advertised address; a port of UNIFORK_FILES_PORTS, or any), as long as
+    the job runs here."""
 
     def __init__(self, files: Files, secret: bytes, job_id: str, address: str) -> None:
+        from workers import config
+        from workers.ports import bind_in
         self.files, self.secret, self.job_id = files, secret, job_id
-        self.sock = socket.create_server((address, 0))
+        self.sock = bind_in(config.get().files_ports, "UNIFORK_FILES_PORTS",
+                            lambda port: socket.create_server((address, port)))
         self.address = f"{address}:{self.sock.getsockname()[1]}"
         self._conns: set[socket.socket] = set()
         self._closed = False

@@ -9,7 +9,6 @@ booted ahead of time (spare()); receive() reads the parent's RAM into it
 """
 from __future__ import annotations
 
-import random
 import select
 import socket
 import time
@@ -17,6 +16,7 @@ import time
 from workers import abi, config
 from workers.errors import TransferError
 from workers.fork import clone, wire
+from workers.ports import bind_in
 from workers.vm.machine import VM, kernel_id
 from workers.vm.rings import SharedRegion
 
@@ -45,14 +45,8 @@ class Arrival:
 
     def listen(self, address: str, nonce: bytes) -> None:
         """Listen for the parent's stream, sealed under keys from (nonce)."""
-        for port in _ports():
-            try:
-                self.listener = socket.create_server((address, port), backlog=1)
-                break
-            except OSError:
-                continue
-        else:
-            raise OSError("no free TCP port in UNIFORK_FORK_PORTS=%d-%d" % config.get().fork_ports)
+        self.listener = bind_in(config.get().fork_ports, "UNIFORK_FORK_PORTS",
+                                lambda port: socket.create_server((address, port), backlog=1))
         self.listener.settimeout(ACCEPT_TIMEOUT)
         self.nonce = nonce
 
@@ -158,15 +152,3 @@ def spare(mem_mib: int = 128) -> None:
             _spare = Arrival(mem_mib)
         except Exception:       # noqa: BLE001 - no spare: the next fork starts one
             _spare = None
-
-
-def _ports() -> list[int]:
-    """Ports for an incoming fork, in the order to try: any free port, or
-    those of UNIFORK_FORK_PORTS=LO-HI (`unifork worker --fork-ports`), for
-    a firewall, shuffled."""
-    if config.get().fork_ports is None:
-        return [0]
-    lo, hi = config.get().fork_ports
-    ports = list(range(lo, hi + 1))
-    random.shuffle(ports)
-    return ports

@@ -65,20 +65,11 @@ def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
     """The bridge of a subtree's region, on its host's address: a port from
     UNIFORK_BRIDGE_PORTS=LO-HI (for a firewall) or any free one; a peer that
     is silent for UNIFORK_BRIDGE_TIMEOUT seconds (5) is taken for gone."""
-    import random
+    from workers.ports import bind_in
     cfg = config.get()
     dead_after, key = cfg.bridge_timeout, job_key(secret, job_id)
-    if cfg.bridge_ports is None:
-        return Bridge(shm, key, address, 0, dead_after, say)
-    lo, hi = cfg.bridge_ports
-    ports = list(range(lo, hi + 1))
-    random.shuffle(ports)
-    for port in ports:
-        try:
-            return Bridge(shm, key, address, port, dead_after, say)
-        except OSError:
-            continue
-    raise OSError("no free UDP port in UNIFORK_BRIDGE_PORTS=%d-%d" % cfg.bridge_ports)
+    return bind_in(cfg.bridge_ports, "UNIFORK_BRIDGE_PORTS",
+                   lambda port: Bridge(shm, key, address, port, dead_after, say))
 
 
 def _state_behind(buf, at: int) -> bool:
