@@ -18,6 +18,14 @@ def host(name: str) -> str:             # hash: slots, used, address, heartbeat,
     return f"{PREFIX}host:{name}"
 
 
+def host_offers(name: str) -> str:      # list of JSON: where its idle worker processes listen
+    return f"{PREFIX}host:{name}:offers"
+
+
+def offer_taken(name: str, offer_id: str) -> str:  # string: the ticket that took an offer
+    return f"{PREFIX}host:{name}:offer:{offer_id}"
+
+
 HOSTS = f"{PREFIX}hosts"                # set of host names ever registered
 
 

@@ -11,7 +11,18 @@ finds it claimed and does nothing, so one fork makes one child.  If nobody claim
 it within the job's fork wait, the parent abandons the ticket and its
 fork() returns EAGAIN; a late worker then finds it abandoned.
 
+The Celery hop costs a few ms, so a host's idle worker processes also
+*offer* themselves (broker/cluster/offers.py): each listens on a port and
+puts it in the host's list of offers.  When the host the parent's host
+picks has one, open_ticket() claims the ticket for it, takes its slot and
+hands out the offer in the same round trip, and the parent's host sends
+the fork straight there; the child's host marks the ticket *arrived* as
+the stream comes (a stream replayed later finds it so).  An offer that
+turns out stale (its process went busy or away) is given back unclaimed,
+and the fork goes by its task as before.
+
     waiting ──claim──▶ claimed ──place──▶ (the parent reads where)
+       │                 └──arrive──▶ arrived      (an offer's stream)
        └──abandon──▶ abandoned
 """
 from __future__ import annotations
@@ -47,12 +58,39 @@ end
 return best
 """
 # A new ticket KEYS[2] (job ARGV[3], pid ARGV[4], created ARGV[5], living
-# ARGV[6] s), and _PICK's answer: one round trip on the fork's path.
+# ARGV[6] s), and _PICK's answer: one round trip on the fork's path.  If
+# the host picked has an offer (its list is ARGV[2] .. name .. ARGV[7]),
+# the ticket is claimed for it, with one of its slots, {host, offer}
+# returned instead, and the ticket (ARGV[8]) kept under the offer's id.
 _OPEN_TICKET = """
 redis.call('HSET', KEYS[2], 'state', 'waiting', 'job', ARGV[3], 'pid', ARGV[4],
            'created', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
-""" + _PICK
+local best = (function()""" + _PICK + """end)()
+if not best or ARGV[7] == '' then return best end
+local offer = redis.call('LPOP', ARGV[2] .. best .. ARGV[7])
+if not offer then return best end
+redis.call('HINCRBY', ARGV[2] .. best, 'used', 1)
+redis.call('HSET', KEYS[2], 'state', 'claimed', 'host', best)
+redis.call('SET', ARGV[2] .. best .. ':offer:' .. cjson.decode(offer)['id'], ARGV[8],
+           'EX', ARGV[6])
+return {best, offer}
+"""
+# Give back a ticket KEYS[1] claimed for host ARGV[1] (hash KEYS[2]) whose
+# offer was stale: waiting again, the slot free.
+_UNCLAIM = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'claimed'
+   or redis.call('HGET', KEYS[1], 'host') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'waiting')
+redis.call('HINCRBY', KEYS[2], 'used', -1)
+return 1
+"""
+_ARRIVE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'claimed'
+   or redis.call('HGET', KEYS[1], 'host') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'arrived')
+return 1
+"""
 # Claim ticket KEYS[1] for host ARGV[1] whose hash is KEYS[2], taking one of
 # its slots, in one step.  Returns the ticket's state if it is not waiting,
 # 'full' if the host has no free slot (or drains), else 'won'.
@@ -88,13 +126,57 @@ def give_slot(r: redis.Redis, host: str) -> None:
     r.hincrby(keys.host(host), "used", -1)
 
 
-def open_ticket(r: redis.Redis, ticket: str, job: str, pid: int, but: str) -> str | None:
+def open_ticket(r: redis.Redis, ticket: str, job: str, pid: int, but: str,
+                offers: bool = False) -> tuple[str | None, dict | None]:
     """Make ticket (ticket) for job (job)'s fork of (pid), waiting, and say
     which host to send it to: alive, not draining, with the most free
-    slots, other than (but); None when no host has a free slot.  One round
-    trip (it is on the fork's path)."""
+    slots, other than (but); None when no host has a free slot.  With
+    (offers), if that host has an offer, the ticket is claimed for it (a
+    slot taken) and the offer is the second value.  One round trip (it is
+    on the fork's path)."""
     got = r.eval(_OPEN_TICKET, 2, keys.HOSTS, keys.ticket(ticket), but, keys.host(""), job,
-                 pid, time.time(), TICKET_TTL)
+                 pid, time.time(), TICKET_TTL, OFFERS_SUFFIX if offers else "", ticket)
+    if isinstance(got, list):
+        return got[0].decode(), json.loads(got[1])
+    return (got.decode() if got else None), None
+
+
+OFFERS_SUFFIX = keys.host_offers("")[len(keys.host("")):]     # ":offers"
+
+
+def unclaim(r: redis.Redis, ticket: str, host: str) -> bool:
+    """Give back (ticket), claimed for (host) with an offer that was stale:
+    waiting again, its slot free; False if it is not so claimed."""
+    return bool(r.eval(_UNCLAIM, 2, keys.ticket(ticket), keys.host(host), host))
+
+
+def arrive(r: redis.Redis, ticket: str, host: str) -> bool:
+    """The stream of (ticket), claimed for (host) with an offer, is here:
+    True the first time only (a replayed stream finds it arrived)."""
+    return bool(r.eval(_ARRIVE, 1, keys.ticket(ticket), host))
+
+
+def offer(r: redis.Redis, host: str, where: dict) -> str:
+    """Put (where), whose "id" is new, in (host)'s offers; returns the
+    entry, for withdraw() and offered()."""
+    entry = json.dumps(where, sort_keys=True)
+    r.rpush(keys.host_offers(host), entry)
+    return entry
+
+
+def withdraw(r: redis.Redis, host: str, entry: str) -> bool:
+    """Take (entry) out of (host)'s offers; False if a fork took it first."""
+    return bool(r.lrem(keys.host_offers(host), 0, entry))
+
+
+def offered(r: redis.Redis, host: str, entry: str) -> bool:
+    """Whether (entry) is still among (host)'s offers."""
+    return r.lpos(keys.host_offers(host), entry) is not None
+
+
+def taken_by(r: redis.Redis, host: str, entry: str) -> str | None:
+    """The ticket of the fork that took offer (entry) of (host), if known."""
+    got = r.get(keys.offer_taken(host, json.loads(entry)["id"]))
     return got.decode() if got else None
 
 

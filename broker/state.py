@@ -104,6 +104,7 @@ def register_host(r: redis.Redis, name: str, slots: int, address: str) -> str | 
                                      "draining": 0, "started": time.time(),
                                      "incarnation": incarnation})
     p.sadd(keys.HOSTS, name)
+    p.delete(keys.host_offers(name))        # a former incarnation's processes are gone
     p.execute()
     return incarnation
 

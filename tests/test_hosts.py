@@ -8,8 +8,10 @@ as a broker that redelivers would: every test below also checks that one
 fork makes one child."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -171,6 +173,111 @@ def test_children_run_on_every_host_and_their_statuses_and_output_come_back(net,
     while free_slots(net) != SLOTS:                          # every slot came back
         assert time.monotonic() < deadline, free_slots(net)
         time.sleep(0.2)
+
+
+def placed_by(net, job_id: str) -> list[str]:
+    """How each of the job's forks onto another host went: "offer" or "task"."""
+    events = redis(net, "lrange", f"unifork:job:{job_id}:events", 0, -1).splitlines()
+    return [e["by"] for e in map(json.loads, events) if e.get("state") == "placed"]
+
+
+def offers(net, host: str) -> list[dict]:
+    return [json.loads(e) for e in
+            redis(net, "lrange", f"unifork:host:{host}:offers", 0, -1).splitlines()]
+
+
+def slots_come_back(net, within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while free_slots(net) != SLOTS:
+        assert time.monotonic() < deadline, free_slots(net)
+        time.sleep(0.2)
+
+
+def test_forks_onto_other_hosts_go_straight_to_an_idle_worker_process(net, program):
+    """Each worker process that runs no task offers itself; a fork takes an
+    offer of the host it is placed on and skips the Celery hop."""
+    for host in SLOTS:
+        assert offers(net, host), f"{host} has no idle worker process on offer"
+    got = cli(net, "submit", "--wait", program("spread", "musl"), 3, 300)
+    assert got.returncode == 0 and "3 forked" in got.stdout.decode(), got.stderr.decode()
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    assert "offer" in placed_by(net, job_id)
+    slots_come_back(net)
+
+
+def test_a_fork_whose_offer_is_stale_goes_by_its_task(net, program):
+    """An offer nobody listens to any more (its process went away) is given
+    back, its slot with it, and the fork is sent as a task instead."""
+    for host in SLOTS:
+        redis(net, "lpush", f"unifork:host:{host}:offers",
+              json.dumps({"address": net.addr[host], "port": 9, "id": "gone"}))
+    got = cli(net, "submit", "--wait", program("spread", "musl"), 3, 300)
+    out = got.stdout.decode()
+    assert got.returncode == 0 and "3 forked" in out, got.stderr.decode()
+    assert all(f"child {i} exited {10 + i}" in out for i in range(3)), out
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    assert "task" in placed_by(net, job_id)
+    slots_come_back(net)
+    for host in SLOTS:
+        redis(net, "lrem", f"unifork:host:{host}:offers", 0,
+              json.dumps({"address": net.addr[host], "port": 9, "id": "gone"}))
+
+
+TAKE_AN_OFFER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from broker import placement, state
+r = state.connect(sys.argv[2])
+host, offer = placement.open_ticket(r, "never-connected", "no-job", 2, "nobody", offers=True)
+print(host, json.dumps(offer))
+"""
+
+
+def test_an_offer_taken_by_a_host_that_never_connects_is_given_back(net):
+    """A parent's host that dies between taking an offer and connecting
+    leaves a claimed ticket and a slot in use: the offer's process gives
+    both back after STALE_AFTER (10 s) and offers itself again."""
+    got = net.run("hub", sys.executable, "-c", TAKE_AN_OFFER, ROOT, net.url)
+    host, offer = got.stdout.decode().split(" ", 1)
+    offer = json.loads(offer)
+    assert offer is not None, got.stderr.decode()
+    assert free_slots(net)[host] == SLOTS[host] - 1
+    slots_come_back(net, within=20)
+    assert redis(net, "hget", "unifork:fork:never-connected", "state").strip() == "waiting"
+    assert offer["port"] in [o["port"] for o in offers(net, host)]     # on offer again
+
+
+def test_bytes_that_are_not_a_fork_stream_sent_to_an_offer_harm_nothing(net, program):
+    """Garbage, a short hello and a stream sealed with another secret: one
+    line each in the worker's log, no traceback; forks still take offers."""
+    log_dir = net._worker_setup[3]
+    for junk in (b"x" * 4096, os.urandom(16) + b"\0" * 64, b"short"):
+        for host in SLOTS:
+            o = offers(net, host)[0]
+            net.run("hub", sys.executable, "-c", SEND_BYTES, o["address"], o["port"], junk.hex())
+    time.sleep(6)                           # the short hello's HELLO_TIMEOUT
+    got = cli(net, "submit", "--wait", program("spread", "musl"), 3, 300)
+    assert got.returncode == 0 and "3 forked" in got.stdout.decode(), got.stderr.decode()
+    job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
+    assert "offer" in placed_by(net, job_id)
+    for host in SLOTS:
+        log = open(os.path.join(log_dir, f"{host}.log")).read()
+        assert "offer of worker process" in log, log
+        assert "Traceback" not in log, log
+    slots_come_back(net)
+
+
+SEND_BYTES = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.sendall(bytes.fromhex(sys.argv[3]))
+    s.shutdown(socket.SHUT_WR) if len(sys.argv[3]) > 20 else None
+    s.settimeout(8)
+    try:
+        s.recv(100)
+    except OSError:
+        pass
+"""
 
 
 def test_children_on_other_hosts_use_the_jobs_files_as_if_they_were_home(net, program, tmp_path):

@@ -84,6 +84,9 @@ KNOBS = (
      "`unifork run`: the most VMs (processes) one job runs at once"),
     ("UNIFORK_IDLE_VMS", "idle_vms", _int(1, 64), "4",
      "the most idle (parked) VMs a job keeps on a host"),
+    ("UNIFORK_FORK_OFFERS", "fork_offers", _bool, "1",
+     "0: forks onto other hosts always go by their Celery task (no idle worker "
+     "process offers itself to them)"),
     ("UNIFORK_FORK_WAIT", "fork_wait", _float(0), "5",
      "seconds a fork waits for a VM, or a slot in the cluster, before EAGAIN"),
     ("UNIFORK_FILES_MAX_OPEN", "files_max_open", _int(16, 1 << 20), "4096",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import time
 
 from broker import placement, state
@@ -39,6 +40,7 @@ from workers.fork.arrival import Arrival
 from workers.proc.stdio import Stdio
 from workers.proc.supervisor import Supervisor
 from workers.proc.table import Job
+from workers.seal import recv_exact
 from workers.vm import elf
 from workers.vm.layout import Layout
 from workers.vm.rings import SharedRegion
@@ -46,6 +48,7 @@ from workers.vm.rings import SharedRegion
 log = logging.getLogger("unifork.worker")
 
 FULL = "full"           # take(): no slot here, the task goes back to the queue
+HELLO_TIMEOUT = 5.0     # take_offered(): seconds for a fork's nonce and header
 
 
 @dataclasses.dataclass
@@ -93,7 +96,7 @@ def take(here: Here, task: ForkTask) -> str:
         if a is not None:
             arrival.give_back(a)
         return FULL if got == "full" else placement.refused(
-            r, "duplicate" if got == "claimed" else "late")
+            r, "duplicate" if got in ("claimed", "arrived") else "late")
     try:
         if failed is not None:
             raise failed
@@ -121,12 +124,74 @@ def _failed(here: Here, task: ForkTask, a: Arrival | None, err: Exception) -> No
     log.warning("%s", what, exc_info=True)
 
 
-def run_child(here: Here, task: ForkTask, a: Arrival) -> None:
-    """Make the child from the parent's stream and supervise its subtree
-    until its last process here ends.  The slot taken for it is (here)'s."""
+def take_offered(here: Here, conn: socket.socket) -> str:
+    """Make the child of a fork sent straight to this process's offer
+    (offers.py) and run its subtree here until it ends: "done", "failed",
+    or why the stream was refused.  Its ticket was claimed, and a slot
+    here taken, by the parent's host."""
+    secret = cluster_secret(here.r)
+    try:
+        conn.settimeout(HELLO_TIMEOUT)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        nonce = recv_exact(conn, wire.OFFER_NONCE)
+        began = time.monotonic()
+        got = wire.open_fork(conn, secret, nonce)   # a stream without the secret ends here
+        conn.settimeout(30)
+        task = _offered_task(got.header)
+        if not placement.arrive(here.r, task.ticket, here.host):
+            wire.send_reply(conn, secret, nonce, {"error": "the fork's ticket is not for here"})
+            conn.close()
+            return placement.refused(here.r, "duplicate")
+    except BaseException:
+        conn.close()
+        raise
+    a = None
+    try:
+        try:
+            a = arrival.vessel(task.mem_mib)
+            a.nonce = nonce
+            a.take(got, conn, secret, task.pid)
+        except BaseException as err:
+            if a is None or a.refused is None:
+                _reply_error(conn, secret, nonce, err)
+            conn.close()
+            raise
+        run_child(here, task, a, (got.header, conn, began))
+        return "done"
+    except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
+        _failed(here, task, a, err)
+        return "failed"
+    finally:
+        if a is not None:
+            a.close()
+        if a is None or not a.adopted:
+            placement.give_slot(here.r, here.host)
+        arrival.spare(task.mem_mib)
+
+
+def _offered_task(header: dict) -> ForkTask:
+    """The task an offered fork's header carries."""
+    try:
+        return ForkTask(**header["task"])
+    except (KeyError, TypeError) as err:
+        raise TransferError(f"a fork stream to an offer without its task: {err}") from None
+
+
+def _reply_error(conn: socket.socket, secret: bytes, nonce: bytes, err: Exception) -> None:
+    try:
+        wire.send_reply(conn, secret, nonce, {"error": str(err) or repr(err)})
+    except OSError:
+        pass                        # the parent's host has gone: its fork fails anyway
+
+
+def run_child(here: Here, task: ForkTask, a: Arrival, received: tuple | None = None) -> None:
+    """Make the child from the parent's stream (or what of it was
+    (received) already: header, connection, when it began) and supervise
+    its subtree until its last process here ends.  The slot taken for it is
+    (here)'s."""
     secret = cluster_secret(here.r)
     child = _Child(here, task, a, secret, here.image_path(task.image) if task.image else "")
-    header, conn, began = a.receive(secret, task.pid)
+    header, conn, began = received or a.receive(secret, task.pid)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with conn:

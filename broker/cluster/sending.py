@@ -5,12 +5,17 @@ comes here as an Outgoing, onto one of a few threads that stay; the
 parent guest waits for its reply meanwhile, and its RAM does not change
 while it does.  Sender.fork() then:
 
-1. opens the fork's ticket in Redis and sends its fork_child task, to the
-   host the ticket names or to the shared fork queue (placement.py);
-2. while the task travels, seals the parent's RAM (wire.seal_ram);
-3. waits for a host to claim the ticket and say where its child listens
-   (no claim within the fork wait: the ticket is abandoned, EAGAIN);
-4. streams the RAM there, and waits for that host's word (wire.py);
+1. opens the fork's ticket in Redis, which picks the host with the most
+   free slots, and takes an offer of one of its idle worker processes if
+   it has one (placement.py, offers.py); without one, sends the fork_child
+   task to that host's queue or to the shared fork queue;
+2. seals the parent's RAM (wire.seal_ram), while the task travels;
+3. with an offer, streams the fork there, its task in the header, and waits
+   for that host's word (wire.py); an offer nobody listens to any more is
+   given back and the fork goes by its task;
+4. by the task: waits for a host to claim the ticket and say where its
+   child listens (no claim within the fork wait: the ticket is
+   abandoned, EAGAIN), streams the RAM there, and waits for its word;
 5. tells the parent's subtree "forked" (its supervisor answers the parent)
    and records the fork's event.
 
@@ -67,43 +72,81 @@ class Sender:
     def fork(self, out: Outgoing) -> None:
         link = self.link
         try:
-            ticket, nonce, sent = self._dispatch(out)
+            ticket, nonce, task = self._task(out)
+            sent = time.monotonic()
+            target, offer = placement.open_ticket(link.r, ticket, link.job_id, out.pid,
+                                                  link.host, offers=config.get().fork_offers)
+            if offer is None:
+                self._queue(task, target)
             with memoryview(out.parent_vm.mem) as ram:
                 sealed = wire.seal_ram(link.secret, nonce, ram, _extents(out.parent_vm))
-            where = self._placed(ticket, sent)
+            where, by = None, "task"
+            if offer is not None:
+                where = self._offered(out, target, offer, task, nonce, sealed)
+                if where is None:               # stale: the ticket goes by its task
+                    placement.unclaim(link.r, ticket, target)
+                    self._queue(task, None)
+                else:
+                    by = "offer"
             if where is None:
-                return link.deliver({"type": "forked", "pid": out.pid, "eagain": True,
-                                     "error": f"no host had a free slot for "
-                                              f"{link.fork_wait:g} s"})
-            placed = time.monotonic()
-            self._send(out, where, nonce, sealed)
+                where = self._placed(ticket, sent)
+                if where is None:
+                    return link.deliver({"type": "forked", "pid": out.pid, "eagain": True,
+                                         "error": f"no host had a free slot for "
+                                                  f"{link.fork_wait:g} s"})
+                placed = time.monotonic()
+                self._send(out, where, nonce, sealed)
+            else:
+                placed = where.pop("connected")
             link.deliver({"type": "forked", "pid": out.pid, "host": where["host"],
                           "tree": out.pid})
             # The fork's event (the child's host records its "running"): where
-            # it went, and how long placing it and the whole fork took.
+            # it went, by an offer or by its task, and how long placing it and
+            # the whole fork took.
             state.add_event(link.r, link.job_id, {
                 "pid": out.pid, "ppid": out.ppid, "state": "placed", "host": where["host"],
-                "dispatch_ms": round(1000 * (placed - sent), 2),
+                "by": by, "dispatch_ms": round(1000 * (placed - sent), 2),
                 "fork_ms": round(1000 * (time.monotonic() - out.asked), 2)})
         except Exception as err:        # noqa: BLE001 - the parent gets EAGAIN and the reason
             link.deliver({"type": "forked", "pid": out.pid, "error": str(err) or repr(err)})
 
-    def _dispatch(self, out: Outgoing) -> tuple[str, bytes, float]:
-        """Open the fork's ticket and send its task; the ticket, the fork's
-        nonce (its stream's keys come from it), and when it was sent."""
-        from broker.app import FORK_CHILD, FORKS_QUEUE, app, host_queue
+    def _task(self, out: Outgoing) -> tuple[str, bytes, dict]:
+        """The fork's ticket, its nonce (its stream's keys come from it) and
+        its fork_child task's arguments (receiving.ForkTask)."""
         link = self.link
         ticket, nonce = uuid.uuid4().hex, os.urandom(16)
-        target = placement.open_ticket(link.r, ticket, link.job_id, out.pid, link.host)
+        return ticket, nonce, dict(
+            ticket=ticket, job=link.job_id, image=link.image, name=out.name, pid=out.pid,
+            ppid=out.ppid, parent_tree=link.tree, mem_mib=out.mem_mib,
+            deadline=time.time() + link.fork_wait, fork_wait=link.fork_wait,
+            holder=list(link.holder), nonce=nonce.hex())
+
+    def _queue(self, task: dict, target: str | None) -> None:
+        """Send the fork's task: to (target)'s queue, or with none, to the
+        shared fork queue."""
+        from broker.app import FORK_CHILD, FORKS_QUEUE, app, host_queue
         queue = host_queue(target) if target else FORKS_QUEUE
-        kwargs = dict(ticket=ticket, job=link.job_id, image=link.image, name=out.name,
-                      pid=out.pid, ppid=out.ppid, parent_tree=link.tree, mem_mib=out.mem_mib,
-                      deadline=time.time() + link.fork_wait, fork_wait=link.fork_wait,
-                      holder=list(link.holder), nonce=nonce.hex())
-        sent = time.monotonic()
         for _ in range(2 if config.get().test_duplicate_forks else 1):
-            app.send_task(FORK_CHILD, kwargs=kwargs, queue=queue)
-        return ticket, nonce, sent
+            app.send_task(FORK_CHILD, kwargs=task, queue=queue)
+
+    def _offered(self, out: Outgoing, host: str, offer: dict, task: dict, nonce: bytes,
+                 sealed) -> dict | None:
+        """Send the fork straight to the worker process that offered itself
+        on (host); where it went, or None if the offer was stale (nobody
+        listens there any more: nothing was sent)."""
+        try:
+            sock = socket.create_connection((offer["address"], offer["port"]), timeout=1)
+        except OSError:
+            return None
+        connected = time.monotonic()
+        with sock:
+            sock.settimeout(30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(nonce)
+            self._stream(sock, out, host, nonce, sealed, task)
+        if config.get().test_duplicate_forks:       # its ticket has arrived: a no-op
+            self._queue(task, host)
+        return {"host": host, "connected": connected}
 
     def _placed(self, ticket: str, sent: float) -> dict | None:
         """Where the ticket's child is made, once a host has claimed it; None
@@ -127,20 +170,27 @@ class Sender:
 
     def _send(self, out: Outgoing, where: dict, nonce: bytes, sealed) -> None:
         """Stream the sealed RAM to the child's host; its word on it."""
-        from workers.vm.machine import kernel_id
-        secret = self.link.secret
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            header = {"pid": out.pid, "ppid": out.ppid, "ram_size": out.parent_vm.layout.ram_size,
-                      "pipes": out.pipes, "tsc": _parent_clock(out),
-                      # the child resumes in its parent's kernel: the same one
-                      "kernel": kernel_id(),
-                      # its devices: the child's VM must have the same
-                      "fast_bell": out.parent_vm.fast is not None}
-            wire.send_fork(sock, secret, nonce, header, sealed)
-            reply = wire.receive_reply(sock, secret, nonce)
+            self._stream(sock, out, where["host"], nonce, sealed)
+
+    def _stream(self, sock: socket.socket, out: Outgoing, host: str, nonce: bytes, sealed,
+                task: dict | None = None) -> None:
+        """The fork stream, and the child's host's word on it."""
+        from workers.vm.machine import kernel_id
+        secret = self.link.secret
+        header = {"pid": out.pid, "ppid": out.ppid, "ram_size": out.parent_vm.layout.ram_size,
+                  "pipes": out.pipes, "tsc": _parent_clock(out),
+                  # the child resumes in its parent's kernel: the same one
+                  "kernel": kernel_id(),
+                  # its devices: the child's VM must have the same
+                  "fast_bell": out.parent_vm.fast is not None}
+        if task is not None:            # to an offer: no task went before it
+            header["task"] = task
+        wire.send_fork(sock, secret, nonce, header, sealed)
+        reply = wire.receive_reply(sock, secret, nonce)
         if not reply.get("ok"):
-            raise RuntimeError(f"host {where['host']}: {reply.get('error', 'refused the fork')}")
+            raise RuntimeError(f"host {host}: {reply.get('error', 'refused the fork')}")
 
     def close(self) -> None:
         """Wait for the forks under way (a closed link ends their waits)."""

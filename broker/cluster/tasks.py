@@ -13,16 +13,19 @@ from __future__ import annotations
 import time
 
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init
+from celery.signals import (task_postrun, task_prerun, worker_process_init,
+                            worker_process_shutdown)
 
 from broker import state
 from broker.app import FORK_CHILD, FORKS_QUEUE, PING, RUN_JOB, app
 from broker.cluster import jobs, receiving
 from broker.cluster.host import Here
 
+from workers import config
 from workers.errors import Superseded
 
 _here: Here | None = None
+_offers = None              # offers.Offers: this process, offered to forks from elsewhere
 
 
 def _kept_here() -> Here:
@@ -42,6 +45,28 @@ def _preload(**_) -> None:
     from workers.fork import arrival, clone  # noqa: F401
     from workers.pipes import bridge  # noqa: F401
     arrival.spare()
+    if config.get().fork_offers:
+        global _offers
+        from broker.cluster.offers import Offers
+        _offers = Offers(Here.connect(app.conf.broker_url))
+
+
+@task_prerun.connect
+def _busy(**_) -> None:
+    if _offers is not None:
+        _offers.task_started()
+
+
+@task_postrun.connect
+def _idle(**_) -> None:
+    if _offers is not None:
+        _offers.task_ended()
+
+
+@worker_process_shutdown.connect
+def _leaving(**_) -> None:
+    if _offers is not None:
+        _offers.close()
 
 
 @app.task(name=RUN_JOB, bind=True)

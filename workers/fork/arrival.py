@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 import time
 
 from workers import abi, config
@@ -32,6 +33,8 @@ class Arrival:
         self.vm: VM | None = VM(mem_mib, self.shm, fast_bell=True)   # as its parent's
         self.listener: socket.socket | None = None
         self.nonce = b""
+        self.received: wire.Received | None = None
+        self.refused: str | None = None     # why take() said no to the parent's host
         self.adopted = False        # a subtree's Job owns the VM (and its slot) now
         try:
             self.vm.load_vessel()
@@ -67,21 +70,29 @@ class Arrival:
             if not select.select([conn], [], [], 30)[0]:
                 raise TransferError("the parent's host sent no fork stream")
             began = time.monotonic()
-            self._parked(30)
-            # Where the parked kernel does not run, the parent's RAM goes
-            # straight in (clone.py); what was there is not the child's.
-            clone.punch(self.vm.ram_fd, abi.USER_BASE, self.vm.layout.ram_size - abi.USER_BASE)
-            with memoryview(self.vm.mem) as ram:
-                got = wire.receive_fork(conn, secret, self.nonce, ram, abi.USER_BASE)
-            why = self._refusal(got.header, pid)
-            if why:                     # the whole stream came: the parent waits for our word
-                wire.send_reply(conn, secret, self.nonce, {"error": why})
-                raise TransferError(why)
-            clone.fill_received(self.vm, got)
-            return got.header, conn, began
+            self.take(wire.open_fork(conn, secret, self.nonce), conn, secret, pid)
+            return self.received.header, conn, began
         except BaseException:
             conn.close()
             raise
+
+    def take(self, got: wire.Received, conn: socket.socket, secret: bytes, pid: int) -> None:
+        """Read the RAM of (got), whose header has opened, into the parked
+        VM, and make it the child (pid) (it waits to be let go); refused,
+        the parent's host is told why."""
+        self._parked(30)
+        # Where the parked kernel does not run, the parent's RAM goes
+        # straight in (clone.py); what was there is not the child's.
+        clone.punch(self.vm.ram_fd, abi.USER_BASE, self.vm.layout.ram_size - abi.USER_BASE)
+        with memoryview(self.vm.mem) as ram:
+            wire.receive_ram(got, ram, abi.USER_BASE)
+        why = self._refusal(got.header, pid)
+        if why:                     # the whole stream came: the parent waits for our word
+            self.refused = why
+            wire.send_reply(conn, secret, self.nonce, {"error": why})
+            raise TransferError(why)
+        clone.fill_received(self.vm, got)
+        self.received = got
 
     def _parked(self, timeout: float) -> None:
         """Wait for the VM to have booted and parked."""
@@ -113,17 +124,24 @@ class Arrival:
 
 
 _spare: Arrival | None = None
+_spare_lock = threading.Lock()    # a fork task's thread and the offer's (offers.py)
+
+
+def vessel(mem_mib: int) -> Arrival:
+    """A child VM for a fork: this process's spare if it fits, else a new one."""
+    global _spare
+    with _spare_lock:
+        a, _spare = _spare, None
+    if a is not None and not a.usable(mem_mib):
+        a.close()
+        a = None
+    return a or Arrival(mem_mib)
 
 
 def arrival(mem_mib: int, address: str, nonce: bytes) -> Arrival:
     """A child VM for a fork, listening for its stream (sealed under keys
-    from (nonce)): this process's spare if it fits, else a new one."""
-    global _spare
-    a, _spare = _spare, None
-    if a is not None and not a.usable(mem_mib):
-        a.close()
-        a = None
-    a = a or Arrival(mem_mib)
+    from (nonce)): vessel(mem_mib)."""
+    a = vessel(mem_mib)
     try:
         a.listen(address, nonce)
     except BaseException:
@@ -137,9 +155,10 @@ def give_back(a: Arrival) -> None:
     global _spare
     a.listener.close()
     a.listener = None
-    if _spare is None and a.usable(a.mem_mib):
-        _spare = a
-    else:
+    with _spare_lock:
+        if _spare is None and a.usable(a.mem_mib):
+            _spare, a = a, None
+    if a is not None:
         a.close()
 
 
@@ -147,8 +166,15 @@ def spare(mem_mib: int = 128) -> None:
     """Have a VM of (mem_mib) ready for the next fork onto this host; it
     holds no slot (a slot is a VM that runs a process)."""
     global _spare
-    if _spare is None:
-        try:
-            _spare = Arrival(mem_mib)
-        except Exception:       # noqa: BLE001 - no spare: the next fork starts one
-            _spare = None
+    with _spare_lock:
+        if _spare is not None:
+            return
+    try:
+        a = Arrival(mem_mib)
+    except Exception:           # noqa: BLE001 - no spare: the next fork starts one
+        return
+    with _spare_lock:
+        if _spare is None:
+            _spare, a = a, None
+    if a is not None:
+        a.close()

@@ -3,7 +3,9 @@ RAM its parent holds straight to the child's host over TCP, sealed with
 AES-256-GCM, while the parent waits for its fork to be answered.
 
 One connection per fork; the child's host listens (its address is in the
-fork's placement) and the parent's host connects.  Each direction is a
+fork's placement, or in the offer the parent's host took) and the
+parent's host connects; to an offer, it sends the fork's nonce first, in
+the clear (OFFER_NONCE bytes).  Each direction is a
 series of records, u32 n and n bytes sealed (ciphertext and a 16-byte tag);
 record i is sealed under nonce i with a key made from the cluster secret
 and the fork's nonce, one key per direction.  The nonce is fresh for each
@@ -13,7 +15,8 @@ travels (seal_ram) and sends it as soon as it is placed.  In the clear, the
 records are:
 
     parent → child   b"UFK3", u32 n, n bytes of JSON header (pid, ppid,
-                        ram_size, the guest kernel, clocks, pipes, devices)
+                        ram_size, the guest kernel, clocks, pipes, devices;
+                        sent to an offer, the fork's task too)
                      per extent of RAM: (u64 offset, u64 length), then its
                         bytes, one record per MiB; then (0, 0)
     child → parent   JSON: {"ok": true} or {"error": why}
@@ -37,6 +40,7 @@ from workers.errors import TransferError
 from workers.seal import Sealed
 
 MAGIC = b"UFK3"
+OFFER_NONCE = 16
 MAX_HEADER = 1 << 16
 CHUNK = 1 << 20
 PERSON = b"unifork-fork"
@@ -71,10 +75,11 @@ def send_fork(sock: socket.socket, secret: bytes, nonce: bytes, header: dict,
 
 class Received:
     """A fork stream, opened: its header, the extents of RAM it held, and
-    those below (aside) kept here, (offset, bytes), not yet in RAM."""
+    those below (aside) kept here, (offset, bytes), not yet in RAM; its
+    (records) to read the RAM from."""
 
-    def __init__(self, header: dict) -> None:
-        self.header = header
+    def __init__(self, header: dict, records: Sealed) -> None:
+        self.header, self.records = header, records
         self.extents: list[tuple[int, int]] = []
         self.aside: list[tuple[int, bytearray]] = []
 
@@ -85,6 +90,16 @@ def receive_fork(sock: socket.socket, secret: bytes, nonce: bytes,
     (ram), the child's mapping; what is below is kept in the result.
 
     :raise TransferError: a malformed stream, or one that does not open.
+    """
+    got = open_fork(sock, secret, nonce)
+    receive_ram(got, ram, aside)
+    return got
+
+
+def open_fork(sock: socket.socket, secret: bytes, nonce: bytes) -> Received:
+    """Open the header of a fork stream (what follows is its RAM).
+
+    :raise TransferError: not a fork stream, or one that does not open.
     """
     got = _Sealed(sock, secret, nonce, b">")
     first = got.take(8 + MAX_HEADER)
@@ -99,27 +114,36 @@ def receive_fork(sock: socket.socket, secret: bytes, nonce: bytes,
         raise TransferError("fork header is not JSON") from err
     if not isinstance(header, dict):
         raise TransferError("fork header is not a JSON object")
-    size, out, last = len(ram), Received(header), 0
+    return Received(header, got)
+
+
+def receive_ram(got: Received, ram: memoryview, aside: int) -> None:
+    """The RAM of (got): from (aside) on straight into (ram), the rest
+    kept in got.aside.
+
+    :raise TransferError: a malformed extent, or records that do not open.
+    """
+    size, last, records = len(ram), 0, got.records
     while True:
-        extent = got.take(_QQ.size)
+        extent = records.take(_QQ.size)
         if len(extent) != _QQ.size:
             raise TransferError("a malformed RAM extent")
         off, length = _QQ.unpack(extent)
         if length == 0:
-            return out
+            return
         if off % 4096 or length % 4096 or off < last or off + length > size:
             raise TransferError(f"RAM extent {off:#x}+{length:#x} is out of order or "
                                 f"outside the VM's {size >> 20} MiB")
         last = off + length
-        out.extents.append((off, length))
+        got.extents.append((off, length))
         for at in range(off, off + length, CHUNK):
             end = min(at + CHUNK, off + length)
             if at < aside:      # a record is opened whole: all of it aside
                 buf = bytearray(end - at)
-                got.take_into(memoryview(buf))
-                out.aside.append((at, buf))
+                records.take_into(memoryview(buf))
+                got.aside.append((at, buf))
             else:
-                got.take_into(ram[at:end])
+                records.take_into(ram[at:end])
 
 
 def send_reply(sock: socket.socket, secret: bytes, nonce: bytes, reply: dict) -> None:

@@ -48,18 +48,24 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until the job is over here; its exit status."""
         import signal
+        import threading
         job, pid1 = self.job, self.job.procs.get(1)   # (None in a subtree elsewhere)
         if job.bridge is not None:
             self._leave_stdio_to_us()
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_wakeup = signal.set_wakeup_fd(sig_w)
-        old = {s: signal.signal(s, self._on_signal) for s in STOPS}
+        # Signals reach the main thread only; a subtree that arrived on a
+        # worker process's offer runs in another (broker/cluster/offers.py)
+        # and leaves them to the process.
+        main = threading.current_thread() is threading.main_thread()
+        old_wakeup = signal.set_wakeup_fd(sig_w) if main else -1
+        old = {s: signal.signal(s, self._on_signal) for s in STOPS} if main else {}
         try:
             self._loop(sig_r, pid1)
         finally:
             if self._priority is not None:
                 _sched_attr(self._priority)
-            signal.set_wakeup_fd(old_wakeup)
+            if main:
+                signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)
             os.close(sig_r)
