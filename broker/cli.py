@@ -80,7 +80,36 @@ def parser():
     dr.add_argument("name", metavar="NAME")
     ud = with_redis("undrain", help="make a drained host take jobs and forks again")
     ud.add_argument("name", metavar="NAME")
+    _cluster_parser(sub)
     return p
+
+
+def _cluster_parser(sub) -> None:
+    """`unifork cluster ACTION --inventory FILE`: the KVM hosts over SSH."""
+    c = sub.add_parser("cluster", help="the inventory's KVM hosts over SSH: status, drain, "
+                       "undrain, logs, restart",
+                       description="Operate the KVM hosts of an Ansible inventory over SSH.")
+    acts = c.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str, host: bool = True):
+        a = acts.add_parser(name, help=help)
+        if host:
+            a.add_argument("host", metavar="HOST", help="a host of the inventory's kvm_hosts")
+        a.add_argument("--inventory", "-i", required=True, metavar="FILE",
+                       help="the Ansible inventory (YAML)")
+        a.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                       help="seconds to wait for a host's SSH (default 5)")
+        return a
+    action("status", "each host's worker, slots, load and version, side by side", host=False)
+    action("drain", "run `unifork drain` on the host: it takes no new jobs or forks")
+    action("undrain", "run `unifork undrain` on the host: it takes them again")
+    lg = action("logs", "the last lines of the host's worker log")
+    lg.add_argument("-n", "--lines", type=int, default=100, metavar="N",
+                    help="how many (default 100)")
+    lg.add_argument("--follow", "-f", action="store_true", help="then stream it (^C stops)")
+    rs = action("restart", "restart the host's worker and wait until it is back")
+    rs.add_argument("--wait", type=float, default=60.0, metavar="S",
+                    help="how long to wait for it in `unifork hosts` (default 60)")
 
 
 def version() -> str:
@@ -195,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
                                    fast["timeout"], max_procs=fast["max_procs"],
                                    volumes=fast["volume"], workdir=fast["workdir"]))
+    if fast["command"] == "cluster":        # (no Redis here: SSH to the hosts)
+        from broker.ops.commands import main as cluster_main
+        return cluster_main(argparse_ns(fast))
     from broker import commands
     return commands.main(argparse_ns(fast))
 
