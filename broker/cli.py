@@ -20,16 +20,18 @@ def parser():
     import argparse
     p = argparse.ArgumentParser(prog="unifork",
                                 description="Run multi-process programs as unikernel VMs.")
+    p.add_argument("--version", action=_version_action(), nargs=0,
+                   help="print unifork's version (and git commit) and exit")
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
 
-    def cluster(name: str, **kw):
+    def with_redis(name: str, **kw):
         c = sub.add_parser(name, **kw)
         c.add_argument("--redis", metavar="URL", help="the cluster's Redis (default "
                        "$UNIFORK_REDIS_URL or redis://127.0.0.1:6379/0)")
         return c
 
-    w = cluster("worker", help="run this KVM host's worker (Celery) and host agent")
+    w = with_redis("worker", help="run this KVM host's worker (Celery) and host agent")
     w.add_argument("--host-name", required=True, metavar="NAME")
     w.add_argument("--slots", type=int, required=True, metavar="N", help="VMs this host runs")
     w.add_argument("--advertise", required=True, metavar="ADDR",
@@ -41,7 +43,7 @@ def parser():
     w.add_argument("--files-ports", metavar="LO-HI", type=_port_range,
                    help="TCP ports of jobs' file servers, for their processes on other "
                    "hosts (default: any)")
-    s = cluster("submit", help="submit a job to the cluster; prints its id")
+    s = with_redis("submit", help="submit a job to the cluster; prints its id")
     s.add_argument("--wait", action="store_true", help="print its output, exit with its status")
     s.add_argument("--follow", action="store_true",
                    help="stream its output and its processes as they fork and exit")
@@ -64,20 +66,84 @@ def parser():
                    "fails with EAGAIN (default: the worker's UNIFORK_FORK_WAIT, 5 s)")
     s.add_argument("program", metavar="PROGRAM")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
-    ps = cluster("ps", help="a job's process tree (or the recent jobs)")
+    ps = with_redis("ps", help="a job's process tree (or the recent jobs)")
     ps.add_argument("job", nargs="?", metavar="JOB")
-    lg = cluster("logs", help="a job's output so far")
+    lg = with_redis("logs", help="a job's output so far")
     lg.add_argument("job", metavar="JOB")
-    cluster("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
-    cn = cluster("cancel", help="stop a job")
+    ho = with_redis("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
+    ho.add_argument("--json", action="store_true", help="as a JSON list")
+    cn = with_redis("cancel", help="stop a job")
     cn.add_argument("job", metavar="JOB")
-    fe = cluster("fetch", help="the files a job gave back (its --output), into a directory")
+    fe = with_redis("fetch", help="the files a job gave back (its --output), into a directory")
     fe.add_argument("job", metavar="JOB")
     fe.add_argument("paths", nargs="*", metavar="GUEST_PATH")
     fe.add_argument("--out", default=".", metavar="DIR", help="where they go (default .)")
-    dr = cluster("drain", help="make a host take no new jobs or forks; its running ones finish")
+    dr = with_redis("drain",
+                    help="make a host take no new jobs or forks; its running ones finish")
     dr.add_argument("name", metavar="NAME")
+    ud = with_redis("undrain", help="make a drained host take jobs and forks again")
+    ud.add_argument("name", metavar="NAME")
+    _cluster_parser(sub)
     return p
+
+
+def _cluster_parser(sub) -> None:
+    """`unifork cluster ACTION --inventory FILE`: the KVM hosts over SSH."""
+    c = sub.add_parser("cluster", help="the inventory's KVM hosts over SSH: status, drain, "
+                       "undrain, logs, restart",
+                       description="Operate the KVM hosts of an Ansible inventory over SSH.")
+    acts = c.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str, host: bool = True):
+        a = acts.add_parser(name, help=help)
+        if host:
+            a.add_argument("host", metavar="HOST", help="a host of the inventory's kvm_hosts")
+        a.add_argument("--inventory", "-i", required=True, metavar="FILE",
+                       help="the Ansible inventory (YAML)")
+        a.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                       help="seconds to wait for a host's SSH (default 5)")
+        return a
+    action("status", "each host's worker, slots, load and version, side by side", host=False)
+    action("drain", "run `unifork drain` on the host: it takes no new jobs or forks")
+    action("undrain", "run `unifork undrain` on the host: it takes them again")
+    lg = action("logs", "the last lines of the host's worker log")
+    lg.add_argument("-n", "--lines", type=int, default=100, metavar="N",
+                    help="how many (default 100)")
+    lg.add_argument("--follow", "-f", action="store_true", help="then stream it (^C stops)")
+    rs = action("restart", "restart the host's worker and wait until it is back")
+    rs.add_argument("--wait", type=float, default=60.0, metavar="S",
+                    help="how long to wait for it in `unifork hosts` (default 60)")
+
+
+def version() -> str:
+    """`unifork VERSION`, and `(git COMMIT)` if the source is a git checkout."""
+    import os
+    import subprocess
+    from importlib import metadata
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        text = f"unifork {metadata.version('unifork')}"
+    except metadata.PackageNotFoundError:
+        text = "unifork (not installed)"
+    if os.path.exists(os.path.join(root, ".git")):
+        try:
+            commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+        if commit:
+            text += f" (git {commit})"
+    return text
+
+
+def _version_action():
+    import argparse
+
+    class Version(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(version())
+            parser.exit()
+    return Version
 
 
 def _run_parser(sub) -> None:
@@ -161,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
                                    fast["timeout"], max_procs=fast["max_procs"],
                                    volumes=fast["volume"], workdir=fast["workdir"]))
+    if fast["command"] == "cluster":        # (no Redis here: SSH to the hosts)
+        from broker.ops.commands import main as cluster_main
+        return cluster_main(argparse_ns(fast))
     from broker import commands
     return commands.main(argparse_ns(fast))
 

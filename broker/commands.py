@@ -1,5 +1,5 @@
 """The cluster commands of `unifork`: worker, submit, ps, logs, hosts,
-cancel, drain, fetch.  Each prints a one-line error and exits non-zero on
+cancel, drain, undrain, fetch.  Each prints a one-line error and exits non-zero on
 trouble: an unreachable Redis, an unknown job, a bad program."""
 from __future__ import annotations
 
@@ -119,6 +119,10 @@ def logs(args, client, state) -> int:
 
 def hosts(args, client, state) -> int:
     r = client.connect()
+    if args.json:
+        import json
+        print(json.dumps(state.hosts(r)))
+        return 0
     print(f"{'HOST':12} {'ADDRESS':16} {'USED':>4} {'FREE':>4} {'HEARTBEAT':>10}")
     for h in state.hosts(r):
         age = h["heartbeat_age"]
@@ -137,11 +141,11 @@ def cancel(args, client, state) -> int:
 def drain(args, client, state) -> int:
     from broker.cluster.agent import AgentError, drain as do_drain
     try:
-        do_drain(args.name)
+        do_drain(args.name, draining=args.command == "drain")
     except AgentError as err:
         return _err(str(err))
     return 0
 
 
 COMMANDS = {"worker": worker, "submit": submit, "ps": ps, "logs": logs, "hosts": hosts,
-            "cancel": cancel, "drain": drain, "fetch": fetch}
+            "cancel": cancel, "drain": drain, "undrain": drain, "fetch": fetch}

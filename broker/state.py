@@ -126,6 +126,7 @@ def hosts(r: redis.Redis) -> list[dict]:
         h = {k.decode(): v.decode() for k, v in r.hgetall(keys.host(name)).items()}
         out.append({"name": name, "slots": int(h.get("slots", 0)), "used": int(h.get("used", 0)),
                     "address": h.get("address", ""), "draining": h.get("draining") == "1",
+                    "started": float(h.get("started", 0)),
                     "heartbeat_age": host_alive_age(r, name)})
     return out
 

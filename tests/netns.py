@@ -65,12 +65,14 @@ def ip(*args: str) -> None:
 
 
 class Hosts:
-    def __init__(self, names: list[str]) -> None:
-        tag = f"uf{os.getpid() % 100000}"
+    def __init__(self, names: list[str], prefix: str = "uf", subnet: str = SUBNET) -> None:
+        """(names) and the hub in namespaces named (prefix)PID(name), on
+        (subnet).0/24: the hub .1, (names) .2 on."""
+        tag = f"{prefix}{os.getpid() % 100000}"
         self.ns = {"hub": f"{tag}hub", **{n: f"{tag}{n}" for n in names}}
-        self.addr = {"hub": f"{SUBNET}.1"}
+        self.addr = {"hub": f"{subnet}.1"}
         for i, n in enumerate(names):
-            self.addr[n] = f"{SUBNET}.{i + 2}"
+            self.addr[n] = f"{subnet}.{i + 2}"
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Hosts":
@@ -104,16 +106,19 @@ class Hosts:
         return p
 
     # -- a cluster on these hosts ------------------------------------------
-    def start_redis(self, tmp) -> str:
-        """Redis on the hub's address; its URL."""
+    def start_redis(self, tmp, password: str = "") -> str:
+        """Redis on the hub's address (with (password), if given); its URL."""
+        auth = ["--requirepass", password] if password else []
         self.start("hub", "redis-server", "--bind", self.addr["hub"], "--port", "6379",
                    "--save", "", "--appendonly", "no", "--dir", tmp, "--protected-mode", "no",
-                   stdout=subprocess.DEVNULL)
+                   *auth, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while self.run("hub", "redis-cli", "-h", self.addr["hub"], "ping").stdout != b"PONG\n":
+        cli = ["redis-cli", "-h", self.addr["hub"], *(["--no-auth-warning", "-a", password]
+                                                      if password else [])]
+        while self.run("hub", *cli, "ping").stdout != b"PONG\n":
             assert time.monotonic() < deadline, "redis did not start"
             time.sleep(0.05)
-        return f"redis://{self.addr['hub']}:6379/0"
+        return f"redis://{':' + password + '@' if password else ''}{self.addr['hub']}:6379/0"
 
     def start_workers(self, unifork, url: str, slots: dict[str, int], tmp, args=(),
                       env: dict | None = None) -> list[subprocess.Popen]:

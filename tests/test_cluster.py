@@ -276,7 +276,7 @@ def test_a_worker_with_a_wrong_password_stops_with_one_line_that_hides_it(cluste
     assert b"hostC" not in cli(cluster, "hosts").stdout
 
 
-def test_drain_stops_placement_on_that_host(cluster, example):
+def test_drain_stops_placement_on_that_host_until_undrain(cluster, example):
     """Runs last: hostA takes no new job after the drain."""
     assert cli(cluster, "drain", "hostA").returncode == 0
     assert b"draining" in cli(cluster, "hosts").stdout
@@ -291,3 +291,7 @@ def test_drain_stops_placement_on_that_host(cluster, example):
         rows = cli(cluster, "ps", job_id).stdout.decode().splitlines()[2:]
         assert rows and all(r.split()[2] == "hostB" for r in rows)
     assert cli(cluster, "drain", "hostZ").stderr == b"unifork: no host named hostZ\n"
+    assert cli(cluster, "undrain", "hostA").returncode == 0
+    assert b"draining" not in cli(cluster, "hosts").stdout
+    assert json.loads(cli(cluster, "hosts", "--json").stdout)[0]["draining"] is False
+    assert cli(cluster, "undrain", "hostZ").stderr == b"unifork: no host named hostZ\n"

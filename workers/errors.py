@@ -60,3 +60,13 @@ class AgentError(ClusterError):
 class Superseded(ClusterError):
     """This run of a job is not the job's run: another has it, delivered
     twice or taken over while this one stalled (its result is dropped)."""
+
+
+class InventoryError(UsageError):
+    """The Ansible inventory `unifork cluster` reads is missing, not YAML,
+    or lacks what it needs (a broker, a KVM host, a plain value)."""
+
+
+class RemoteError(ClusterError):
+    """A host of the inventory cannot be reached over SSH, or a command
+    run there failed."""

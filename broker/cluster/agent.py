@@ -5,7 +5,7 @@ heartbeats, and runs a Celery worker that consumes the shared job queue and
 this host's own queue, one job per slot at most, and the shared fork
 queue.  `unifork drain NAME` makes it stop taking jobs and forks (its slots
 are refused to new processes, its own jobs' forks go elsewhere); its
-running processes finish.
+running processes finish.  `unifork undrain NAME` undoes it.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def _heartbeat(r, name: str, stop: threading.Event) -> None:
         try:
             state.heartbeat(r, name)
             rescue_lost_jobs(r, name)
-            if not draining and r.hget(keys.host(name), "draining") == b"1":
-                draining = True
-                _stop_taking(name)
+            now = r.hget(keys.host(name), "draining") == b"1"
+            if now != draining:         # (drained or undrained: a broadcast may be missed)
+                draining = now
+                (_stop_taking if now else _start_taking)(name)
         except Exception:           # noqa: BLE001 - Redis hiccup: try again next beat
             pass
 
@@ -80,15 +81,23 @@ def serve(name: str, slots: int, advertise: str) -> None:
         state.unregister_host(r, name)
 
 
-def drain(name: str) -> None:
+def drain(name: str, draining: bool = True) -> None:
+    """Make host (name) take no new jobs or forks; or (draining False)
+    take them again.  :raise AgentError: no host has that name."""
     r = state.connect(app.conf.broker_url)
     if not r.exists(keys.host(name)):
         raise AgentError(f"no host named {name}")
-    r.hset(keys.host(name), "draining", 1)
-    _stop_taking(name)
+    r.hset(keys.host(name), "draining", int(draining))
+    (_stop_taking if draining else _start_taking)(name)
 
 
 def _stop_taking(name: str) -> None:
     """Stop consuming the shared queues (placement.take_slot refuses too)."""
     for queue in (JOBS_QUEUE, FORKS_QUEUE):
         app.control.cancel_consumer(queue, destination=[f"unifork@{name}"])
+
+
+def _start_taking(name: str) -> None:
+    """Consume the shared queues again (after a drain)."""
+    for queue in (JOBS_QUEUE, FORKS_QUEUE):
+        app.control.add_consumer(queue, destination=[f"unifork@{name}"])
