@@ -122,6 +122,19 @@ def stray_qemus() -> set[int]:
     return pids
 
 
+def describe(pids: set[int]) -> str:
+    """Each of (pids) with its parent's command line, to tell whose it is."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            ppid, parent = 0, "(gone)"
+        out.append(f"{pid} (parent {ppid}: {parent[:120].strip()})")
+    return "; ".join(out)
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     """Every test must leave no QEMU process (but workers' spares: a
@@ -133,5 +146,6 @@ def no_leftovers():
     deadline = time.monotonic() + 5
     while (stray_qemus() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert stray_qemus() - before == set(), "a QEMU process was left running"
+    left = stray_qemus() - before
+    assert left == set(), f"QEMU processes were left running: {describe(left)}"
     assert set(os.listdir("/dev/shm")) - shm_before == set(), "a file was left in /dev/shm"

@@ -41,14 +41,25 @@ INBOX_TTL = 7 * 24 * 3600
 PID_BLOCK = 8            # pids a subtree takes from the job's counter at once
 
 
+SECRET_KEPT = 10.0                    # seconds a process keeps the secret it read from Redis
+_secrets: dict[tuple, tuple[float, bytes]] = {}
+
+
 def cluster_secret(r) -> bytes:
     """The key that authenticates hosts to each other: UNIFORK_SECRET, or
-    one made on first use and kept in Redis."""
+    one made on first use and kept in Redis (read again after SECRET_KEPT
+    seconds, not on every fork: a Redis that lost its state makes a new one)."""
     secret = config.get().secret
     if secret:
         return secret.encode()
-    r.set(keys.SECRET, os.urandom(32).hex(), nx=True)
-    return r.get(keys.SECRET)
+    kw = r.connection_pool.connection_kwargs
+    where = (kw.get("host"), kw.get("port"), kw.get("path"), kw.get("db"))
+    read, secret = _secrets.get(where, (0.0, b""))
+    if time.monotonic() - read > SECRET_KEPT:
+        r.set(keys.SECRET, os.urandom(32).hex(), nx=True)
+        secret = r.get(keys.SECRET)
+        _secrets[where] = (time.monotonic(), secret)
+    return secret
 
 
 class Link:

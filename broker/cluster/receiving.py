@@ -110,7 +110,7 @@ def take(here: Here, task: ForkTask) -> str:
             a.close()
         if a is None or not a.adopted:
             placement.give_slot(r, here.host)
-        arrival.spare(task.mem_mib)         # ready for the next fork onto this host
+        arrival.spare(task.mem_mib, here.address)   # ready for the next fork onto this host
 
 
 def _failed(here: Here, task: ForkTask, a: Arrival | None, err: Exception) -> None:
@@ -166,7 +166,7 @@ def take_offered(here: Here, conn: socket.socket) -> str:
             a.close()
         if a is None or not a.adopted:
             placement.give_slot(here.r, here.host)
-        arrival.spare(task.mem_mib)
+        arrival.spare(task.mem_mib, here.address)
 
 
 def _offered_task(header: dict) -> ForkTask:
@@ -229,8 +229,9 @@ class _Child:
 
     def make_bridge(self):
         from workers.pipes.bridge import open_bridge
-        return open_bridge(self.a.shm, self.secret, self.task.job, self.here.address,
-                           lambda msg: self.sup.say(self.task.pid, msg))
+        say = lambda msg: self.sup.say(self.task.pid, msg)      # noqa: E731
+        return (self.a.take_bridge(self.secret, self.task.job, say)
+                or open_bridge(self.a.shm, self.secret, self.task.job, self.here.address, say))
 
     def make(self, header: dict, null: int, began: float) -> tuple[Supervisor, list[int]]:
         """The child, let go: its supervisor, and the pipes it holds that

@@ -44,7 +44,8 @@ def _preload(**_) -> None:
 
     from workers.fork import arrival, clone  # noqa: F401
     from workers.pipes import bridge  # noqa: F401
-    arrival.spare()
+    here = _kept_here()
+    arrival.spare(address=here.address)
     if config.get().fork_offers:
         global _offers
         from broker.cluster.offers import Offers

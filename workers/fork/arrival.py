@@ -35,6 +35,7 @@ class Arrival:
         self.nonce = b""
         self.received: wire.Received | None = None
         self.refused: str | None = None     # why take() said no to the parent's host
+        self.bridge = None                  # the pipe bridge of its region, made ahead
         self.adopted = False        # a subtree's Job owns the VM (and its slot) now
         try:
             self.vm.load_vessel()
@@ -115,7 +116,19 @@ class Arrival:
                     "(KVM on one host and not the other, or UNIFORK_FAST_BELL set differently)")
         return None
 
+    def make_bridge(self, address: str) -> None:
+        """Make the bridge of the child's region ahead (take_bridge)."""
+        from workers.pipes.bridge import open_bridge
+        self.bridge = open_bridge(self.shm, None, "", address, None)
+
+    def take_bridge(self, secret: bytes, job_id: str, say):
+        """The bridge made ahead, now (job_id)'s and the caller's, or None."""
+        bridge, self.bridge = self.bridge, None
+        return bridge.for_job(secret, job_id, say) if bridge is not None else None
+
     def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
         if self.listener is not None:
             self.listener.close()
         if self.vm is not None:
@@ -162,9 +175,10 @@ def give_back(a: Arrival) -> None:
         a.close()
 
 
-def spare(mem_mib: int = 128) -> None:
-    """Have a VM of (mem_mib) ready for the next fork onto this host; it
-    holds no slot (a slot is a VM that runs a process)."""
+def spare(mem_mib: int = 128, address: str = "") -> None:
+    """Have a VM of (mem_mib) ready for the next fork onto this host, and
+    with (address), its pipe bridge on it; it holds no slot (a slot is a VM
+    that runs a process)."""
     global _spare
     with _spare_lock:
         if _spare is not None:
@@ -173,6 +187,11 @@ def spare(mem_mib: int = 128) -> None:
         a = Arrival(mem_mib)
     except Exception:           # noqa: BLE001 - no spare: the next fork starts one
         return
+    if address:
+        try:
+            a.make_bridge(address)
+        except OSError:         # no UDP port free: the fork makes it, if it can
+            pass
     with _spare_lock:
         if _spare is None:
             _spare, a = a, None

@@ -60,14 +60,15 @@ from workers.vm.rings import SharedRegion
 MAX_UNIT = abi.RING_SIZE
 
 
-def open_bridge(shm: SharedRegion, secret: bytes, job_id: str, address: str,
+def open_bridge(shm: SharedRegion, secret: bytes | None, job_id: str, address: str,
                 say) -> "Bridge":
     """The bridge of a subtree's region, on its host's address: a port from
     UNIFORK_BRIDGE_PORTS=LO-HI (for a firewall) or any free one; a peer that
-    is silent for UNIFORK_BRIDGE_TIMEOUT seconds (5) is taken for gone."""
+    is silent for UNIFORK_BRIDGE_TIMEOUT seconds (5) is taken for gone.
+    Without (secret), one made ahead for a job to come (Bridge.for_job)."""
     from workers.ports import bind_in
     cfg = config.get()
-    dead_after, key = cfg.bridge_timeout, job_key(secret, job_id)
+    dead_after, key = cfg.bridge_timeout, job_key(secret, job_id) if secret else b""
     return bind_in(cfg.bridge_ports, "UNIFORK_BRIDGE_PORTS",
                    lambda port: Bridge(shm, key, address, port, dead_after, say))
 
@@ -123,6 +124,13 @@ class Bridge:
         self._seen: dict[int, tuple] = {}   # each ring's state() as our last look began
         self.say = say or (lambda msg: None)
         self.stdio = self.stdin = 0         # the rings the host reads, writes (masks)
+
+    def for_job(self, secret: bytes, job_id: str, say) -> Bridge:
+        """A bridge made ahead, before it has a link, is now (job_id)'s
+        (its UDP socket and thread cost ~1 ms to make)."""
+        assert not self.links
+        self.ep.key, self.say = job_key(secret, job_id), say
+        return self
 
     def fileno(self) -> int:
         """Readable when the bridge (or a doorbell) wants the supervisor."""
