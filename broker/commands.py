@@ -35,7 +35,8 @@ def worker(args, client, state) -> int:
     from workers import config
     from workers.errors import UniforkError
     try:
-        config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports)
+        config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports,
+                        driver=args.driver)
         serve(args.host_name, args.slots, args.advertise)
     except UniforkError as err:
         return _err(str(err))
