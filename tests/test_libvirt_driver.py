@@ -145,3 +145,44 @@ def test_a_guest_kernel_that_fails_powers_its_domain_off(daemons, monkeypatch):
     finally:
         vm.close()
         shm.close()
+
+
+def test_a_worker_with_the_libvirt_driver_runs_a_job_s_vms_as_domains(daemons, example,
+                                                                      tmp_path):
+    """`unifork worker --driver libvirt`: a submitted job that forks and
+    pipes gives the native output, its VMs being domains while it runs."""
+    import test_cluster
+    port = test_cluster.free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL)
+    env = {"UNIFORK_REDIS_URL": f"redis://127.0.0.1:{port}/0", "UNIFORK_LIBVIRT_URI": daemons.uri}
+    worker = subprocess.Popen([str(UNIFORK), "worker", "--driver", "libvirt", "--host-name",
+                               "hostL", "--slots", "4", "--advertise", "127.0.0.1"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while b"hostL" not in unifork("hosts", env=env).stdout:
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.2)
+        time.sleep(2)                   # the Celery worker connects to its queues
+        prog = example("primes", "glibc")
+        job_id = unifork("submit", prog, "3000000", "4", env=env).stdout.decode().strip()
+        seen, state = set(), b""
+        while b"FINISHED" not in state.upper():
+            seen |= {n for n in daemons.domains() if n.startswith(f"unifork-{job_id}-")}
+            state = unifork("ps", job_id, env=env).stdout.splitlines()[0]
+            assert time.monotonic() < deadline + 120, state
+        assert state.endswith(b"exit status 0"), state
+        got = unifork("logs", job_id, env=env)
+        assert got.stdout == subprocess.run([str(prog), "3000000", "4"], capture_output=True).stdout
+        assert len(seen) >= 2, seen     # pid 1's and its workers' (forked into vessels)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        redis.terminate()
+        redis.wait(timeout=10)

@@ -51,6 +51,7 @@ LOG_LINGER = 10.0                        # seconds after which libvirt is done w
 _conn = None
 _conn_pid = 0
 _serial = itertools.count(1)
+_job = ""                                # what domains are named after (for_job)
 _closed_logs: list[tuple[float, str]] = []      # (when, the log of a domain closed then)
 
 
@@ -76,6 +77,13 @@ def connection():
                       "start virtlogd and libvirtd, or set UNIFORK_LIBVIRT_URI") from None
     _conn_pid = os.getpid()
     return _conn
+
+
+def for_job(label: str) -> None:
+    """Name the domains made from now on after job (label): `unifork run`'s
+    pid, or a cluster job's id (a subtree's, on another host, too)."""
+    global _job
+    _job = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
 def domain_xml(name: str, title: str, ram_mib: int, shm_path: str, shm_size: int,
@@ -118,7 +126,8 @@ class Domain:
     def __init__(self, ram_mib: int, shm_fd: int, shm_size: int, kvm: bool) -> None:
         import libvirt
         conn = connection()
-        self.name = f"unifork-{os.getpid()}-{next(_serial)}"
+        job = _job or str(os.getpid())
+        self.name = f"unifork-{job}-{next(_serial)}"
         self.dom = None
         self.ram_fd = self.pidfd = -1
         self._log_seen = 0
@@ -128,7 +137,7 @@ class Domain:
             path = os.path.join(where, "bell")
             listener.bind(path)
             listener.listen(1)
-            xml = domain_xml(self.name, f"unifork VM of job {os.getpid()}", ram_mib,
+            xml = domain_xml(self.name, f"unifork: a VM of job {job}", ram_mib,
                              f"/proc/{os.getpid()}/fd/{shm_fd}", shm_size, path, kvm)
             try:
                 self.dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED
