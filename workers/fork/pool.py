@@ -46,6 +46,7 @@ class Pool:
         self._threads: list[threading.Thread] = []  # making VMs (the libvirt driver)
         self._made: list[VM | BaseException] = []   # what they made, or why not
         self._closed = False
+        self._lock = threading.Lock()               # between _make and close
 
     @property
     def want(self) -> int:
@@ -78,10 +79,12 @@ class Pool:
         except BaseException as err:    # noqa: BLE001 - told by _settle
             self._made.append(err)
             return
-        if self._closed:
+        with self._lock:
+            keep = not self._closed
+            if keep:
+                self._made.append(vm)
+        if not keep:
             vm.close()
-        else:
-            self._made.append(vm)
 
     def _new(self) -> VM:
         vm = VM(self.ram_mib, self.shm, self.fast_bell)
@@ -176,9 +179,8 @@ class Pool:
         return min((since + LINGER for _, since in self.idle), default=None)
 
     def close(self) -> None:
-        self._closed = True
-        for t in self._threads:         # (each closes what it makes now)
-            t.join(30)
+        with self._lock:                # a VM still being made closes as it is made
+            self._closed = True
         self._settle()
         for vm in [*self.booting, *(vm for vm, _ in self.idle)]:
             vm.close()

@@ -76,7 +76,26 @@ def connection():
         raise VMError(f"libvirt is not running at {uri} ({err.get_error_message()}): "
                       "start virtlogd and libvirtd, or set UNIFORK_LIBVIRT_URI") from None
     _conn_pid = os.getpid()
+    _sweep_logs(_conn)
     return _conn
+
+
+def _sweep_logs(conn) -> None:
+    """Remove the logs libvirt kept of unifork domains that ended a while
+    ago (one a VM: libvirt writes the last line as it drops a domain, and
+    keeps the log of one that ended with the process that made it)."""
+    import glob
+    try:
+        running = {d.name() for d in conn.listAllDomains()}
+    except Exception:       # noqa: BLE001 - a sweep another time
+        return
+    old = time.time() - 60
+    for path in glob.glob(os.path.join(LOG_DIR, "unifork-*.log")):
+        try:
+            if os.path.basename(path)[:-4] not in running and os.stat(path).st_mtime < old:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def for_job(label: str) -> None:
