@@ -7,7 +7,8 @@ starting QEMU directly, both drivers in the same run.
             createXML of a paused domain, measured alone.
   fork      bench/forkbench.c (a parent that touched 1 MiB), paced (150 ms
             apart) and back-to-back: fork() until the child runs, p50 and
-            p90 (forks fill the job's parked VMs under both drivers).
+            p90 (forks fill the job's parked VMs under both drivers); and a
+            job's first fork, which waits for a VM to be made and boot.
   memory    per idle VM of a job (the 4 its pool keeps): PSS of its QEMU
             without the guest-RAM mapping, plus the pages its RAM holds;
             and libvirtd's and virtlogd's own, once per host.
@@ -44,6 +45,16 @@ def boot_ms(hello: str, driver: str, runs: int) -> float:
                        capture_output=True, timeout=120)
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
+
+
+def first_fork_ms(fork: str, driver: str, runs: int) -> float:
+    """Median ms of a job's first fork until its child runs."""
+    firsts = []
+    for _ in range(runs):
+        out = subprocess.run([UNIFORK, "run", "--driver", driver, fork, "1", "1", "0"],
+                             capture_output=True, check=True, timeout=120).stdout
+        firsts.append(int(out.split()[0]) / 1000)
+    return statistics.median(firsts)
 
 
 def create_ms(runs: int) -> tuple[float, float]:
@@ -178,6 +189,7 @@ def run(args, tmp: str, daemons: libvirtd.Daemons) -> None:
             child, _ = latencies([UNIFORK, "run", "--driver", d, fork, "1", str(args.n + 2),
                                   str(pause)])
             rows[d][f"{how} p50"], rows[d][f"{how} p90"] = pct(child, .5), pct(child, .9)
+        rows[d]["first fork"] = first_fork_ms(fork, d, args.boots)
         q, r, rows[d]["idle VMs"] = idle_vm_cost(hold, d)
         rows[d]["QEMU MiB"], rows[d]["RAM MiB"], rows[d]["VM MiB"] = q, r, q + r
     made, booted = create_ms(args.boots)
@@ -186,6 +198,7 @@ def run(args, tmp: str, daemons: libvirtd.Daemons) -> None:
     print(f"{'':22} {'qemu':>10} {'libvirt':>10} {'ratio':>8}")
     for key, unit in (("boot", "ms"), ("paced p50", "ms"), ("paced p90", "ms"),
                       ("back-to-back p50", "ms"), ("back-to-back p90", "ms"),
+                      ("first fork", "ms"),
                       ("QEMU MiB", ""), ("RAM MiB", ""), ("VM MiB", "")):
         a, b = rows["qemu"][key], rows["libvirt"][key]
         label = f"{key} ({unit})" if unit else key
