@@ -112,9 +112,13 @@ def test_a_job_s_domains_are_listed_while_it_runs_forks_fill_them_and_none_is_le
         time.sleep(0.2)
 
 
-def test_a_libvirtd_that_is_not_running_is_one_line_and_a_non_zero_exit(example, tmp_path):
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_libvirtd_that_is_not_running_is_one_line_and_a_non_zero_exit(example, tmp_path,
+                                                                        command):
     sock = Path(tmp_path) / "no-libvirt-sock"
-    got = unifork("run", "--driver", "libvirt", example("hello", "musl"),
+    args = ([example("hello", "musl")] if command == "run" else
+            ["--host-name", "hostL", "--slots", "1", "--advertise", "127.0.0.1"])
+    got = unifork(command, "--driver", "libvirt", *args, timeout=60,
                   env={"UNIFORK_LIBVIRT_URI": f"qemu:///system?socket={sock}"})
     assert got.returncode == 1 and got.stdout == b""
     lines = got.stderr.decode().splitlines()

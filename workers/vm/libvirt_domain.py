@@ -80,6 +80,14 @@ def connection():
     return _conn
 
 
+def check_reachable() -> None:
+    """Whether libvirtd answers (raise VMError if not), keeping no
+    connection: a worker asks before its pool's processes fork from it."""
+    global _conn
+    conn, _conn = connection(), None
+    conn.close()
+
+
 def _sweep_logs(conn) -> None:
     """Remove the logs libvirt kept of unifork domains that ended a while
     ago (one a VM: libvirt writes the last line as it drops a domain, and
