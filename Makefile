@@ -29,6 +29,7 @@ setup: .setup/apt .setup/libvirt $(VENV)/.installed guest native
 	@getent group kvm >/dev/null || groupadd --system kvm
 	@getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home \
 		--home-dir /var/lib/libvirt --shell /usr/sbin/nologin --user-group --groups kvm libvirt-qemu
+	@id -nG libvirt-qemu | grep -qw kvm || usermod -a -G kvm libvirt-qemu
 	@mkdir -p .setup && touch $@
 
 $(VENV)/.installed: pyproject.toml Makefile
