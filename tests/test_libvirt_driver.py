@@ -190,3 +190,25 @@ def test_a_worker_with_the_libvirt_driver_runs_a_job_s_vms_as_domains(daemons, e
             worker.wait()
         redis.terminate()
         redis.wait(timeout=10)
+
+
+@pytest.mark.parametrize("how", ["timeout", "sigterm"])
+def test_a_job_stopped_from_outside_leaves_no_domain(under_libvirt, program, how):
+    """--timeout (124) or SIGTERM to unifork run (143): its domains end too."""
+    extra = ["--timeout", "3"] if how == "timeout" else []
+    p = subprocess.Popen([str(UNIFORK), "run", *extra, str(program("forkloop", "musl")), "9",
+                          "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"1\n"        # pid 1 waits for stdin, a child made
+        if how == "sigterm":
+            p.terminate()
+        assert p.wait(timeout=60) == (124 if how == "timeout" else 143)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    deadline = time.monotonic() + 20
+    while [n for n in under_libvirt.domains() if n.startswith(f"unifork-{p.pid}-")]:
+        assert time.monotonic() < deadline, under_libvirt.domains()
+        time.sleep(0.2)
