@@ -6,6 +6,7 @@ while it runs and none after; a libvirtd that does not answer is one line
 and a non-zero exit."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -192,18 +193,19 @@ def test_a_worker_with_the_libvirt_driver_runs_a_job_s_vms_as_domains(daemons, e
         redis.wait(timeout=10)
 
 
-@pytest.mark.parametrize("how", ["timeout", "sigterm"])
+@pytest.mark.parametrize("how", ["timeout", "sigterm", "sigkill"])
 def test_a_job_stopped_from_outside_leaves_no_domain(under_libvirt, program, how):
-    """--timeout (124) or SIGTERM to unifork run (143): its domains end too."""
+    """--timeout (124) or SIGTERM to unifork run (143): its domains end
+    too; and if unifork run is killed, libvirt ends them (auto-destroy)."""
     extra = ["--timeout", "3"] if how == "timeout" else []
     p = subprocess.Popen([str(UNIFORK), "run", *extra, str(program("forkloop", "musl")), "9",
                           "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
         assert p.stdout.readline() == b"1\n"        # pid 1 waits for stdin, a child made
-        if how == "sigterm":
-            p.terminate()
-        assert p.wait(timeout=60) == (124 if how == "timeout" else 143)
+        if how != "timeout":
+            p.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        assert p.wait(timeout=60) == {"timeout": 124, "sigterm": 143, "sigkill": -9}[how]
     finally:
         if p.poll() is None:
             p.kill()
