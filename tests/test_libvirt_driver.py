@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import libvirtd
+import test_busybox as busybox
 import test_processes as processes
 from conftest import UNIFORK, qemu_pids, unifork
 
@@ -46,6 +47,14 @@ FORK_PIPE_SIGNAL = ["forkbasic", "family", "pipes", "pipeline", "deaths", "adopt
 def test_a_program_that_forks_pipes_and_takes_signals_matches_native(under_libvirt, program,
                                                                      name):
     processes.test_multi_process_program_matches_native(program, name, "musl")
+
+
+@pytest.mark.parametrize("name", ["pipelines", "kill", "trap"])
+def test_a_busybox_shell_matches_native(under_libvirt, name):
+    """A real program: pipelines of re-executed applets, kill and traps."""
+    if busybox.BUSYBOX is None:
+        pytest.skip("busybox-static is not installed (make setup installs it)")
+    busybox.test_busybox_shell_matches_native(name)
 
 
 def test_the_example_job_matches_native(under_libvirt, example):
