@@ -6,6 +6,8 @@ while it runs and none after; a libvirtd that does not answer is one line
 and a non-zero exit."""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -134,6 +136,101 @@ def test_a_libvirtd_that_is_not_running_is_one_line_and_a_non_zero_exit(example,
     lines = got.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unifork: libvirt is not running at "), lines
     assert "start virtlogd and libvirtd" in lines[0]
+
+
+def test_a_guest_kernel_that_fails_powers_its_domain_off(daemons, monkeypatch):
+    """A pc has no isa-debug-exit: the guest's power-off goes through ACPI
+    (PM1a_CNT), and libvirt ends the domain (<on_poweroff>destroy)."""
+    from workers import abi, config
+    from workers.vm.machine import VM
+    from workers.vm.rings import SharedRegion
+    monkeypatch.setattr(config, "_current", config._current)   # as it was, after
+    config.override(driver="libvirt", libvirt_uri=daemons.uri)
+    shm = SharedRegion()
+    vm = VM(64, shm)
+    try:
+        assert vm.domain is not None and vm.layout.shm_base == abi.SHM_HIGH
+        vm.load_vessel()
+        abi.BOOT.put(vm.mem, abi.BOOT_ADDR, magic=1)    # the kernel refuses it, and fails
+        vm.start()
+        deadline = time.monotonic() + 20
+        while vm.poll() is None:
+            assert time.monotonic() < deadline, "the domain did not power off"
+            time.sleep(0.01)
+        assert vm.returncode == 1 and vm.ctl["state"] == abi.State.PANIC
+    finally:
+        vm.close()
+        shm.close()
+
+
+@contextlib.contextmanager
+def _cluster(daemons, tmp_path, workers: list[tuple[str, list[str], dict]]):
+    """Redis and `unifork worker`s (name, extra options, extra environment),
+    one slot each; yields the environment of a cluster command."""
+    import test_cluster
+    port = test_cluster.free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL)
+    env = {"UNIFORK_REDIS_URL": f"redis://127.0.0.1:{port}/0", "UNIFORK_LIBVIRT_URI": daemons.uri}
+    procs = []
+    try:
+        time.sleep(0.5)
+        for name, opts, more in workers:
+            procs.append(subprocess.Popen(
+                [str(UNIFORK), "worker", *opts, "--host-name", name, "--slots", "1",
+                 "--advertise", "127.0.0.1"], env={**os.environ, **env, **more},
+                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.log", "wb")))
+        deadline = time.monotonic() + 30
+        while unifork("hosts", env=env).stdout.count(b" ago") < len(workers):
+            assert time.monotonic() < deadline, "the workers did not register"
+            time.sleep(0.2)
+        time.sleep(2)                   # the Celery workers connect to their queues
+        yield env
+    finally:
+        for w in procs:
+            w.terminate()
+        for w in procs:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+def test_a_worker_with_the_libvirt_driver_runs_a_job_s_vms_as_domains(daemons, example,
+                                                                      tmp_path):
+    """`unifork worker --driver libvirt`: a submitted job that forks and
+    pipes gives the native output, its VMs being domains while it runs."""
+    prog = example("primes", "glibc")
+    with _cluster(daemons, tmp_path, [("hostL", ["--driver", "libvirt"], {})]) as env:
+        deadline = time.monotonic() + 120
+        job_id = unifork("submit", prog, "3000000", "4", env=env).stdout.decode().strip()
+        seen, state = set(), b""
+        while b"FINISHED" not in state.upper():
+            seen |= {n for n in daemons.domains() if n.startswith(f"unifork-{job_id}-")}
+            state = unifork("ps", job_id, env=env).stdout.splitlines()[0]
+            assert time.monotonic() < deadline, state
+        assert state.endswith(b"exit status 0"), state
+        got = unifork("logs", job_id, env=env)
+    assert got.stdout == subprocess.run([str(prog), "3000000", "4"], capture_output=True).stdout
+    assert len(seen) >= 2, seen     # pid 1's and its workers' (forked into vessels)
+
+
+def test_a_fork_between_hosts_with_different_drivers_fails_and_says_why(daemons, program,
+                                                                       tmp_path):
+    """One slot on each host: pid 1's fork goes to the other, whose VMs map
+    the job's region elsewhere; it is refused, fork fails with EAGAIN."""
+    hosts = [("hostL", ["--driver", "libvirt"], {}),
+             ("hostQ", ["--driver", "qemu"], {"UNIFORK_FAST_BELL": "0"})]   # (as libvirt's)
+    with _cluster(daemons, tmp_path, hosts) as env:
+        got = unifork("submit", "--wait", "--fork-wait", "2", program("spread", "musl"), 1, 10,
+                      env=env, timeout=120)
+    assert got.returncode == 0, got.stderr.decode()
+    assert b"fork 0: Resource temporarily unavailable" in got.stdout, got.stdout
+    assert b"run different VM drivers" in got.stderr, got.stderr.decode()
 
 
 def test_a_guest_kernel_that_fails_powers_its_domain_off(daemons, monkeypatch):
