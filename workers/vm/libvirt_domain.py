@@ -36,6 +36,7 @@ import signal
 import socket
 import struct
 import tempfile
+import threading
 import time
 
 from workers import abi, config
@@ -48,8 +49,9 @@ ACCEPT_WAIT = 10.0                       # seconds for QEMU to reach our doorbel
 FATAL = (b"KVM internal error", b"emulation failure")
 LOG_LINGER = 10.0                        # seconds after which libvirt is done with a log
 
-_conn = None
+_conn = None               # a domain made with auto-destroy lives as long as its connection
 _conn_pid = 0
+_conn_lock = threading.Lock()
 _serial = itertools.count(1)
 _job = ""                                # what domains are named after (for_job)
 _closed_logs: list[tuple[float, str]] = []      # (when, the log of a domain closed then)
@@ -61,6 +63,11 @@ def connection():
 
     :raise VMError: libvirt-python is missing, or libvirtd does not answer.
     """
+    with _conn_lock:        # (the pool's threads make VMs too)
+        return _connect()
+
+
+def _connect():
     global _conn, _conn_pid
     if _conn is not None and _conn_pid == os.getpid():
         return _conn
@@ -84,7 +91,8 @@ def check_reachable() -> None:
     """Whether libvirtd answers (raise VMError if not), keeping no
     connection: a worker asks before its pool's processes fork from it."""
     global _conn
-    conn, _conn = connection(), None
+    with _conn_lock:
+        conn, _conn = _connect(), None
     conn.close()
 
 
@@ -152,7 +160,7 @@ class Domain:
 
     def __init__(self, ram_mib: int, shm_fd: int, shm_size: int, kvm: bool) -> None:
         import libvirt
-        conn = connection()
+        self.conn = conn = connection()     # (held: its domains end with it)
         job = _job or str(os.getpid())
         self.name = f"unifork-{job}-{next(_serial)}"
         self.dom = None
