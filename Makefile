@@ -7,9 +7,11 @@
 
 PYTHON   ?= python3
 VENV     := .venv
-APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server iproute2 busybox-static bash-static nftables libssl-dev openssh-server supervisor
+APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server iproute2 busybox-static bash-static nftables libssl-dev \
+            openssh-server supervisor \
+            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 
-setup: .setup/apt $(VENV)/.installed guest native
+setup: .setup/apt .setup/libvirt $(VENV)/.installed guest native
 	@$(VENV)/bin/python -m compileall -q broker workers bench tests >/dev/null
 
 # Debian packages, installed only when one is missing.
@@ -21,10 +23,20 @@ setup: .setup/apt $(VENV)/.installed guest native
 	fi
 	@mkdir -p .setup && touch $@
 
+# The libvirt driver's QEMU user, as libvirt-daemon-system would make it
+# (that package also brings a service manager this machine does not run):
+# libvirtd will not start without it.  Tests start libvirtd themselves.
+.setup/libvirt: .setup/apt
+	@getent group kvm >/dev/null || groupadd --system kvm
+	@getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home \
+		--home-dir /var/lib/libvirt --shell /usr/sbin/nologin --user-group --groups kvm libvirt-qemu
+	@id -nG libvirt-qemu | grep -qw kvm || usermod -a -G kvm libvirt-qemu
+	@mkdir -p .setup && touch $@
+
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(VENV)/bin/pip install -q -e '.[test,libvirt]' --config-settings editable_mode=compat
 	@# The launcher is the minimal one: pip's console-script template imports
 	@# re (7 ms here) and `site` costs 3 ms more; `unifork run` is measured
 	@# against a bare QEMU launch.  It puts the project and the venv's
@@ -69,6 +81,7 @@ bench: setup
 	$(VENV)/bin/python bench/cluster.py
 	$(VENV)/bin/python bench/xpipe.py
 	$(VENV)/bin/python bench/lossy.py
+	$(VENV)/bin/python bench/drivers.py
 
 clean:
 	$(MAKE) -C guest clean

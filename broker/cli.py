@@ -43,6 +43,7 @@ def parser():
     w.add_argument("--files-ports", metavar="LO-HI", type=_port_range,
                    help="TCP ports of jobs' file servers, for their processes on other "
                    "hosts (default: any)")
+    _driver_option(w)
     s = with_redis("submit", help="submit a job to the cluster; prints its id")
     s.add_argument("--wait", action="store_true", help="print its output, exit with its status")
     s.add_argument("--follow", action="store_true",
@@ -166,8 +167,15 @@ def _run_parser(sub) -> None:
                    "GUEST_DIR may be /); without one, the tree is a fresh empty directory")
     r.add_argument("--workdir", default="/", metavar="GUEST_DIR",
                    help="pid 1's working directory in the tree (default /)")
+    _driver_option(r)
     r.add_argument("program", metavar="PROGRAM")
     r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+
+def _driver_option(p) -> None:
+    p.add_argument("--driver", choices=("qemu", "libvirt"), default=None,
+                   help="what runs the VMs: qemu (QEMU started directly; the default, "
+                   "or $UNIFORK_DRIVER) or libvirt (a transient libvirt domain each)")
 
 
 def _port_range(text: str) -> str:
@@ -180,11 +188,11 @@ def _port_range(text: str) -> str:
 
 def _fast_run_args(argv: list[str]) -> dict | None:
     """Parse `run [--mem N] [--timeout S] [--env K=V]... [--volume V]...
-    [--workdir D] PROGRAM [ARGS...]`
+    [--workdir D] [--driver qemu|libvirt] PROGRAM [ARGS...]`
     without argparse (14 ms to import here); None sends the words to
     argparse, which explains what is wrong or prints the help."""
     opts: dict = {"mem": 128, "timeout": None, "env": [], "max_procs": 64, "volume": [],
-                  "workdir": "/"}
+                  "workdir": "/", "driver": None}
     i = 1
     while i < len(argv) and argv[i].startswith("--"):
         name, eq, value = argv[i].partition("=")
@@ -205,6 +213,8 @@ def _fast_run_args(argv: list[str]) -> dict | None:
                 opts["volume"].append(value)
             elif name == "--workdir":
                 opts["workdir"] = value
+            elif name == "--driver" and value in ("qemu", "libvirt"):
+                opts["driver"] = value
             else:
                 return None
         except ValueError:
@@ -224,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         fast = vars(args)
     if fast.get("command", "run") == "run":
         from workers.proc.run import RunRequest, main_run
+        if fast["driver"] is not None:
+            from workers import config
+            from workers.errors import UniforkError
+            try:
+                config.override(driver=fast["driver"])
+            except UniforkError as err:     # another knob of the environment
+                print(f"unifork: {err}", file=sys.stderr)
+                return 2
         return main_run(RunRequest(fast["program"], fast["args"], fast["env"], fast["mem"],
                                    fast["timeout"], max_procs=fast["max_procs"],
                                    volumes=fast["volume"], workdir=fast["workdir"]))

@@ -35,8 +35,11 @@ def worker(args, client, state) -> int:
     from workers import config
     from workers.errors import UniforkError
     try:
-        config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports,
-                        files_ports=args.files_ports)
+        cfg = config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports,
+                              files_ports=args.files_ports, driver=args.driver)
+        if cfg.driver == "libvirt":     # a libvirtd that does not answer: said now
+            from workers.vm.libvirt_domain import check_reachable
+            check_reachable()
         serve(args.host_name, args.slots, args.advertise)
     except UniforkError as err:
         return _err(str(err))

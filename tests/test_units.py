@@ -45,6 +45,22 @@ def test_page_tables_leave_page_zero_unmapped_and_map_all_ram():
     assert shm0 == (64 * MIB) | 0x87                                     # shm follows RAM
 
 
+def test_a_shm_region_above_4_gib_is_mapped_by_the_spare_page_directory():
+    """The libvirt driver's layout: the job's region at abi.SHM_HIGH (a pc
+    machine's device memory), RAM as ever."""
+    lay = layout.Layout(64 * MIB, shm_high=True)
+    mem = bytearray(64 * MIB)
+    layout.page_tables(mem, lay)
+    assert lay.shm_base == abi.SHM_HIGH == 4 << 30
+    pdpt, spare = abi.PT_ADDR + 0x1000, abi.PT_ADDR + 0x7000
+    assert struct.unpack_from("<Q", mem, pdpt + 8 * 4)[0] == spare | 0x7
+    n = lay.shm_size + (2 * MIB - 1) >> 21
+    assert [struct.unpack_from("<Q", mem, spare + 8 * i)[0] for i in range(n + 1)] == \
+        [(abi.SHM_HIGH + (i << 21)) | 0x87 for i in range(n)] + [0]
+    pd = abi.PT_ADDR + 0x2000
+    assert struct.unpack_from("<Q", mem, pd + 8 * (64 * MIB >> 21))[0] == 0   # none after RAM
+
+
 def test_initial_stack_is_linux_shaped(example):
     lay = layout.Layout(32 * MIB)
     mem = bytearray(32 * MIB)

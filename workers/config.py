@@ -78,6 +78,11 @@ KNOBS = (
     ("UNIFORK_QEMU", "qemu", _text, "qemu-system-x86_64", "the QEMU to run"),
     ("UNIFORK_ACCEL", "accel", _choice("", "kvm", "tcg"), "",
      "`kvm` insists on KVM, `tcg` forces software emulation; empty: KVM if /dev/kvm works"),
+    ("UNIFORK_DRIVER", "driver", _choice("qemu", "libvirt"), "qemu",
+     "what runs the VMs: `qemu` (QEMU started directly, microvm) or `libvirt` (a "
+     "transient libvirt domain each, pc; `--driver`)"),
+    ("UNIFORK_LIBVIRT_URI", "libvirt_uri", _text, "qemu:///system",
+     "the libvirtd the libvirt driver asks for domains"),
     ("UNIFORK_FAST_BELL", "fast_bell", _bool, "1",
      "0: VMs of jobs across hosts get no fast doorbell (COM2 only)"),
     ("UNIFORK_HOST_MAX_VMS", "host_max_vms", _int(1, 4096), "64",

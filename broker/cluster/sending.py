@@ -184,7 +184,8 @@ class Sender:
                   # the child resumes in its parent's kernel: the same one
                   "kernel": kernel_id(),
                   # its devices: the child's VM must have the same
-                  "fast_bell": out.parent_vm.fast is not None}
+                  "fast_bell": out.parent_vm.fast is not None,
+                  "shm_base": out.parent_vm.layout.shm_base}
         if task is not None:            # to an offer: no task went before it
             header["task"] = task
         wire.send_fork(sock, secret, nonce, header, sealed)

@@ -38,7 +38,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      11
+#define UF_ABI_VERSION      12
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -46,7 +46,7 @@
 #define UF_BOOT_ADDR        UF_UL(0x200000)  /* struct uf_boot (host writes) */
 #define UF_CTL_ADDR         UF_UL(0x201000)  /* struct uf_ctl (guest writes) */
 #define UF_PT_ADDR          UF_UL(0x202000)  /* page tables (host writes) */
-#define UF_PT_PAGES         8                /* PML4, PDPT, 4 PDs, 1 PT, spare */
+#define UF_PT_PAGES         8                /* PML4, PDPT, 4 PDs, 1 PT, PD above 4 GiB */
 #define UF_LOG_ADDR         UF_UL(0x20a000)  /* kernel log ring, guest RAM */
 #define UF_LOG_SIZE         UF_UL(0x4000)    /* its data bytes */
 #define UF_PARK_ADDR        UF_UL(0x210000)  /* struct uf_park, and the parked kernel's stack */
@@ -54,11 +54,14 @@
 #define UF_USER_BASE        UF_UL(0x400000)  /* lowest address of the program */
 #define UF_PIE_BASE         UF_UL(0x400000)  /* where a static-PIE is loaded */
 #define UF_MAX_RAM          UF_UL(0x80000000) /* 2 GiB; the shm region follows RAM */
+#define UF_SHM_HIGH         UF_UL(0x100000000) /* or is here: a pc machine's device memory */
 
 /* I/O ports and interrupt vectors. */
 #define UF_DOORBELL_PORT    0x2f8   /* COM2 data register: guest -> host doorbell */
 #define UF_DOORBELL_IRQ     3       /* COM2's ISA IRQ: host -> guest wake-up */
-#define UF_EXIT_PORT        0xf4    /* isa-debug-exit: the VM powers off */
+#define UF_EXIT_PORT        0xf4    /* isa-debug-exit: the VM powers off (microvm) */
+#define UF_ACPI_PM1A_CNT    0x604   /* or its ACPI PM1a control (pc, as firmware sets it) */
+#define UF_ACPI_SLP_EN      0x2000  /* written there: sleep type 0 (S5, soft off) */
 #define UF_VEC_TIMER        0x20    /* LAPIC timer (TSC deadline): timed halt */
 #define UF_VEC_DOORBELL     0x21
 #define UF_VEC_SPURIOUS     0xff

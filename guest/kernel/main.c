@@ -80,6 +80,8 @@ irq_init(void)
 	lapic[0xf0 / 4] = 0x100 | UF_VEC_SPURIOUS;      /* enable */
 	lapic[0x80 / 4] = 0;                            /* TPR: accept all */
 	lapic[0x320 / 4] = (2u << 17) | UF_VEC_TIMER;   /* TSC-deadline mode */
+	lapic[0x350 / 4] = 1u << 16;                    /* LINT0 masked: a pc's PIC
+	                                                 * (its firmware's timer) */
 	lapic[0x360 / 4] = 0x400;                       /* LINT1: NMI, the host's nudge */
 	ioapic[0] = 0x10 + 2 * UF_DOORBELL_IRQ;         /* redirection entry */
 	ioapic[4] = UF_VEC_DOORBELL;                    /* edge, fixed, unmasked */

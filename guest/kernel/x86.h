@@ -43,6 +43,8 @@
 
 static inline void outb(uint16_t port, uint8_t v)
 { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(uint16_t port, uint16_t v)
+{ __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
 static inline uint8_t inb(uint16_t port)
 { uint8_t v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline uint64_t rdmsr(uint32_t msr)

@@ -114,6 +114,9 @@ class Arrival:
         if bool(header.get("fast_bell")) != (self.vm.fast is not None):
             return ("the parent's VM and this host's differ in the fast doorbell device "
                     "(KVM on one host and not the other, or UNIFORK_FAST_BELL set differently)")
+        if header.get("shm_base", self.vm.layout.shm_base) != self.vm.layout.shm_base:
+            return ("the parent's host and this one run different VM drivers "
+                    "(UNIFORK_DRIVER, --driver): their VMs map the job's memory elsewhere")
         return None
 
     def make_bridge(self, address: str) -> None:

@@ -14,13 +14,18 @@ runs on two VMs by turns; the pool boots more when forks find none parked
 (cap) idle and booting, and keeps every VM that comes back while it has
 fewer than (cap) idle.  A VM idle for LINGER seconds is let go (its QEMU
 and RAM freed).
+
+Under the libvirt driver a VM takes libvirtd ~0.6 s to create (createXML),
+so it is made in a thread of its own, and the supervisor goes on.
 """
 from __future__ import annotations
 
 import collections
 import select
+import threading
 import time
 
+from workers import config
 from workers.errors import VMError
 from workers.vm.rings import SharedRegion
 from workers.vm.machine import VM
@@ -38,6 +43,10 @@ class Pool:
         self.idle: list[tuple[VM, float]] = []      # parked: (VM, since when)
         self.booting: list[VM] = []                 # started, not parked yet
         self._misses: collections.deque[float] = collections.deque()
+        self._threads: list[threading.Thread] = []  # making VMs (the libvirt driver)
+        self._made: list[VM | BaseException] = []   # what they made, or why not
+        self._closed = False
+        self._lock = threading.Lock()               # between _make and close
 
     @property
     def want(self) -> int:
@@ -52,10 +61,32 @@ class Pool:
         """Boot VMs until (want) are idle or on their way; they park by
         themselves, in the background."""
         self._settle()
-        for _ in range(self.want - len(self.idle) - len(self.booting)):
+        for _ in range(self.want - len(self.idle) - len(self.booting) - len(self._threads)):
             self._boot()
 
     def _boot(self) -> None:
+        if config.get().driver == "libvirt":
+            t = threading.Thread(target=self._make, name="vessel", daemon=True)
+            self._threads.append(t)
+            t.start()
+            return
+        self.booting.append(self._new())
+
+    def _make(self) -> None:
+        """A thread's: a VM for the pool, in (_made) for _settle to take."""
+        try:
+            vm = self._new()
+        except BaseException as err:    # noqa: BLE001 - told by _settle
+            self._made.append(err)
+            return
+        with self._lock:
+            keep = not self._closed
+            if keep:
+                self._made.append(vm)
+        if not keep:
+            vm.close()
+
+    def _new(self) -> VM:
         vm = VM(self.ram_mib, self.shm, self.fast_bell)
         try:
             vm.load_vessel()
@@ -63,13 +94,20 @@ class Pool:
         except BaseException:
             vm.close()
             raise
-        self.booting.append(vm)
+        return vm
 
     def _settle(self) -> str | None:
         """Booting VMs that have parked are idle now; dead ones are dropped.
         What QEMU said of the last that failed to boot, if one did (not one
         killed from outside)."""
         failed = None
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while self._made:
+            made = self._made.pop(0)
+            if isinstance(made, BaseException):
+                failed = str(made)
+            else:
+                self.booting.append(made)
         for vm in list(self.booting):
             if vm.poll() is not None or vm.check_stderr():
                 self.booting.remove(vm)
@@ -100,12 +138,12 @@ class Pool:
                     vm.take_doorbells()
                     return vm
                 vm.close()
-            if failed and not self.booting:
+            if failed and not self.booting and not self._threads:
                 raise VMError(f"a VM for the child died as it booted: {failed}")
             if not missed:
                 missed = True
                 self._misses.append(time.monotonic())
-            if not self.booting:
+            if not self.booting and not self._threads:
                 self._boot()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -141,6 +179,9 @@ class Pool:
         return min((since + LINGER for _, since in self.idle), default=None)
 
     def close(self) -> None:
+        with self._lock:                # a VM still being made closes as it is made
+            self._closed = True
+        self._settle()
         for vm in [*self.booting, *(vm for vm, _ in self.idle)]:
             vm.close()
         self.booting.clear()

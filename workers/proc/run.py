@@ -113,6 +113,9 @@ def run(req: RunRequest) -> int:
     if not slots.take():
         files.close()
         raise VMError("this host has no free slot for the job's first VM")
+    if config.get().driver == "libvirt":     # its domains are named after it
+        from workers.vm.libvirt_domain import for_job
+        for_job(req.link.job_id if req.link is not None else str(os.getpid()))
     shm = SharedRegion()
     vm: VM | None = None
     job = server = None

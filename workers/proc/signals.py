@@ -147,13 +147,12 @@ def nudge_alarms(job: Job, now: float) -> None:
 
 
 def nudge(job: Job, p: Proc) -> None:
-    """An NMI (QMP inject-nmi) into (p), unless it is halted (a halt
+    """An NMI (QMP inject-nmi, or libvirt's) into (p), unless it is halted (a halt
     looks at signals as it ends): its handler for the NMI takes the
     posted signals from the program's own code (trap.c)."""
     if abi.CTL.get(p.vm.mem, abi.CTL_ADDR, "asleep") != abi.Sleep.NONE:
         return
-    from workers.vm.qmp import inject_nmi
     try:
-        job.aio(inject_nmi(p.vm))
+        p.vm.nmi(job.aio)
     except Exception:       # noqa: BLE001 - the VM is going: its end says so
         pass

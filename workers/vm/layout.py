@@ -28,13 +28,13 @@ AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN = 23, 25, 26, 31
 class Layout:
     """Where things are in a guest of (ram_size) bytes."""
 
-    def __init__(self, ram_size: int, shm_size: int = abi.SHM_SIZE) -> None:
+    def __init__(self, ram_size: int, shm_size: int = abi.SHM_SIZE, shm_high: bool = False) -> None:
+        """(shm_high): the shm region is at abi.SHM_HIGH (a pc machine's
+        device memory, under libvirt), not right after RAM (microvm's
+        second NUMA node)."""
         self.ram_size = ram_size
         self.shm_size = shm_size
-
-    @property
-    def shm_base(self) -> int:
-        return self.ram_size          # the second NUMA node follows RAM
+        self.shm_base = abi.SHM_HIGH if shm_high else ram_size
 
     @property
     def stack_size(self) -> int:
@@ -53,8 +53,9 @@ def page_tables(mem, layout: Layout) -> None:
     """Identity-map RAM, the shm region, the APICs and the virtio-mmio slots,
     at abi.PT_ADDR.
 
-    PML4, PDPT, four page directories (4 GiB), and one page table for the
-    first 2 MiB so that page 0 stays unmapped (null pointers fault).
+    PML4, PDPT, four page directories (4 GiB), one page table for the
+    first 2 MiB so that page 0 stays unmapped (null pointers fault), and
+    the spare page directory for a shm region above 4 GiB.
     Everything the program may touch is user-accessible: the VM is the
     isolation boundary, and the system-call layer runs at CPL 3 on PVM.
     """
@@ -66,14 +67,24 @@ def page_tables(mem, layout: Layout) -> None:
     struct.pack_into("<Q", mem, pd, pt | user)
     struct.pack_into("<511Q", mem, pt + 8, *((i << 12) | user for i in range(1, 512)))
 
-    def map_2m(start: int, end: int, flags: int) -> None:
-        first, last = start >> 21, (end + (1 << 21) - 1) >> 21
-        n = last - max(first, 1)
-        struct.pack_into(f"<{n}Q", mem, pd + 8 * max(first, 1),
-                         *((i << 21) | flags | _PS for i in range(max(first, 1), last)))
+    def map_2m(start: int, end: int, flags: int, table: int = pd, table_at: int = 0) -> None:
+        """2 MiB pages for [start, end) in (table), whose first entry maps
+        (table_at); the first 2 MiB of all are the page table's."""
+        first, last = max(start >> 21, 1), (end + (1 << 21) - 1) >> 21
+        struct.pack_into(f"<{last - first}Q", mem, table + 8 * (first - (table_at >> 21)),
+                         *((i << 21) | flags | _PS for i in range(first, last)))
 
     map_2m(0, layout.ram_size, user)
-    map_2m(layout.shm_base, layout.shm_base + layout.shm_size, user)
+    shm_end = layout.shm_base + layout.shm_size
+    if layout.shm_base >= 4 << 30:      # its GiB has the spare page directory
+        gib = layout.shm_base >> 30
+        if (shm_end - 1) >> 30 != gib:
+            raise ValueError("the shm region crosses a GiB boundary above 4 GiB")
+        high = base + 0x7000
+        struct.pack_into("<Q", mem, pdpt + 8 * gib, high | user)
+        map_2m(layout.shm_base, shm_end, user, high, gib << 30)
+    else:
+        map_2m(layout.shm_base, shm_end, user)
     map_2m(_IOAPIC, _IOAPIC + (2 << 20), _P | _RW | _PCD | _PWT)
     # the fast doorbell's notify register is written from ring 3 (bell.c)
     map_2m(abi.VIRTIO_MMIO_BASE, abi.VIRTIO_MMIO_BASE + abi.VIRTIO_MMIO_SLOTS * abi.VIRTIO_MMIO_SLOT,

@@ -71,17 +71,25 @@ class VM:
         self._stamp_clock = False       # load() leaves the boot page's clock to start()
         self.ram_mib = ram_mib
         self.shm = shm
-        self.layout = layout.Layout(ram_mib << 20, shm.size)
         self.kvm = kvm_usable()
-        self.ram_fd = os.memfd_create("unifork-ram", os.MFD_CLOEXEC)
-        os.ftruncate(self.ram_fd, ram_mib << 20)
+        self.domain = None              # libvirt_domain.Domain, under the libvirt driver
+        self.pid = 0
+        self.pidfd = -1
+        self._qmp_sock = self._qmp_peer = self._bell_peer = None
+        if config.get().driver == "libvirt":
+            self._start_domain(ram_mib, shm)
+        else:
+            self.ram_fd = os.memfd_create("unifork-ram", os.MFD_CLOEXEC)
+            os.ftruncate(self.ram_fd, ram_mib << 20)
+            self.bell, self._bell_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            self.bell.setblocking(False)
+            self._qmp_sock, self._qmp_peer = _socket.socketpair(_socket.AF_UNIX,
+                                                                _socket.SOCK_STREAM)
+        self.layout = layout.Layout(ram_mib << 20, shm.size, shm_high=self.domain is not None)
         self.mem = mmap.mmap(self.ram_fd, ram_mib << 20)
-        self.bell, self._bell_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        self.bell.setblocking(False)
-        self._qmp_sock, self._qmp_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.fast = None                # bell.Bell: the fast doorbell, if it has one
         self._fast_peer = None
-        if fast_bell and self.kvm and config.get().fast_bell:
+        if fast_bell and self.kvm and config.get().fast_bell and self.domain is None:
             from workers.vm.bell import bells
             ours, self._fast_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
@@ -91,8 +99,6 @@ class VM:
                 self._fast_peer.close()
                 raise
             ours.detach()               # the bell's now
-        self.pid = 0
-        self.pidfd = -1
         self.fds: frozenset[int] = frozenset()  # what the supervisor polls for it
         self.returncode: int | None = None
         self._stderr_r = -1
@@ -100,6 +106,14 @@ class VM:
         self.log = HostRing.create(self.mem, abi.LOG_ADDR, abi.LOG_SIZE)
         self._qmp = None               # qemu.qmp QMPClient, connected on first use
         self.clock_k: int | None = None  # its clocks read the host's TSC + this, if known
+
+    def _start_domain(self, ram_mib: int, shm: SharedRegion) -> None:
+        """Under the libvirt driver: its domain, paused (its QEMU runs, and
+        maps the RAM we are about to lay out)."""
+        from workers.vm.libvirt_domain import Domain
+        self.domain = Domain(ram_mib, shm.fd, shm.size, self.kvm)
+        self.ram_fd, self.bell = self.domain.ram_fd, self.domain.bell
+        self.pid, self.pidfd = self.domain.pid, self.domain.pidfd
 
     # -- before boot -------------------------------------------------------
     def load(self, prog: Program, argv: list[bytes], envp: list[bytes], exe: bytes,
@@ -139,6 +153,11 @@ class VM:
         kernel = config.get().kernel
         if not os.path.exists(kernel):
             raise VMError(f"guest kernel {kernel} is missing: run make setup")
+        if self.domain is not None:
+            self._stamp()
+            self.domain.resume()
+            self.state = VMState.RUNNING
+            return
         passed = (self.ram_fd, self.shm.fd, self._bell_peer.fileno(), self._qmp_peer.fileno())
         fast_fd = self._fast_peer.fileno() if self._fast_peer is not None else -1
         spec = VMSpec(kernel, self.ram_mib, self.shm.size >> 20, *passed, kvm=self.kvm,
@@ -171,11 +190,14 @@ class VM:
                 self._fast_peer.close()
         self.pidfd = os.pidfd_open(self.pid)
         self.state = VMState.RUNNING
+        self._stamp()
+
+    def _stamp(self) -> None:
+        """The wall clock and the host's TSC, read together, for the guest's
+        clocks (clock.c waits for host_tsc, written last).  As QEMU starts,
+        not in load(): the first rdtsc loads ctypes (~2 ms), which QEMU's
+        own start-up now hides."""
         if self._stamp_clock:
-            # The wall clock and the host's TSC, read together, for the
-            # guest's clocks (clock.c waits for host_tsc, written last).
-            # Here, not in load(): the first rdtsc loads ctypes (~2 ms),
-            # which QEMU's own start-up now hides.
             abi.BOOT.put(self.mem, abi.BOOT_ADDR, realtime_ns=time.time_ns())
             abi.BOOT.put(self.mem, abi.BOOT_ADDR, host_tsc=cpu.rdtsc())
             self._stamp_clock = False
@@ -214,15 +236,23 @@ class VM:
             pass
 
     def poll(self) -> int | None:
-        """QEMU's exit code if it has exited (and reap it), else None."""
-        if self.returncode is None and self.pid:
+        """QEMU's exit code if it has exited (and reap it), else None
+        (under libvirt, which reaps it: 1 if it ended by itself, -9 if
+        we ended it)."""
+        if self.returncode is None and self.domain is not None:
+            if self.domain.exited():
+                self.returncode, self.state = 1, VMState.STOPPED
+        elif self.returncode is None and self.pid:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self._reaped(status)
         return self.returncode
 
     def wait(self) -> int:
-        if self.returncode is None:
+        if self.returncode is None and self.domain is not None:
+            self.domain.exited(None)
+            self.poll()
+        elif self.returncode is None:
             self._reaped(os.waitpid(self.pid, 0)[1])
         return self.returncode
 
@@ -248,11 +278,19 @@ class VM:
                 pass
             self._qmp = None
 
+    def nmi(self, aio) -> None:
+        """The host's nudge: an NMI (QMP inject-nmi, run by (aio); or libvirt's)."""
+        if self.domain is not None:
+            self.domain.inject_nmi()
+            return
+        from workers.vm.qmp import inject_nmi
+        aio(inject_nmi(self))
+
     def quit(self, grace: float = 1.0) -> None:
         """Ask QEMU to quit over QMP; kill it if that does not work in time."""
         if self.poll() is not None:
             return
-        if self._qmp is not None:           # QMP is held by the fork engine's loop
+        if self._qmp is not None or self.domain is not None:           # QMP is held by the fork engine's loop
             self.kill()
             return
         try:
@@ -272,7 +310,11 @@ class VM:
         self.kill()
 
     def kill(self) -> None:
-        if self.poll() is None:
+        if self.poll() is None and self.domain is not None:
+            self.domain.destroy()
+            self.domain.exited(None)
+            self.returncode, self.state = -9, VMState.STOPPED
+        elif self.poll() is None:
             os.kill(self.pid, 9)        # SIGKILL
             self.wait()
 
@@ -282,10 +324,14 @@ class VM:
 
     @property
     def stderr_fd(self) -> int:
-        return self._stderr_r
+        """What the supervisor polls for QEMU's words (under libvirt, which
+        keeps them, its pidfd again)."""
+        return self._stderr_r if self.domain is None else self.pidfd
 
     def check_stderr(self) -> bool:
         """Collect what QEMU printed; True if it says the guest cannot go on."""
+        if self.domain is not None:
+            return self.domain.fatal()
         if self._stderr_r < 0:
             return False
         try:
@@ -298,7 +344,8 @@ class VM:
     def qemu_stderr(self) -> str:
         """What QEMU printed (all of it once it has exited)."""
         self.check_stderr()
-        lines = self._stderr_buf.decode(errors="replace").strip().splitlines()
+        lines = (self._stderr_buf.decode(errors="replace").strip().splitlines()
+                 if self.domain is None else self.domain.stderr_lines())
         return "; ".join(lines[:3])
 
     @property
@@ -309,7 +356,10 @@ class VM:
         """Stop QEMU if it still runs and release every resource."""
         if self.state is VMState.CLOSED:
             return
-        if self.pid:
+        if self.domain is not None:
+            self.domain.close()         # (its fds: pidfd, ram_fd)
+            self.pidfd = self.ram_fd = -1
+        elif self.pid:
             self.kill()
         for fd in (self.pidfd, self._stderr_r):
             if fd >= 0:
@@ -325,5 +375,6 @@ class VM:
             self.fast.close()
             self.fast = None
         self.mem.close()
-        os.close(self.ram_fd)
+        if self.ram_fd >= 0:
+            os.close(self.ram_fd)
         self.state = VMState.CLOSED
