@@ -33,13 +33,37 @@ def main(args) -> int:
 def worker(args, client, state) -> int:
     from broker.cluster.agent import serve
     from workers import config
-    from workers.errors import UniforkError
+    from workers.errors import UniforkError, UsageError
     try:
-        config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports)
-        serve(args.host_name, args.slots, args.advertise)
+        cfg = config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports)
+        name, slots, advertise = worker_identity(args, cfg)
+    except UsageError as err:
+        return _err(str(err), 2)
+    try:
+        serve(name, slots, advertise)
     except UniforkError as err:
         return _err(str(err))
     return 0
+
+
+def worker_identity(args, cfg) -> tuple[str, int, str]:
+    """The worker's name, slots and address: its options, else the
+    environment's UNIFORK_HOST_NAME (else the node name),
+    UNIFORK_WORKER_SLOTS and UNIFORK_WORKER_ADVERTISE.
+
+    :raise UsageError: slots or address given by neither.
+    """
+    import os
+    from workers.errors import UsageError
+    name = args.host_name or cfg.host_name or os.uname().nodename
+    slots = args.slots if args.slots is not None else cfg.worker_slots
+    advertise = args.advertise or cfg.worker_advertise
+    if slots is None:
+        raise UsageError("worker: its slots are not given: --slots N or UNIFORK_WORKER_SLOTS=N")
+    if not advertise:
+        raise UsageError("worker: the address other hosts reach it at is not given: "
+                         "--advertise ADDR or UNIFORK_WORKER_ADVERTISE=ADDR")
+    return name, slots, advertise
 
 
 def submit(args, client, state) -> int:
