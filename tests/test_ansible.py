@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -114,6 +113,8 @@ def descendants(pid: int) -> set[int]:
     """The processes below (pid)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
@@ -134,14 +135,17 @@ def stop_supervisord(d: Path) -> None:
     if not pidfile.exists():
         return
     pid = int(pidfile.read_text())
-    ours = descendants(pid) & qemu_pids()
-    subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True,
-                   timeout=90)
-    deadline = time.monotonic() + 90
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if Path(f"/proc/{pid}").exists():
-        os.kill(pid, signal.SIGKILL)
+    ours = set()
+    try:
+        ours = descendants(pid) & qemu_pids()
+    finally:
+        subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True,
+                       timeout=90)
+        deadline = time.monotonic() + 90
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while ours & qemu_pids() and time.monotonic() < deadline:
         time.sleep(0.05)
