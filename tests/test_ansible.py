@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, native, qemu_pids
+from conftest import ROOT, native
 
 ANSIBLE = ROOT / "ansible"
 BIN = Path(sys.executable).parent
@@ -135,9 +135,9 @@ def stop_supervisord(d: Path) -> None:
     if not pidfile.exists():
         return
     pid = int(pidfile.read_text())
-    ours = set()
+    tree: set[int] = set()
     try:
-        ours = descendants(pid) & qemu_pids()
+        tree = descendants(pid)
     finally:
         subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True,
                        timeout=90)
@@ -147,9 +147,16 @@ def stop_supervisord(d: Path) -> None:
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while ours & qemu_pids() and time.monotonic() < deadline:
+    while tree & running() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert ours & qemu_pids() == set(), "the worker left QEMU processes behind"
+    left = tree & running()
+    for stray in left:                          # (what would not stop)
+        os.kill(stray, signal.SIGKILL)
+    assert left == set(), "Redis, the worker or its QEMUs outlived supervisord"
+
+
+def running() -> set[int]:
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
 
 
 @pytest.fixture(scope="module")
