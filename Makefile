@@ -8,7 +8,7 @@
 PYTHON   ?= python3
 VENV     := .venv
 APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server iproute2 busybox-static bash-static nftables libssl-dev \
-            supervisor git docker-compose
+            supervisor git docker-compose systemd
 
 setup: .setup/apt $(VENV)/.installed guest native
 	@$(VENV)/bin/python -m compileall -q broker workers bench tests >/dev/null

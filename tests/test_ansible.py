@@ -329,13 +329,57 @@ def test_a_wrong_redis_password_stops_the_playbook_before_any_change(converged):
 # commands); this test may fail until that change is merged.
 @pytest.mark.converge
 @pytest.mark.parametrize("password", ["wrong-0123456789abcdef", None])
-def test_a_client_with_a_wrong_or_no_redis_password_gets_one_line_and_fails(converged, password):
+@pytest.mark.parametrize("command", [["hosts"], ["worker", "--host-name", "intruder"]])
+def test_a_client_or_worker_with_a_wrong_or_no_redis_password_gets_one_line_and_fails(
+        converged, password, command):
     port = converged["port"]
     auth = f":{password}@" if password else ""
-    got = deployed(converged["dir"], "hosts", url=f"redis://{auth}127.0.0.1:{port}/0")
+    got = deployed(converged["dir"], *command, url=f"redis://{auth}127.0.0.1:{port}/0",
+                   timeout=60)
     assert got.returncode != 0
     err = got.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("unifork: ") and "password" in err, err
+
+
+@pytest.mark.converge
+def test_a_new_redis_password_reaches_redis_and_the_worker_when_rotation_is_asked(converged):
+    d, port = converged["dir"], converged["port"]
+    new = "rotated-0123456789abcdef"
+    run = playbook(converged["inventory"], "-e", f"unifork_redis_password={new}",
+                   "-e", "unifork_redis_password_rotate=true")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert worker_env(d)["UNIFORK_REDIS_URL"] == f"redis://:{new}@127.0.0.1:{port}/0"
+    old = deployed(d, "hosts", url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+    assert old.returncode != 0                      # Redis was restarted with the new one
+    wait_for_worker(d)                              # and the worker with its new worker.env
+    primes = d / "opt" / "src" / "guest" / "build" / "examples" / "primes.musl"
+    got = deployed(d, "submit", "--wait", str(primes), "20000", "2")
+    assert got.returncode == 0, got.stderr
+
+
+@pytest.mark.converge
+def test_the_systemd_units_for_hosts_with_systemd_pass_systemd_analyze_verify(converged,
+                                                                               tmp_path):
+    roles = ANSIBLE / "roles"
+    units = {"unifork-redis.service": roles / "broker" / "templates",
+             "unifork-worker.service": roles / "kvm_host" / "templates",
+             "unifork-nftables.service": roles / "kvm_host" / "templates"}
+    (tmp_path / "render.yml").write_text(yaml.safe_dump([{
+        "name": "Render the units", "hosts": "kvm_hosts",
+        "gather_subset": ["!all", "!min", "hardware", "network"],
+        "roles": [{"role": "unifork"}],
+        "tasks": [{"name": f"Render {unit}", "ansible.builtin.template": {
+            "src": str(where / f"{unit}.j2"), "dest": str(tmp_path / unit), "mode": "0644"}}
+            for unit, where in units.items()]}]))
+    run = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(converged["inventory"]),
+                          "-e", "ansible_python_interpreter=/usr/bin/python3",
+                          str(tmp_path / "render.yml")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "ANSIBLE_ROLES_PATH": str(roles),
+                                           "ANSIBLE_NOCOLOR": "1"})
+    assert run.returncode == 0, run.stdout[-3000:]
+    got = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u) for u in units)],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0 and got.stderr == "", got.stderr
 
 
 # -- the firewall ---------------------------------------------------------------------
