@@ -8,7 +8,7 @@
 PYTHON   ?= python3
 VENV     := .venv
 APT_PKGS := qemu-system-x86 musl-tools gcc make libc6-dev python3-venv util-linux redis-server iproute2 busybox-static bash-static nftables libssl-dev \
-            openssh-server supervisor \
+            openssh-server supervisor git docker-compose systemd \
             libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 
 setup: .setup/apt .setup/libvirt $(VENV)/.installed guest native

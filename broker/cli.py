@@ -32,10 +32,12 @@ def parser():
         return c
 
     w = with_redis("worker", help="run this KVM host's worker (Celery) and host agent")
-    w.add_argument("--host-name", required=True, metavar="NAME")
-    w.add_argument("--slots", type=int, required=True, metavar="N", help="VMs this host runs")
-    w.add_argument("--advertise", required=True, metavar="ADDR",
-                   help="the address other hosts reach this one at")
+    w.add_argument("--host-name", metavar="NAME",
+                   help="this worker's name (default $UNIFORK_HOST_NAME, else the node name)")
+    w.add_argument("--slots", type=int, metavar="N",
+                   help="VMs this host runs (default $UNIFORK_WORKER_SLOTS)")
+    w.add_argument("--advertise", metavar="ADDR", help="the address other hosts reach this "
+                   "one at (default $UNIFORK_WORKER_ADVERTISE)")
     w.add_argument("--fork-ports", metavar="LO-HI", type=_port_range,
                    help="TCP ports for forks arriving from other hosts (default: any)")
     w.add_argument("--bridge-ports", metavar="LO-HI", type=_port_range,

@@ -33,17 +33,41 @@ def main(args) -> int:
 def worker(args, client, state) -> int:
     from broker.cluster.agent import serve
     from workers import config
-    from workers.errors import UniforkError
+    from workers.errors import UniforkError, UsageError
     try:
         cfg = config.override(fork_ports=args.fork_ports, bridge_ports=args.bridge_ports,
                               files_ports=args.files_ports, driver=args.driver)
+        name, slots, advertise = worker_identity(args, cfg)
+    except UsageError as err:
+        return _err(str(err), 2)
+    try:
         if cfg.driver == "libvirt":     # a libvirtd that does not answer: said now
             from workers.vm.libvirt_domain import check_reachable
             check_reachable()
-        serve(args.host_name, args.slots, args.advertise)
+        serve(name, slots, advertise)
     except UniforkError as err:
         return _err(str(err))
     return 0
+
+
+def worker_identity(args, cfg) -> tuple[str, int, str]:
+    """The worker's name, slots and address: its options, else the
+    environment's UNIFORK_HOST_NAME (else the node name),
+    UNIFORK_WORKER_SLOTS and UNIFORK_WORKER_ADVERTISE.
+
+    :raise UsageError: slots or address given by neither.
+    """
+    import os
+    from workers.errors import UsageError
+    name = args.host_name or cfg.host_name or os.uname().nodename
+    slots = args.slots if args.slots is not None else cfg.worker_slots
+    advertise = args.advertise or cfg.worker_advertise
+    if slots is None:
+        raise UsageError("worker: its slots are not given: --slots N or UNIFORK_WORKER_SLOTS=N")
+    if not advertise:
+        raise UsageError("worker: the address other hosts reach it at is not given: "
+                         "--advertise ADDR or UNIFORK_WORKER_ADVERTISE=ADDR")
+    return name, slots, advertise
 
 
 def submit(args, client, state) -> int:

@@ -59,3 +59,25 @@ def test_unifork_run_with_a_bad_knob_says_which_in_one_line(example):
     assert got.returncode == 1
     assert got.stderr == b"unifork: UNIFORK_FORK_WAIT='soon': it takes a number of seconds, " \
                          b"at least 0\n"
+
+
+def test_the_worker_takes_its_slots_and_address_from_the_environment_when_not_given():
+    from argparse import Namespace
+    from broker.commands import worker_identity
+    none = Namespace(host_name=None, slots=None, advertise=None)
+    cfg = config.load({"UNIFORK_HOST_NAME": "kvm1", "UNIFORK_WORKER_SLOTS": "6",
+                       "UNIFORK_WORKER_ADVERTISE": "192.0.2.11"})
+    assert worker_identity(none, cfg) == ("kvm1", 6, "192.0.2.11")
+    given = Namespace(host_name="kvm2", slots=2, advertise="192.0.2.12")
+    assert worker_identity(given, cfg) == ("kvm2", 2, "192.0.2.12")     # options win
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"UNIFORK_WORKER_ADVERTISE": "127.0.0.1"}, "--slots N or UNIFORK_WORKER_SLOTS=N"),
+    ({"UNIFORK_WORKER_SLOTS": "2"}, "--advertise ADDR or UNIFORK_WORKER_ADVERTISE=ADDR"),
+])
+def test_a_worker_without_slots_or_address_says_which_and_both_ways_to_give_it(env, says):
+    got = unifork("worker", env={"UNIFORK_WORKER_SLOTS": "", "UNIFORK_WORKER_ADVERTISE": "",
+                                 **env})
+    assert got.returncode == 2
+    assert got.stderr.decode().count("\n") == 1 and says in got.stderr.decode()

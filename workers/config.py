@@ -2,7 +2,8 @@
 
 Each knob is a variable of the environment (KNOBS, the table the README
 shows); the command line sets a few of them for its own process
-(`unifork worker --host-name --fork-ports --bridge-ports --files-ports`, `--redis`)
+(`unifork worker --host-name --slots --advertise --fork-ports
+--bridge-ports --files-ports --driver`, `--redis`)
 through override(), which checks them the same way.  Everything else reads
 get().  A bad value is a ConfigError that names the variable, the value
 and what it takes.  Processes started after override() (Celery's pool, forked)
@@ -57,6 +58,16 @@ def _ports(s: str) -> tuple[int, int] | None:
     return a, b
 
 
+def _optional_int(lo: int, hi: int):
+    """A whole number from (lo) to (hi), or empty: not set (None)."""
+    whole = _int(lo, hi)
+
+    def parse(s: str) -> int | None:
+        return whole(s) if s else None
+    parse.takes = f"a whole number from {lo} to {hi}, or nothing"
+    return parse
+
+
 def _choice(*options: str):
     def parse(s: str) -> str:
         if s not in options:
@@ -105,6 +116,10 @@ KNOBS = (
      "UNIFORK_INPUT_MAX; 0: only its outputs)"),
     ("UNIFORK_HOST_NAME", "host_name", _text, "",
      "this worker's name in the cluster (`--host-name`; default the node name)"),
+    ("UNIFORK_WORKER_SLOTS", "worker_slots", _optional_int(1, 4096), "",
+     "`unifork worker`: the VMs this host runs at once (`--slots`)"),
+    ("UNIFORK_WORKER_ADVERTISE", "worker_advertise", _text, "",
+     "`unifork worker`: the address other hosts reach this one at (`--advertise`)"),
     ("UNIFORK_FORK_PORTS", "fork_ports", _ports, "",
      "LO-HI: TCP ports for forks arriving here, for a firewall (`--fork-ports`)"),
     ("UNIFORK_BRIDGE_PORTS", "bridge_ports", _ports, "",
