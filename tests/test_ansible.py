@@ -30,7 +30,7 @@ PASSWORD = "pw-test-0123456789abcdef"
 SECRET = "secret-test-0123456789abcdef"
 REDIS_PORTS = range(16400, 16500)
 NETNS = "ufan-deploy"
-FORK_PORTS, BRIDGE_PORTS = (20100, 20355), (20400, 20655)
+FORK_PORTS, BRIDGE_PORTS, FILES_PORTS = (20100, 20355), (20400, 20655), (20700, 20955)
 
 
 def playbook(inventory: Path, *extra: str, timeout: float = 600
@@ -273,7 +273,7 @@ def test_the_worker_env_follows_the_contract(converged):
         "UNIFORK_SECRET": SECRET, "UNIFORK_HOST_NAME": "node1",
         "UNIFORK_WORKER_SLOTS": "2", "UNIFORK_WORKER_ADVERTISE": "127.0.0.1",
         "UNIFORK_FORK_PORTS": "%d-%d" % FORK_PORTS, "UNIFORK_BRIDGE_PORTS": "%d-%d" % BRIDGE_PORTS,
-        "UNIFORK_LOG_LEVEL": "warning"}
+        "UNIFORK_FILES_PORTS": "%d-%d" % FILES_PORTS, "UNIFORK_LOG_LEVEL": "warning"}
     assert (d / "log" / "worker.log").exists()
 
 
@@ -324,9 +324,6 @@ def test_a_wrong_redis_password_stops_the_playbook_before_any_change(converged):
     assert deployed(d, "hosts").returncode == 0       # the cluster still runs as it was
 
 
-# LEAD: the one-line error for a wrong or missing Redis password is the
-# Python side's (broker/state.py connect, the worker's start, the client
-# commands); this test may fail until that change is merged.
 @pytest.mark.converge
 @pytest.mark.parametrize("password", ["wrong-0123456789abcdef", None])
 @pytest.mark.parametrize("command", [["hosts"], ["worker", "--host-name", "intruder"]])
@@ -339,6 +336,7 @@ def test_a_client_or_worker_with_a_wrong_or_no_redis_password_gets_one_line_and_
     assert got.returncode != 0
     err = got.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("unifork: ") and "password" in err, err
+    assert "wrong-0123456789abcdef" not in err                  # never printed
 
 
 @pytest.mark.converge
@@ -430,6 +428,7 @@ def test_the_firewall_rules_let_only_the_clusters_hosts_reach_the_fork_ports(con
     listed = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet",
                              "unifork"], capture_output=True, text=True).stdout
     assert "127.0.0.1" in listed and "20100-20355" in listed and "20400-20655" in listed
+    assert "20700-20955" in listed
 
     def probe(port: int, inside: bool) -> str:
         cmd = [sys.executable, "-c", LISTEN_AND_CONNECT, str(port), "-"]
@@ -440,6 +439,7 @@ def test_the_firewall_rules_let_only_the_clusters_hosts_reach_the_fork_ports(con
     # port are dropped; to a port outside the ranges, the kernel refuses.
     assert probe(FORK_PORTS[0], inside=False) == "dropped"
     assert probe(FORK_PORTS[1], inside=False) == "dropped"
+    assert probe(FILES_PORTS[0], inside=False) == "dropped"
     assert probe(FORK_PORTS[0] - 1, inside=False) == "refused"
     assert probe(FORK_PORTS[0], inside=True) == "refused"      # this host itself
     # Once 10.234.0.1 is a cluster host, its packets get through.

@@ -100,6 +100,7 @@ def test_the_workers_get_what_worker_env_holds_with_the_roles_ports(resolved):
         env = service["environment"]
         assert sorted(env) == sorted(keys)
         assert env["UNIFORK_FORK_PORTS"] == DEFAULTS["unifork_fork_ports"]
+        assert env["UNIFORK_FILES_PORTS"] == DEFAULTS["unifork_files_ports"]
         assert env["UNIFORK_BRIDGE_PORTS"] == DEFAULTS["unifork_bridge_ports"]
         assert env["UNIFORK_REDIS_URL"] == f"redis://:pw-test-0123456789abcdef@redis:{port}/0"
         assert env["UNIFORK_SECRET"] == "secret-test-0123456789abcdef"
