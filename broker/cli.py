@@ -25,13 +25,41 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
 
+    with_redis = _with_redis(sub)
+    _worker_parser(with_redis("worker", help="run this KVM host's worker (Celery) and host agent"))
+    _submit_parser(with_redis("submit", help="submit a job to the cluster; prints its id"))
+    ps = with_redis("ps", help="a job's process tree (or the recent jobs)")
+    ps.add_argument("job", nargs="?", metavar="JOB")
+    lg = with_redis("logs", help="a job's output so far")
+    lg.add_argument("job", metavar="JOB")
+    ho = with_redis("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
+    ho.add_argument("--json", action="store_true", help="as a JSON list")
+    cn = with_redis("cancel", help="stop a job")
+    cn.add_argument("job", metavar="JOB")
+    fe = with_redis("fetch", help="the files a job gave back (its --output), into a directory")
+    fe.add_argument("job", metavar="JOB")
+    fe.add_argument("paths", nargs="*", metavar="GUEST_PATH")
+    fe.add_argument("--out", default=".", metavar="DIR", help="where they go (default .)")
+    dr = with_redis("drain",
+                    help="make a host take no new jobs or forks; its running ones finish")
+    dr.add_argument("name", metavar="NAME")
+    ud = with_redis("undrain", help="make a drained host take jobs and forks again")
+    ud.add_argument("name", metavar="NAME")
+    _cluster_parser(sub)
+    return p
+
+
+def _with_redis(sub):
+    """A maker of subcommands that talk to the cluster's Redis (--redis)."""
     def with_redis(name: str, **kw):
         c = sub.add_parser(name, **kw)
         c.add_argument("--redis", metavar="URL", help="the cluster's Redis (default "
                        "$UNIFORK_REDIS_URL or redis://127.0.0.1:6379/0)")
         return c
+    return with_redis
 
-    w = with_redis("worker", help="run this KVM host's worker (Celery) and host agent")
+
+def _worker_parser(w) -> None:
     w.add_argument("--host-name", metavar="NAME",
                    help="this worker's name (default $UNIFORK_HOST_NAME, else the node name)")
     w.add_argument("--slots", type=int, metavar="N",
@@ -46,7 +74,10 @@ def parser():
                    help="TCP ports of jobs' file servers, for their processes on other "
                    "hosts (default: any)")
     _driver_option(w)
-    s = with_redis("submit", help="submit a job to the cluster; prints its id")
+
+
+def _submit_parser(s) -> None:
+    import argparse
     s.add_argument("--wait", action="store_true", help="print its output, exit with its status")
     s.add_argument("--follow", action="store_true",
                    help="stream its output and its processes as they fork and exit")
@@ -69,25 +100,6 @@ def parser():
                    "fails with EAGAIN (default: the worker's UNIFORK_FORK_WAIT, 5 s)")
     s.add_argument("program", metavar="PROGRAM")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
-    ps = with_redis("ps", help="a job's process tree (or the recent jobs)")
-    ps.add_argument("job", nargs="?", metavar="JOB")
-    lg = with_redis("logs", help="a job's output so far")
-    lg.add_argument("job", metavar="JOB")
-    ho = with_redis("hosts", help="the cluster's hosts: slots used and free, heartbeat age")
-    ho.add_argument("--json", action="store_true", help="as a JSON list")
-    cn = with_redis("cancel", help="stop a job")
-    cn.add_argument("job", metavar="JOB")
-    fe = with_redis("fetch", help="the files a job gave back (its --output), into a directory")
-    fe.add_argument("job", metavar="JOB")
-    fe.add_argument("paths", nargs="*", metavar="GUEST_PATH")
-    fe.add_argument("--out", default=".", metavar="DIR", help="where they go (default .)")
-    dr = with_redis("drain",
-                    help="make a host take no new jobs or forks; its running ones finish")
-    dr.add_argument("name", metavar="NAME")
-    ud = with_redis("undrain", help="make a drained host take jobs and forks again")
-    ud.add_argument("name", metavar="NAME")
-    _cluster_parser(sub)
-    return p
 
 
 def _cluster_parser(sub) -> None:

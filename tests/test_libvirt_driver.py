@@ -233,31 +233,6 @@ def test_a_fork_between_hosts_with_different_drivers_fails_and_says_why(daemons,
     assert b"run different VM drivers" in got.stderr, got.stderr.decode()
 
 
-def test_a_guest_kernel_that_fails_powers_its_domain_off(daemons, monkeypatch):
-    """A pc has no isa-debug-exit: the guest's power-off goes through ACPI
-    (PM1a_CNT), and libvirt ends the domain (<on_poweroff>destroy)."""
-    from workers import abi, config
-    from workers.vm.machine import VM
-    from workers.vm.rings import SharedRegion
-    monkeypatch.setattr(config, "_current", config._current)   # as it was, after
-    config.override(driver="libvirt", libvirt_uri=daemons.uri)
-    shm = SharedRegion()
-    vm = VM(64, shm)
-    try:
-        assert vm.domain is not None and vm.layout.shm_base == abi.SHM_HIGH
-        vm.load_vessel()
-        abi.BOOT.put(vm.mem, abi.BOOT_ADDR, magic=1)    # the kernel refuses it, and fails
-        vm.start()
-        deadline = time.monotonic() + 20
-        while vm.poll() is None:
-            assert time.monotonic() < deadline, "the domain did not power off"
-            time.sleep(0.01)
-        assert vm.returncode == 1 and vm.ctl["state"] == abi.State.PANIC
-    finally:
-        vm.close()
-        shm.close()
-
-
 def test_a_worker_with_the_libvirt_driver_runs_a_job_s_vms_as_domains(daemons, example,
                                                                       tmp_path):
     """`unifork worker --driver libvirt`: a submitted job that forks and

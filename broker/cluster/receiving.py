@@ -97,20 +97,32 @@ def take(here: Here, task: ForkTask) -> str:
             arrival.give_back(a)
         return FULL if got == "full" else placement.refused(
             r, "duplicate" if got in ("claimed", "arrived") else "late")
-    try:
+    def run() -> None:
         if failed is not None:
             raise failed
         run_child(here, task, a)
+    return _child_here(here, task, lambda: a, run)
+
+
+def _child_here(here: Here, task: ForkTask, arrived, run) -> str:
+    """run() the child of (task) and its subtree, its slot here taken:
+    "done", or "failed" said to the parent (its fork fails with the reason)
+    and in the job's stderr; then its VM (arrived(), if any) and slot are
+    let go, unless its subtree's Job has them, and a spare is made ready
+    for the next fork onto this host."""
+    try:
+        run()
         return "done"
     except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
-        _failed(here, task, a, err)
+        _failed(here, task, arrived(), err)
         return "failed"
     finally:
+        a = arrived()
         if a is not None:
             a.close()
         if a is None or not a.adopted:
-            placement.give_slot(r, here.host)
-        arrival.spare(task.mem_mib, here.address)   # ready for the next fork onto this host
+            placement.give_slot(here.r, here.host)
+        arrival.spare(task.mem_mib, here.address)
 
 
 def _failed(here: Here, task: ForkTask, a: Arrival | None, err: Exception) -> None:
@@ -145,28 +157,20 @@ def take_offered(here: Here, conn: socket.socket) -> str:
     except BaseException:
         conn.close()
         raise
-    a = None
-    try:
+    held: list[Arrival] = []
+
+    def run() -> None:
         try:
-            a = arrival.vessel(task.mem_mib)
-            a.nonce = nonce
-            a.take(got, conn, secret, task.pid)
+            held.append(arrival.vessel(task.mem_mib))
+            held[0].nonce = nonce
+            held[0].take(got, conn, secret, task.pid)
         except BaseException as err:
-            if a is None or a.refused is None:
+            if not held or held[0].refused is None:
                 _reply_error(conn, secret, nonce, err)
             conn.close()
             raise
-        run_child(here, task, a, (got.header, conn, began))
-        return "done"
-    except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
-        _failed(here, task, a, err)
-        return "failed"
-    finally:
-        if a is not None:
-            a.close()
-        if a is None or not a.adopted:
-            placement.give_slot(here.r, here.host)
-        arrival.spare(task.mem_mib, here.address)
+        run_child(here, task, held[0], (got.header, conn, began))
+    return _child_here(here, task, lambda: held[0] if held else None, run)
 
 
 def _offered_task(header: dict) -> ForkTask:

@@ -99,6 +99,20 @@ def open_tree(req: RunRequest) -> tuple[Files, programs.Found]:
         raise
 
 
+def _load_pid1(vm: VM, req: RunRequest, found, stdio: tuple[int, int, int]) -> None:
+    """Lay out pid 1 in (vm): (found)'s program, its argv and environment,
+    its stdio rings, and which of them are terminals (and their size)."""
+    tty = sum(1 << i for i, fd in enumerate((req.stdin, req.stdout, req.stderr))
+              if os.isatty(fd))
+    try:
+        cols, rows = os.get_terminal_size(req.stdout)
+    except OSError:
+        cols, rows = 0, 0
+    vm.load(found.prog, found.argv, [os.fsencode(e) for e in req.env], found.exe,
+            pid=1, ppid=0, stdio=stdio, tty=tty, tty_size=(rows, cols),
+            hostname=os.uname().nodename.encode())
+
+
 def run(req: RunRequest) -> int:
     """Run (req) to completion; returns the exit status for our caller.
 
@@ -122,15 +136,7 @@ def run(req: RunRequest) -> int:
     try:
         rings = [shm.new_ring() for _ in range(3)]
         vm = VM(req.mem_mib, shm, fast_bell=req.link is not None)
-        tty = sum(1 << i for i, fd in enumerate((req.stdin, req.stdout, req.stderr))
-                  if os.isatty(fd))
-        try:
-            cols, rows = os.get_terminal_size(req.stdout)
-        except OSError:
-            cols, rows = 0, 0
-        vm.load(prog, found.argv, [os.fsencode(e) for e in req.env], found.exe,
-                pid=1, ppid=0, stdio=(rings[0][0], rings[1][0], rings[2][0]), tty=tty,
-                tty_size=(rows, cols), hostname=os.uname().nodename.encode())
+        _load_pid1(vm, req, found, (rings[0][0], rings[1][0], rings[2][0]))
         sup = Supervisor(Stdio(req.name, *(r[1] for r in rings), req.stdin, req.stdout,
                                req.stderr), req.timeout)
         files.tell = sup.say            # the job's stderr, from now on
