@@ -62,13 +62,16 @@ return best
 # the host picked has an offer (its list is ARGV[2] .. name .. ARGV[7]),
 # the ticket is claimed for it, with one of its slots, {host, offer}
 # returned instead, and the ticket (ARGV[8]) kept under the offer's id.
+# The offers of processes that keep a VM of the job (list .. ':' .. job)
+# go first.
 _OPEN_TICKET = """
 redis.call('HSET', KEYS[2], 'state', 'waiting', 'job', ARGV[3], 'pid', ARGV[4],
            'created', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 local best = (function()""" + _PICK + """end)()
 if not best or ARGV[7] == '' then return best end
-local offer = redis.call('LPOP', ARGV[2] .. best .. ARGV[7])
+local offer = redis.call('LPOP', ARGV[2] .. best .. ARGV[7] .. ':' .. ARGV[3])
+if not offer then offer = redis.call('LPOP', ARGV[2] .. best .. ARGV[7]) end
 if not offer then return best end
 redis.call('HINCRBY', ARGV[2] .. best, 'used', 1)
 redis.call('HSET', KEYS[2], 'state', 'claimed', 'host', best)
@@ -157,21 +160,32 @@ def arrive(r: redis.Redis, ticket: str, host: str) -> bool:
 
 
 def offer(r: redis.Redis, host: str, where: dict) -> str:
-    """Put (where), whose "id" is new, in (host)'s offers; returns the
+    """Put (where), whose "id" is new, in (host)'s offers (those for job
+    where["job"] if it names one: its forks take them first); returns the
     entry, for withdraw() and offered()."""
     entry = json.dumps(where, sort_keys=True)
-    r.rpush(keys.host_offers(host), entry)
+    key = _offers_of(host, entry)
+    p = r.pipeline()
+    p.rpush(key, entry)
+    if where.get("job"):
+        p.expire(key, TICKET_TTL)       # (a worker restarted leaves a job's list behind)
+    p.execute()
     return entry
+
+
+def _offers_of(host: str, entry: str) -> str:
+    job = json.loads(entry).get("job")
+    return keys.host_offers(host) + (f":{job}" if job else "")
 
 
 def withdraw(r: redis.Redis, host: str, entry: str) -> bool:
     """Take (entry) out of (host)'s offers; False if a fork took it first."""
-    return bool(r.lrem(keys.host_offers(host), 0, entry))
+    return bool(r.lrem(_offers_of(host, entry), 0, entry))
 
 
 def offered(r: redis.Redis, host: str, entry: str) -> bool:
     """Whether (entry) is still among (host)'s offers."""
-    return r.lpos(keys.host_offers(host), entry) is not None
+    return r.lpos(_offers_of(host, entry), entry) is not None
 
 
 def taken_by(r: redis.Redis, host: str, entry: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -202,6 +203,26 @@ def test_forks_onto_other_hosts_go_straight_to_an_idle_worker_process(net, progr
     assert got.returncode == 0 and "3 forked" in got.stdout.decode(), got.stderr.decode()
     job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
     assert "offer" in placed_by(net, job_id)
+    slots_come_back(net)
+
+
+def placed(net, job_id: str) -> list[dict]:
+    events = redis(net, "lrange", f"unifork:job:{job_id}:events", 0, -1).splitlines()
+    return [e for e in map(json.loads, events) if e.get("state") == "placed"]
+
+
+def test_a_jobs_forks_onto_a_host_fill_the_vm_it_kept_there(net, program):
+    """hostA's two slots held (pid 1 and a sleeping child), 12 children
+    forked one after another run elsewhere; once one has ended on a host,
+    its VM stays there, parked, for the job's next fork (no QEMU boots for
+    it), offered to that job first."""
+    got = net.send_job(net.url, "hostA", program("sidefork", "musl"), 12, 4000)
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout == b"12 forked\nside child exited 7\n"
+    job_id = re.search(r"^job (\S+)$", got.stderr.decode(), re.M).group(1)
+    forks = placed(net, job_id)
+    assert len(forks) == 12 and all(f["host"] != "hostA" for f in forks), forks
+    assert sum(f["kept"] for f in forks) >= 3, forks
     slots_come_back(net)
 
 

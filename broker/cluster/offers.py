@@ -23,6 +23,7 @@ header has opened) forks go by their task.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import select
@@ -36,6 +37,7 @@ from broker.cluster.host import Here
 
 from workers import config
 from workers.errors import TransferError
+from workers.fork import arrival
 from workers.ports import bind_in
 
 log = logging.getLogger("unifork.worker")
@@ -58,6 +60,7 @@ class Offers:
         self._entry: str | None = None      # in Redis now, as far as we know
         self._tasks = 0                     # Celery tasks running in this process
         self._gone_since: float | None = None
+        self._withdrawn = False             # the last _withdraw() took our entry out
         self._closed = False
         threading.Thread(target=self._serve, name="offer", daemon=True).start()
 
@@ -79,9 +82,10 @@ class Offers:
 
     def _withdraw(self) -> None:
         entry, self._entry = self._entry, None
+        self._withdrawn = False
         if entry is not None:
             try:
-                placement.withdraw(self.here.r, self.here.host, entry)
+                self._withdrawn = placement.withdraw(self.here.r, self.here.host, entry)
             except Exception:       # noqa: BLE001 - a fork that takes it finds us listening
                 pass
 
@@ -113,11 +117,22 @@ class Offers:
                 placement.withdraw(self.here.r, self.here.host, entry)
 
     def _offer(self) -> None:
+        """Offer this process (to the forks of the job whose VM it keeps
+        first, arrival.keep), unless it is offered already as it should be."""
+        arrival.expire()
+        job = arrival.kept_job()
         with self._lock:
+            if self._entry is not None and json.loads(self._entry).get("job", "") != job:
+                entry = self._entry     # kept VM gone, or a new one: offered again,
+                self._withdraw()        # unless a fork took it just now (it connects)
+                if not self._withdrawn:
+                    self._entry = entry
             if self._closed or self._tasks or self._entry is not None:
                 return
-            self._entry = placement.offer(self.here.r, self.here.host,
-                                          {**self._where, "id": f"{os.getpid()}.{next(self._ids)}"})
+            where = {**self._where, "id": f"{os.getpid()}.{next(self._ids)}"}
+            if job:
+                where["job"] = job
+            self._entry = placement.offer(self.here.r, self.here.host, where)
             self._gone_since = None
 
     def _check_taken(self) -> None:

@@ -87,7 +87,7 @@ def take(here: Here, task: ForkTask) -> str:
     try:                            # the child's VM, listening, before the claim:
         if len(bytes.fromhex(task.nonce)) != 16:        # claim and place: one trip
             raise ValueError("the fork task has no nonce (a parent's host of an older unifork)")
-        a = arrival.arrival(task.mem_mib, here.address, bytes.fromhex(task.nonce))
+        a = arrival.arrival(task.mem_mib, here.address, bytes.fromhex(task.nonce), task.job)
     except Exception as err:        # noqa: BLE001 - said to the parent once claimed
         failed = err
     got = (placement.claim_and_place(r, task.ticket, here.host, a.where(here.host, here.address))
@@ -118,6 +118,12 @@ def _child_here(here: Here, task: ForkTask, arrived, run) -> str:
         return "failed"
     finally:
         a = arrived()
+        if a is not None and a.parked_vm is not None:   # its region is free now: kept
+            vm, a.parked_vm = a.parked_vm, None
+            if arrival.keep(task.job, vm, a.shm, task.mem_mib, here.address):
+                a.shm = None
+            else:
+                vm.close()
         if a is not None:
             a.close()
         if a is None or not a.adopted:
@@ -161,7 +167,7 @@ def take_offered(here: Here, conn: socket.socket) -> str:
 
     def run() -> None:
         try:
-            held.append(arrival.vessel(task.mem_mib))
+            held.append(arrival.vessel(task.mem_mib, task.job))
             held[0].nonce = nonce
             held[0].take(got, conn, secret, task.pid)
         except BaseException as err:
@@ -207,7 +213,7 @@ def run_child(here: Here, task: ForkTask, a: Arrival, received: tuple | None = N
                     why = f"QEMU exited ({a.vm.returncode}): {a.vm.qemu_stderr() or why}"
                 wire.send_reply(conn, secret, a.nonce, {"error": why})
                 raise RuntimeError(why) from err
-            wire.send_reply(conn, secret, a.nonce, {"ok": True})
+            wire.send_reply(conn, secret, a.nonce, {"ok": True, "kept": bool(a.job)})
         # The child runs: now the rest (Redis, a thread) off its critical path.
         child.adopt(sup)
         for i in cut:
@@ -272,8 +278,18 @@ class _Child:
                        here.slots, sup.say, fork_wait=task.fork_wait, events=events,
                        link=self.link, tree=task.pid, bridge=self.bridge, files=files)
         sup.job = self.job
+        self.job.keep_parked = self._keep_parked
         self.job.add(a.vm, task.ppid, pid=task.pid, parent_tree=task.parent_tree)
         a.vm, a.adopted = None, True
+
+    def _keep_parked(self, vm) -> bool:
+        """The first of the subtree's VMs to park as its process ends is
+        kept aside (not closed with the Job): the job's next fork onto this
+        host may have it (arrival.keep, once the subtree is over)."""
+        if self.a.parked_vm is not None or vm._qmp is not None:   # (its QMP is its Job's)
+            return False
+        self.a.parked_vm = vm
+        return True
 
     def close(self) -> None:
         if self.job is not None:

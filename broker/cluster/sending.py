@@ -95,17 +95,18 @@ class Sender:
                                          "error": f"no host had a free slot for "
                                                   f"{link.fork_wait:g} s"})
                 placed = time.monotonic()
-                self._send(out, where, nonce, sealed)
+                where["kept"] = self._send(out, where, nonce, sealed).get("kept", False)
             else:
                 placed = where.pop("connected")
             link.deliver({"type": "forked", "pid": out.pid, "host": where["host"],
                           "tree": out.pid})
             # The fork's event (the child's host records its "running"): where
-            # it went, by an offer or by its task, and how long placing it and
-            # the whole fork took.
+            # it went, by an offer or by its task, into a VM the job kept there
+            # or a new one, and how long placing it and the whole fork took.
             state.add_event(link.r, link.job_id, {
                 "pid": out.pid, "ppid": out.ppid, "state": "placed", "host": where["host"],
-                "by": by, "dispatch_ms": round(1000 * (placed - sent), 2),
+                "by": by, "kept": bool(where.get("kept")),
+                "dispatch_ms": round(1000 * (placed - sent), 2),
                 "fork_ms": round(1000 * (time.monotonic() - out.asked), 2)})
         except Exception as err:        # noqa: BLE001 - the parent gets EAGAIN and the reason
             link.deliver({"type": "forked", "pid": out.pid, "error": str(err) or repr(err)})
@@ -143,10 +144,10 @@ class Sender:
             sock.settimeout(30)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(nonce)
-            self._stream(sock, out, host, nonce, sealed, task)
+            reply = self._stream(sock, out, host, nonce, sealed, task)
         if config.get().test_duplicate_forks:       # its ticket has arrived: a no-op
             self._queue(task, host)
-        return {"host": host, "connected": connected}
+        return {"host": host, "connected": connected, "kept": reply.get("kept", False)}
 
     def _placed(self, ticket: str, sent: float) -> dict | None:
         """Where the ticket's child is made, once a host has claimed it; None
@@ -168,15 +169,16 @@ class Sender:
             raise RuntimeError(f"host {where.get('host')}: {where['error']}")
         return where
 
-    def _send(self, out: Outgoing, where: dict, nonce: bytes, sealed) -> None:
+    def _send(self, out: Outgoing, where: dict, nonce: bytes, sealed) -> dict:
         """Stream the sealed RAM to the child's host; its word on it."""
         with socket.create_connection((where["address"], where["port"]), timeout=30) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._stream(sock, out, where["host"], nonce, sealed)
+            return self._stream(sock, out, where["host"], nonce, sealed)
 
     def _stream(self, sock: socket.socket, out: Outgoing, host: str, nonce: bytes, sealed,
-                task: dict | None = None) -> None:
-        """The fork stream, and the child's host's word on it."""
+                task: dict | None = None) -> dict:
+        """The fork stream, and the child's host's word on it ({"ok": true,
+        "kept": whether the child went into a VM the job kept there})."""
         from workers.vm.machine import kernel_id
         secret = self.link.secret
         header = {"pid": out.pid, "ppid": out.ppid, "ram_size": out.parent_vm.layout.ram_size,
@@ -192,6 +194,7 @@ class Sender:
         reply = wire.receive_reply(sock, secret, nonce)
         if not reply.get("ok"):
             raise RuntimeError(f"host {host}: {reply.get('error', 'refused the fork')}")
+        return reply
 
     def close(self) -> None:
         """Wait for the forks under way (a closed link ends their waits)."""

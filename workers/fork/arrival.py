@@ -6,6 +6,12 @@ that boots with no program and parks, in a shared region of its own, and
 a socket listening for the parent's stream.  Each worker process keeps one
 booted ahead of time (spare()); receive() reads the parent's RAM into it
 (wire.py) and leaves a child that only waits to be let go (clone.py).
+
+When the subtree a fork made here is over, the VM its first process ended
+in, parked, is kept for that job's next fork onto this host (keep()), with
+its region scrubbed, for KEEP_FOR seconds: a job that forks onto this host
+again boots no QEMU for it.  A kept VM is only ever its job's (vessel(),
+give_back()); the spare belongs to no job until a fork takes it.
 """
 from __future__ import annotations
 
@@ -22,22 +28,30 @@ from workers.vm.machine import VM, kernel_id
 from workers.vm.rings import SharedRegion
 
 ACCEPT_TIMEOUT = 15.0
+KEEP_FOR = 3.0          # seconds a job's VM is kept here, parked, for its next fork
 
 
 class Arrival:
     """A child VM of (mem_mib) to be made here for a fork from elsewhere."""
 
-    def __init__(self, mem_mib: int) -> None:
+    def __init__(self, mem_mib: int, vm: VM | None = None,
+                 shm: SharedRegion | None = None) -> None:
+        """A new VM, booting; or (vm), parked, in its region (shm) (keep())."""
         self.mem_mib = mem_mib
-        self.shm = SharedRegion()
-        self.vm: VM | None = VM(mem_mib, self.shm, fast_bell=True)   # as its parent's
+        self.shm = shm or SharedRegion()
         self.listener: socket.socket | None = None
         self.nonce = b""
         self.received: wire.Received | None = None
         self.refused: str | None = None     # why take() said no to the parent's host
         self.bridge = None                  # the pipe bridge of its region, made ahead
         self.adopted = False        # a subtree's Job owns the VM (and its slot) now
+        self.job = ""               # kept for this job's forks only (keep())
+        self.parked_vm: VM | None = None    # its subtree's VM to keep, once over
+        self.vm: VM | None = vm
+        if vm is not None:
+            return
         try:
+            self.vm = VM(mem_mib, self.shm, fast_bell=True)   # as its parent's
             self.vm.load_vessel()
             self.vm.start()
         except BaseException:
@@ -136,16 +150,71 @@ class Arrival:
             self.listener.close()
         if self.vm is not None:
             self.vm.close()
-        self.shm.close()
+        if self.parked_vm is not None:
+            self.parked_vm.close()
+        if self.shm is not None:
+            self.shm.close()
 
 
 _spare: Arrival | None = None
 _spare_lock = threading.Lock()    # a fork task's thread and the offer's (offers.py)
 
 
-def vessel(mem_mib: int) -> Arrival:
-    """A child VM for a fork: this process's spare if it fits, else a new one."""
+_kept: dict[str, tuple[float, Arrival]] = {}    # by job: its VM parked here, and since when
+
+
+def keep(job_id: str, vm: VM, shm: SharedRegion, mem_mib: int, address: str) -> bool:
+    """Keep (vm), parked as its process ended here, for the next fork of
+    (job_id) onto this host, for KEEP_FOR seconds; with it (shm), the region
+    it maps, scrubbed (its rings zeroed).  False if the job has one kept
+    already (the caller closes its VM)."""
+    with _spare_lock:
+        if job_id in _kept:
+            return False
+        _kept[job_id] = (time.monotonic(), None)        # (being made)
+    clone.punch(shm.fd, 0, shm.size)
+    shm.renew()
+    a = Arrival(mem_mib, vm, shm)
+    a.job = job_id
+    if address:
+        try:
+            a.make_bridge(address)
+        except OSError:
+            pass
+    with _spare_lock:
+        _kept[job_id] = (time.monotonic(), a)
+    return True
+
+
+def kept_job() -> str:
+    """The job whose VM this process keeps now, or ""."""
+    with _spare_lock:
+        return next((j for j, (_, a) in _kept.items() if a is not None), "")
+
+
+def expire() -> None:
+    """Let kept VMs go after KEEP_FOR seconds, and those that died."""
+    now = time.monotonic()
+    with _spare_lock:
+        gone = [j for j, (since, a) in _kept.items()
+                if a is not None and (now - since > KEEP_FOR or a.vm.poll() is not None)]
+        dropped = [_kept.pop(j)[1] for j in gone]
+    for a in dropped:
+        a.close()
+
+
+def vessel(mem_mib: int, job_id: str = "") -> Arrival:
+    """A child VM for a fork: the VM kept here for (job_id) if it fits, else
+    this process's spare if it fits, else a new one."""
     global _spare
+    with _spare_lock:
+        since, kept = _kept.get(job_id, (0.0, None))
+        if kept is not None:
+            del _kept[job_id]
+    if kept is not None:
+        if kept.usable(mem_mib) and kept.vm.parked:
+            return kept
+        kept.close()
     with _spare_lock:
         a, _spare = _spare, None
     if a is not None and not a.usable(mem_mib):
@@ -154,10 +223,10 @@ def vessel(mem_mib: int) -> Arrival:
     return a or Arrival(mem_mib)
 
 
-def arrival(mem_mib: int, address: str, nonce: bytes) -> Arrival:
+def arrival(mem_mib: int, address: str, nonce: bytes, job_id: str = "") -> Arrival:
     """A child VM for a fork, listening for its stream (sealed under keys
-    from (nonce)): vessel(mem_mib)."""
-    a = vessel(mem_mib)
+    from (nonce)): vessel(mem_mib, job_id)."""
+    a = vessel(mem_mib, job_id)
     try:
         a.listen(address, nonce)
     except BaseException:
@@ -172,7 +241,10 @@ def give_back(a: Arrival) -> None:
     a.listener.close()
     a.listener = None
     with _spare_lock:
-        if _spare is None and a.usable(a.mem_mib):
+        if a.job:                   # a job's own VM: never another job's
+            if a.job not in _kept and a.usable(a.mem_mib):
+                _kept[a.job], a = (time.monotonic(), a), None
+        elif _spare is None and a.usable(a.mem_mib):
             _spare, a = a, None
     if a is not None:
         a.close()

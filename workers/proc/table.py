@@ -106,6 +106,7 @@ class Job:
         self.fork_wait = fork_wait  # how long a fork waits for a VM to be ready
         self._qmp = None            # qmp.QMPThread, made at the first nudge
         self._pool = None           # pool.Pool, made at the first fork
+        self.keep_parked = None     # (VM) -> bool: takes a parked VM the pool does not
         self.changed = True         # the set of VMs changed (the supervisor re-polls)
         self._said: set[str] = set()
         self.link = link            # cluster.Link when the job spans hosts, else None
@@ -316,8 +317,11 @@ class Job:
             if self.bridge is not None:     # its doorbell and memory: not the bridge's now
                 self.watch_vms(exclude=p)
             vm, p.vm = p.vm, None
-            if vm.poll() is None and vm.parked and self._pool is not None and self._pool.give(vm):
-                return                      # idle now, for the next fork
+            if vm.poll() is None and vm.parked:
+                if self.keep_parked is not None and self.keep_parked(vm):
+                    return                  # kept for the job's next fork onto this host
+                if self._pool is not None and self._pool.give(vm):
+                    return                  # idle now, for the next fork
             if vm._qmp is not None:
                 self.qmp.call(vm.aclose_qmp())
             vm.close()

@@ -281,6 +281,16 @@ class SharedRegion:
             r = self._rings[idx] = HostRing(self.map, abi.shm_ring_off(idx), self._base)
         return r
 
+    def renew(self) -> None:
+        """Make the region as new, its memory already zeroed (punched) by
+        the caller: no ring of its last processes is left (arrival.keep)."""
+        for r in self._rings.values():
+            r.release()
+        self._rings.clear()
+        self._base = [0]
+        abi.SHM.put(self.map, 0, magic=abi.SHM_MAGIC, abi_version=abi.ABI_VERSION,
+                    nrings=abi.SHM_RINGS)
+
     def used(self) -> int:
         """The bitmap of ring slots in use."""
         return abi.SHM.get(self.map, 0, "used")
