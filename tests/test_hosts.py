@@ -184,7 +184,17 @@ def placed_by(net, job_id: str) -> list[str]:
 
 def offers(net, host: str) -> list[dict]:
     return [json.loads(e) for e in
-            redis(net, "lrange", f"unifork:host:{host}:offers", 0, -1).splitlines()]
+            redis(net, "lrange", f"unifork:host:{host}:offers", 0, -1).splitlines() if e]
+
+
+def offered_within(net, host: str, within: float = 15) -> list[dict]:
+    """The host's offers to any job, once there are some: a process that
+    keeps a job's VM (arrival.keep) offers itself to that job only until
+    the VM goes, seconds after the job's last child there ended."""
+    deadline = time.monotonic() + within
+    while not (got := offers(net, host)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
 
 
 def slots_come_back(net, within: float = 15) -> None:
@@ -216,9 +226,10 @@ def test_a_jobs_forks_onto_a_host_fill_the_vm_it_kept_there(net, program):
     forked one after another run elsewhere; once one has ended on a host,
     its VM stays there, parked, for the job's next fork (no QEMU boots for
     it), offered to that job first."""
-    got = net.send_job(net.url, "hostA", program("sidefork", "musl"), 12, 4000)
+    got = net.send_job(net.url, "hostA", program("forkloop", "musl"), 12, 12, 4000,
+                       stdin=b"g")
     assert got.returncode == 0, got.stderr.decode()
-    assert got.stdout == b"12 forked\nside child exited 7\n"
+    assert got.stdout == b"12\nside child exited 7\n"
     job_id = re.search(r"^job (\S+)$", got.stderr.decode(), re.M).group(1)
     forks = placed(net, job_id)
     assert len(forks) == 12 and all(f["host"] != "hostA" for f in forks), forks
@@ -265,7 +276,10 @@ def test_an_offer_taken_by_a_host_that_never_connects_is_given_back(net):
     assert free_slots(net)[host] == SLOTS[host] - 1
     slots_come_back(net, within=20)
     assert redis(net, "hget", "unifork:fork:never-connected", "state").strip() == "waiting"
-    assert offer["port"] in [o["port"] for o in offers(net, host)]     # on offer again
+    deadline = time.monotonic() + 5                                     # on offer again
+    while offer["port"] not in [o["port"] for o in offers(net, host)]:
+        assert time.monotonic() < deadline, offers(net, host)
+        time.sleep(0.2)
 
 
 def test_bytes_that_are_not_a_fork_stream_sent_to_an_offer_harm_nothing(net, program):
