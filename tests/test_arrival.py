@@ -24,7 +24,7 @@ def parked():
     a.close()
     yield vm, shm
     kept = [arrival._kept.pop(job)[1] for job in list(arrival._kept)]
-    with arrival._spare_lock:
+    with arrival._lock:
         spare, arrival._spare = arrival._spare, None
     for a in kept + [spare]:
         if a is not None:
@@ -39,7 +39,8 @@ def parked():
 
 def test_a_vm_kept_for_a_job_goes_to_that_jobs_next_fork_only(parked):
     vm, shm = parked
-    assert arrival.keep("job-1", vm, shm, 64, "")
+    arrival.keep("job-1", vm, shm, 64, "")
+    assert arrival.kept_job() == "job-1"
     other = arrival.vessel(64, "job-2")
     try:
         assert other.vm is not vm                   # a VM of its own
@@ -85,9 +86,8 @@ def test_a_kept_vm_is_let_go_after_a_while(parked, monkeypatch):
 
 def test_a_job_keeps_one_vm_per_process(parked):
     vm, shm = parked
-    assert arrival.keep("job-1", vm, shm, 64, "")
+    arrival.keep("job-1", vm, shm, 64, "")
     second = Arrival(64)
-    try:
-        assert not arrival.keep("job-1", second.vm, second.shm, 64, "")
-    finally:
-        second.close()
+    arrival.keep("job-1", second.vm, second.shm, 64, "")    # one kept already: let go
+    assert second.vm.poll() is not None
+    assert arrival._kept["job-1"][1].vm is vm

@@ -97,33 +97,29 @@ def take(here: Here, task: ForkTask) -> str:
             arrival.give_back(a)
         return FULL if got == "full" else placement.refused(
             r, "duplicate" if got in ("claimed", "arrived") else "late")
-    def run() -> None:
-        if failed is not None:
-            raise failed
-        run_child(here, task, a)
-    return _child_here(here, task, lambda: a, run)
+    return _child_here(here, task, a, failed, lambda: run_child(here, task, a))
 
 
-def _child_here(here: Here, task: ForkTask, arrived, run) -> str:
-    """run() the child of (task) and its subtree, its slot here taken:
-    "done", or "failed" said to the parent (its fork fails with the reason)
-    and in the job's stderr; then its VM (arrived(), if any) and slot are
-    let go, unless its subtree's Job has them, and a spare is made ready
+def _child_here(here: Here, task: ForkTask, a: Arrival | None, failed: BaseException | None,
+                run) -> str:
+    """run() the child of (task) in (a) and its subtree, its slot here
+    taken, unless making it (failed) already: "done", or "failed" said to
+    the parent (its fork fails with the reason) and in the job's stderr;
+    then its VM and slot are let go, unless its subtree's Job has them, the
+    VM its subtree ended in is kept for the job, and a spare is made ready
     for the next fork onto this host."""
     try:
+        if failed is not None:
+            raise failed
         run()
         return "done"
     except Exception as err:        # noqa: BLE001 - the parent's fork fails with the reason
-        _failed(here, task, arrived(), err)
+        _failed(here, task, a, err)
         return "failed"
     finally:
-        a = arrived()
         if a is not None and a.parked_vm is not None:   # its region is free now: kept
-            vm, a.parked_vm = a.parked_vm, None
-            if arrival.keep(task.job, vm, a.shm, task.mem_mib, here.address):
-                a.shm = None
-            else:
-                vm.close()
+            arrival.keep(task.job, a.parked_vm, a.shm, task.mem_mib, here.address)
+            a.parked_vm = a.shm = None
         if a is not None:
             a.close()
         if a is None or not a.adopted:
@@ -163,20 +159,18 @@ def take_offered(here: Here, conn: socket.socket) -> str:
     except BaseException:
         conn.close()
         raise
-    held: list[Arrival] = []
-
-    def run() -> None:
-        try:
-            held.append(arrival.vessel(task.mem_mib, task.job))
-            held[0].nonce = nonce
-            held[0].take(got, conn, secret, task.pid)
-        except BaseException as err:
-            if not held or held[0].refused is None:
-                _reply_error(conn, secret, nonce, err)
-            conn.close()
-            raise
-        run_child(here, task, held[0], (got.header, conn, began))
-    return _child_here(here, task, lambda: held[0] if held else None, run)
+    a = failed = None
+    try:
+        a = arrival.vessel(task.mem_mib, task.job)
+        a.nonce = nonce
+        a.take(got, conn, secret, task.pid)
+    except BaseException as err:    # said to the parent's host, unless take() did
+        if a is None or a.refused is None:
+            _reply_error(conn, secret, nonce, err)
+        conn.close()
+        failed = err
+    return _child_here(here, task, a, failed,
+                       lambda: run_child(here, task, a, (got.header, conn, began)))
 
 
 def _offered_task(header: dict) -> ForkTask:

@@ -157,47 +157,48 @@ class Arrival:
 
 
 _spare: Arrival | None = None
-_spare_lock = threading.Lock()    # a fork task's thread and the offer's (offers.py)
+_lock = threading.Lock()    # a fork task's thread and the offer's (offers.py)
 
 
 _kept: dict[str, tuple[float, Arrival]] = {}    # by job: its VM parked here, and since when
 
 
-def keep(job_id: str, vm: VM, shm: SharedRegion, mem_mib: int, address: str) -> bool:
+def keep(job_id: str, vm: VM, shm: SharedRegion, mem_mib: int, address: str) -> None:
     """Keep (vm), parked as its process ended here, for the next fork of
-    (job_id) onto this host, for KEEP_FOR seconds; with it (shm), the region
-    it maps, scrubbed (its rings zeroed).  False if the job has one kept
-    already (the caller closes its VM)."""
-    with _spare_lock:
-        if job_id in _kept:
-            return False
-        _kept[job_id] = (time.monotonic(), None)        # (being made)
-    clone.punch(shm.fd, 0, shm.size)
-    shm.renew()
+    (job_id) onto this host, for KEEP_FOR seconds, with (shm), the region
+    it maps, made as new.  Both are keep()'s now: closed if the job has a
+    VM kept here already."""
     a = Arrival(mem_mib, vm, shm)
+    with _lock:
+        if job_id in _kept:
+            a.close()
+            return
+    shm.renew()
     a.job = job_id
     if address:
         try:
             a.make_bridge(address)
         except OSError:
             pass
-    with _spare_lock:
-        _kept[job_id] = (time.monotonic(), a)
-    return True
+    with _lock:
+        if job_id not in _kept:
+            _kept[job_id], a = (time.monotonic(), a), None
+    if a is not None:           # another thread kept one meanwhile
+        a.close()
 
 
 def kept_job() -> str:
     """The job whose VM this process keeps now, or ""."""
-    with _spare_lock:
-        return next((j for j, (_, a) in _kept.items() if a is not None), "")
+    with _lock:
+        return next(iter(_kept), "")
 
 
 def expire() -> None:
     """Let kept VMs go after KEEP_FOR seconds, and those that died."""
     now = time.monotonic()
-    with _spare_lock:
+    with _lock:
         gone = [j for j, (since, a) in _kept.items()
-                if a is not None and (now - since > KEEP_FOR or a.vm.poll() is not None)]
+                if now - since > KEEP_FOR or a.vm.poll() is not None]
         dropped = [_kept.pop(j)[1] for j in gone]
     for a in dropped:
         a.close()
@@ -207,15 +208,13 @@ def vessel(mem_mib: int, job_id: str = "") -> Arrival:
     """A child VM for a fork: the VM kept here for (job_id) if it fits, else
     this process's spare if it fits, else a new one."""
     global _spare
-    with _spare_lock:
-        since, kept = _kept.get(job_id, (0.0, None))
-        if kept is not None:
-            del _kept[job_id]
+    with _lock:
+        _, kept = _kept.pop(job_id, (0.0, None))
     if kept is not None:
         if kept.usable(mem_mib) and kept.vm.parked:
             return kept
         kept.close()
-    with _spare_lock:
+    with _lock:
         a, _spare = _spare, None
     if a is not None and not a.usable(mem_mib):
         a.close()
@@ -240,7 +239,7 @@ def give_back(a: Arrival) -> None:
     global _spare
     a.listener.close()
     a.listener = None
-    with _spare_lock:
+    with _lock:
         if a.job:                   # a job's own VM: never another job's
             if a.job not in _kept and a.usable(a.mem_mib):
                 _kept[a.job], a = (time.monotonic(), a), None
@@ -255,7 +254,7 @@ def spare(mem_mib: int = 128, address: str = "") -> None:
     with (address), its pipe bridge on it; it holds no slot (a slot is a VM
     that runs a process)."""
     global _spare
-    with _spare_lock:
+    with _lock:
         if _spare is not None:
             return
     try:
@@ -267,7 +266,7 @@ def spare(mem_mib: int = 128, address: str = "") -> None:
             a.make_bridge(address)
         except OSError:         # no UDP port free: the fork makes it, if it can
             pass
-    with _spare_lock:
+    with _lock:
         if _spare is None:
             _spare, a = a, None
     if a is not None:

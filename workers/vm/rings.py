@@ -258,9 +258,12 @@ class SharedRegion:
         self.fd = os.memfd_create("unifork-shm", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size)
+        self._rings: dict[int, HostRing] = {}
+        self._header()
+
+    def _header(self) -> None:
         abi.SHM.put(self.map, 0, magic=abi.SHM_MAGIC, abi_version=abi.ABI_VERSION,
                     nrings=abi.SHM_RINGS)
-        self._rings: dict[int, HostRing] = {}
         self._base = [0]
 
     def new_ring(self) -> tuple[int, HostRing]:
@@ -282,14 +285,14 @@ class SharedRegion:
         return r
 
     def renew(self) -> None:
-        """Make the region as new, its memory already zeroed (punched) by
-        the caller: no ring of its last processes is left (arrival.keep)."""
+        """Make the region as new: its pages freed (they read as zero in
+        every VM that maps it), no ring of its last processes left
+        (arrival.keep)."""
         for r in self._rings.values():
             r.release()
         self._rings.clear()
-        self._base = [0]
-        abi.SHM.put(self.map, 0, magic=abi.SHM_MAGIC, abi_version=abi.ABI_VERSION,
-                    nrings=abi.SHM_RINGS)
+        self.map.madvise(mmap.MADV_REMOVE)
+        self._header()
 
     def used(self) -> int:
         """The bitmap of ring slots in use."""
