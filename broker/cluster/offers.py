@@ -60,7 +60,6 @@ class Offers:
         self._entry: str | None = None      # in Redis now, as far as we know
         self._tasks = 0                     # Celery tasks running in this process
         self._gone_since: float | None = None
-        self._withdrawn = False             # the last _withdraw() took our entry out
         self._closed = False
         threading.Thread(target=self._serve, name="offer", daemon=True).start()
 
@@ -80,14 +79,14 @@ class Offers:
             self._withdraw()
         self.sock.close()
 
-    def _withdraw(self) -> None:
+    def _withdraw(self) -> bool:
+        """Take our entry out of the host's offers; False if there was none
+        there (a fork took it: it connects)."""
         entry, self._entry = self._entry, None
-        self._withdrawn = False
-        if entry is not None:
-            try:
-                self._withdrawn = placement.withdraw(self.here.r, self.here.host, entry)
-            except Exception:       # noqa: BLE001 - a fork that takes it finds us listening
-                pass
+        try:
+            return entry is not None and placement.withdraw(self.here.r, self.here.host, entry)
+        except Exception:           # noqa: BLE001 - a fork that takes it finds us listening
+            return False
 
     def _serve(self) -> None:
         while not self._closed:
@@ -110,10 +109,11 @@ class Offers:
         (or anyone else's bytes, which do not open as one)."""
         with self._lock:
             entry, self._entry = self._entry, None
+        fork = False
         try:
-            receiving.take_offered(self.here, conn)
+            fork = receiving.take_offered(self.here, conn) in ("done", "failed")
         finally:
-            if entry is not None:   # (taken by the fork: then there is nothing to take out)
+            if not fork and entry is not None:      # not the fork that took our entry
                 placement.withdraw(self.here.r, self.here.host, entry)
 
     def _offer(self) -> None:
@@ -124,8 +124,7 @@ class Offers:
         with self._lock:
             if self._entry is not None and json.loads(self._entry).get("job", "") != job:
                 entry = self._entry     # kept VM gone, or a new one: offered again,
-                self._withdraw()        # unless a fork took it just now (it connects)
-                if not self._withdrawn:
+                if not self._withdraw():    # unless a fork took it just now (it connects)
                     self._entry = entry
             if self._closed or self._tasks or self._entry is not None:
                 return

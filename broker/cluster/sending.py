@@ -80,32 +80,24 @@ class Sender:
                 self._queue(task, target)
             with memoryview(out.parent_vm.mem) as ram:
                 sealed = wire.seal_ram(link.secret, nonce, ram, _extents(out.parent_vm))
-            where, by = None, "task"
-            if offer is not None:
-                where = self._offered(out, target, offer, task, nonce, sealed)
-                if where is None:               # stale: the ticket goes by its task
-                    placement.unclaim(link.r, ticket, target)
-                    self._queue(task, None)
-                else:
-                    by = "offer"
-            if where is None:
-                where = self._placed(ticket, sent)
-                if where is None:
-                    return link.deliver({"type": "forked", "pid": out.pid, "eagain": True,
-                                         "error": f"no host had a free slot for "
-                                                  f"{link.fork_wait:g} s"})
-                placed = time.monotonic()
-                where["kept"] = self._send(out, where, nonce, sealed).get("kept", False)
-            else:
-                placed = where.pop("connected")
-            link.deliver({"type": "forked", "pid": out.pid, "host": where["host"],
-                          "tree": out.pid})
+            got = self._offered(out, target, offer, task, nonce, sealed) if offer else None
+            if offer and got is None:           # stale: the ticket goes by its task
+                placement.unclaim(link.r, ticket, target)
+                self._queue(task, None)
+            by = "offer" if got else "task"
+            got = got or self._by_task(out, ticket, nonce, sealed, sent)
+            if got is None:
+                return link.deliver({"type": "forked", "pid": out.pid, "eagain": True,
+                                     "error": f"no host had a free slot for "
+                                              f"{link.fork_wait:g} s"})
+            host, placed, reply = got
+            link.deliver({"type": "forked", "pid": out.pid, "host": host, "tree": out.pid})
             # The fork's event (the child's host records its "running"): where
             # it went, by an offer or by its task, into a VM the job kept there
             # or a new one, and how long placing it and the whole fork took.
             state.add_event(link.r, link.job_id, {
-                "pid": out.pid, "ppid": out.ppid, "state": "placed", "host": where["host"],
-                "by": by, "kept": bool(where.get("kept")),
+                "pid": out.pid, "ppid": out.ppid, "state": "placed", "host": host,
+                "by": by, "kept": bool(reply.get("kept")),
                 "dispatch_ms": round(1000 * (placed - sent), 2),
                 "fork_ms": round(1000 * (time.monotonic() - out.asked), 2)})
         except Exception as err:        # noqa: BLE001 - the parent gets EAGAIN and the reason
@@ -131,10 +123,10 @@ class Sender:
             app.send_task(FORK_CHILD, kwargs=task, queue=queue)
 
     def _offered(self, out: Outgoing, host: str, offer: dict, task: dict, nonce: bytes,
-                 sealed) -> dict | None:
+                 sealed) -> tuple[str, float, dict] | None:
         """Send the fork straight to the worker process that offered itself
-        on (host); where it went, or None if the offer was stale (nobody
-        listens there any more: nothing was sent)."""
+        on (host): (host, when it was connected to, its word); None if the
+        offer was stale (nobody listens there any more: nothing was sent)."""
         try:
             sock = socket.create_connection((offer["address"], offer["port"]), timeout=1)
         except OSError:
@@ -147,7 +139,18 @@ class Sender:
             reply = self._stream(sock, out, host, nonce, sealed, task)
         if config.get().test_duplicate_forks:       # its ticket has arrived: a no-op
             self._queue(task, host)
-        return {"host": host, "connected": connected, "kept": reply.get("kept", False)}
+        return host, connected, reply
+
+    def _by_task(self, out: Outgoing, ticket: str, nonce: bytes, sealed,
+                 sent: float) -> tuple[str, float, dict] | None:
+        """The fork, its task sent: once a host has claimed it, stream it
+        there: (host, when it was placed, its word); None if nobody claimed
+        it within the fork wait."""
+        where = self._placed(ticket, sent)
+        if where is None:
+            return None
+        placed = time.monotonic()
+        return where["host"], placed, self._send(out, where, nonce, sealed)
 
     def _placed(self, ticket: str, sent: float) -> dict | None:
         """Where the ticket's child is made, once a host has claimed it; None
