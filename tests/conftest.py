@@ -82,6 +82,29 @@ def native(path: Path, *args: object, input: bytes = b"", env: dict | None = Non
                           timeout=120, env=env if env is not None else {})
 
 
+def forkloop_steps(program, n: int, every: int, at_each, *opts: str) -> int:
+    """`unifork run [OPTS] forkloop N EVERY`: at_each(pid of unifork run,
+    the line it printed) every EVERY forks, then let it go on; the pid.
+    The run must end with status 0."""
+    p = subprocess.Popen([str(UNIFORK), "run", *opts, str(program("forkloop", "musl")),
+                          str(n), str(every)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(n // every):
+            line = p.stdout.readline()
+            assert line.strip().isdigit(), (line, p.stderr.read(4096) if not line else b"")
+            at_each(p.pid, line)
+            p.stdin.write(b"g")
+            p.stdin.flush()
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0, p.stderr.read().decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.pid
+
+
 def status(p: subprocess.CompletedProcess) -> int:
     """A shell-style exit status: 128+N when killed by signal N."""
     return 128 - p.returncode if p.returncode < 0 else p.returncode

@@ -208,7 +208,7 @@ def test_forks_onto_other_hosts_go_straight_to_an_idle_worker_process(net, progr
     """Each worker process that runs no task offers itself; a fork takes an
     offer of the host it is placed on and skips the Celery hop."""
     for host in SLOTS:
-        assert offers(net, host), f"{host} has no idle worker process on offer"
+        assert offered_within(net, host), f"{host} has no idle worker process on offer"
     got = cli(net, "submit", "--wait", program("spread", "musl"), 3, 300)
     assert got.returncode == 0 and "3 forked" in got.stdout.decode(), got.stderr.decode()
     job_id = redis(net, "zrevrange", "unifork:jobs", 0, 0).strip()
@@ -288,7 +288,7 @@ def test_bytes_that_are_not_a_fork_stream_sent_to_an_offer_harm_nothing(net, pro
     log_dir = net._worker_setup[3]
     for junk in (b"x" * 4096, os.urandom(16) + b"\0" * 64, b"short"):
         for host in SLOTS:
-            o = offers(net, host)[0]
+            o = offered_within(net, host)[0]
             net.run("hub", sys.executable, "-c", SEND_BYTES, o["address"], o["port"], junk.hex())
     time.sleep(6)                           # the short hello's HELLO_TIMEOUT
     got = cli(net, "submit", "--wait", program("spread", "musl"), 3, 300)

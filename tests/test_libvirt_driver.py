@@ -18,7 +18,7 @@ import pytest
 import libvirtd
 import test_busybox as busybox
 import test_processes as processes
-from conftest import UNIFORK, qemu_pids, unifork
+from conftest import UNIFORK, forkloop_steps, qemu_pids, unifork
 
 WHY_NOT = libvirtd.available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
@@ -100,26 +100,19 @@ def test_a_job_s_domains_are_listed_while_it_runs_forks_fill_them_and_none_is_le
         under_libvirt, program):
     """300 forks run in the few domains the job's idle pool keeps (its
     vessels), each named after the job; when the job ends, so do they."""
-    p = subprocess.Popen([str(UNIFORK), "run", str(program("forkloop", "musl")), "300", "100"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen: set[int] = set()
-    try:
-        for want in (b"100\n", b"200\n", b"300\n"):
-            assert p.stdout.readline() == want, p.stderr.read(4096)
-            names = [n for n in under_libvirt.domains() if n.startswith(f"unifork-{p.pid}-")]
-            assert names, under_libvirt.domains()
-            seen |= _qemus_of_job(p.pid)
-            p.stdin.write(b"g")
-            p.stdin.flush()
-        p.stdin.close()
-        assert p.wait(timeout=60) == 0, p.stderr.read().decode()
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    wants = iter((b"100\n", b"200\n", b"300\n"))
+
+    def look(pid: int, line: bytes) -> None:
+        nonlocal seen
+        assert line == next(wants)
+        assert [n for n in under_libvirt.domains() if n.startswith(f"unifork-{pid}-")], \
+            under_libvirt.domains()
+        seen |= _qemus_of_job(pid)
+    pid = forkloop_steps(program, 300, 100, look)
     assert 2 <= len(seen) <= 6          # pid 1's, and the pool's (UNIFORK_IDLE_VMS 4)
     deadline = time.monotonic() + 20    # (libvirt drops a domain ~2 s after its QEMU ends)
-    while [n for n in under_libvirt.domains() if n.startswith(f"unifork-{p.pid}-")]:
+    while [n for n in under_libvirt.domains() if n.startswith(f"unifork-{pid}-")]:
         assert time.monotonic() < deadline, under_libvirt.domains()
         time.sleep(0.2)
 

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import BUILD, UNIFORK, native, qemu_pids, unifork
+from conftest import BUILD, UNIFORK, forkloop_steps, native, qemu_pids, unifork
 
 
 def counting_qemu(tmp_path: Path) -> tuple[dict, Path]:
@@ -68,28 +68,17 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_a_fork_loop_of_2000_forks_leaks_nothing(program):
-    p = subprocess.Popen([str(UNIFORK), "run", str(program("forkloop", "musl")), "2000", "250"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     samples = []
-    try:
-        for _ in range(8):
-            line = p.stdout.readline()
-            assert line.strip().isdigit(), (line, p.stderr.read(4096) if not line else b"")
-            time.sleep(0.2)         # a fork's VM has parked and is idle by now
-            fds = _fds(p.pid)
-            qemus = qemus_of(p.pid)
-            samples.append({
-                "fds": len(fds), "memfds": sum("memfd:" in f for f in fds),
-                "qemus": len(qemus), "rss": _rss_kib(p.pid),
-                "qemu_rss": sum(_rss_kib(q) for q in qemus)})
-            p.stdin.write(b"g")
-            p.stdin.flush()
-        p.stdin.close()
-        assert p.wait(timeout=60) == 0, p.stderr.read().decode()
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+
+    def sample(pid: int, _line: bytes) -> None:
+        time.sleep(0.2)             # a fork's VM has parked and is idle by now
+        fds = _fds(pid)
+        qemus = qemus_of(pid)
+        samples.append({
+            "fds": len(fds), "memfds": sum("memfd:" in f for f in fds),
+            "qemus": len(qemus), "rss": _rss_kib(pid),
+            "qemu_rss": sum(_rss_kib(q) for q in qemus)})
+    forkloop_steps(program, 2000, 250, sample)
     first = samples[1]          # after 500 forks: every pool there will be
     for s in samples[2:]:
         assert s["fds"] <= first["fds"] and s["memfds"] <= first["memfds"], samples
