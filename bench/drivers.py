@@ -31,7 +31,7 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "
 UNIFORK = os.path.join(os.path.dirname(sys.executable), "unifork")
 
 import libvirtd  # noqa: E402
-from fork import HOLD, build, latencies, pct  # noqa: E402
+from fork import HOLD, build, latencies, pct, vm_cost  # noqa: E402
 
 DRIVERS = ("qemu", "libvirt")
 
@@ -99,33 +99,6 @@ def qemus_of(job: int, driver: str) -> list[int]:
         if mine:
             found.append(int(d))
     return found
-
-
-RAM_MAPS = ("unifork-ram", "memory-backend-memfd")      # the direct driver's, libvirt's
-
-
-def vm_cost(pid: int) -> tuple[float, float]:
-    """(PSS of QEMU without its guest RAM mapping, RAM pages held) in MiB."""
-    pss = ram_pss = 0
-    current = ""
-    for line in open(f"/proc/{pid}/smaps"):
-        first = line.split()[0]
-        if not first.endswith(":"):
-            current = line
-        elif first == "Pss:":
-            kb = int(line.split()[1])
-            pss += kb
-            if any(m in current for m in RAM_MAPS):
-                ram_pss += kb
-    ram = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if any(m in os.readlink(f"/proc/{pid}/fd/{fd}") for m in RAM_MAPS):
-                ram = os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
-                break
-        except OSError:
-            pass
-    return (pss - ram_pss) / 1024, ram / 2**20
 
 
 def idle_vm_cost(hold: str, driver: str) -> tuple[float, float, int]:

@@ -124,9 +124,12 @@ def qemus(parent: int) -> list[int]:
     return [pid for _, pid in sorted(found)]
 
 
+RAM_MAPS = ("unifork-ram", "memory-backend-memfd")      # the direct driver's, libvirt's
+
+
 def vm_cost(pid: int) -> tuple[float, float]:
-    """(PSS of QEMU without its guest RAM mapping, RAM file bytes) in MiB."""
-    pss, ram_pss = 0, 0
+    """(PSS of QEMU without its guest RAM mapping, RAM pages held) in MiB."""
+    pss = ram_pss = 0
     current = ""
     for line in open(f"/proc/{pid}/smaps"):
         first = line.split()[0]
@@ -135,17 +138,17 @@ def vm_cost(pid: int) -> tuple[float, float]:
         elif first == "Pss:":
             kb = int(line.split()[1])
             pss += kb
-            if "unifork-ram" in current:
+            if any(m in current for m in RAM_MAPS):
                 ram_pss += kb
-    ram_bytes = 0
+    ram = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if "unifork-ram" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                ram_bytes = os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
+            if any(m in os.readlink(f"/proc/{pid}/fd/{fd}") for m in RAM_MAPS):
+                ram = os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
                 break
         except OSError:
             pass
-    return (pss - ram_pss) / 1024, ram_bytes / 2**20
+    return (pss - ram_pss) / 1024, ram / 2**20
 
 
 def memory(exe: str, mib: int, kids: int = 4) -> tuple[tuple[float, float], tuple[float, float], int]:
