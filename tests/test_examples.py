@@ -2,9 +2,12 @@
 exactly as it does as a native Linux process: same stdout, same status."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from conftest import EXAMPLES, LIBCS, native, status, unifork
+from conftest import EXAMPLES, LIBCS, UNIFORK, native, status, unifork
 
 STDIN = b"".join(b"line %d of the input, with bytes \x00\xff\x7f\n" % i for i in range(5000))
 ARGS = {"echo": ["first", "a b  c", "", "\u00e9t\u00e9"]}
@@ -47,3 +50,19 @@ def test_the_program_sees_only_the_environment_given_with_env(example):
     got = unifork("run", "--env", "ONLY=this", example("echo", "glibc"))
     assert b"env: ONLY=this\n" in got.stdout
     assert got.stdout.count(b"env: ") == 1
+
+
+# What `unifork run` need not import, each of them milliseconds of every run
+# (bench/boot.py): the cluster's operations, typing, shutil, asyncio, JSON.
+NOT_ON_THE_RUN_PATH = {"fabric", "paramiko", "invoke", "yaml", "typing", "shutil", "asyncio",
+                       "qemu", "json", "celery", "redis"}
+
+
+def test_unifork_run_imports_only_what_running_a_program_needs(example):
+    got = subprocess.run([sys.executable, "-X", "importtime", "-S", str(UNIFORK), "run",
+                          example("hello", "musl")], capture_output=True, timeout=60)
+    assert got.returncode == 0, got.stderr[-500:]
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in got.stderr.decode().splitlines() if line.startswith("import time:")}
+    assert "os" in imported or "posix" in imported
+    assert not imported & NOT_ON_THE_RUN_PATH, imported & NOT_ON_THE_RUN_PATH

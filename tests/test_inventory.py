@@ -4,7 +4,6 @@ one line and a non-zero exit, before any SSH."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
@@ -119,13 +118,3 @@ def test_version_names_the_package_version_and_the_git_commit():
                             capture_output=True, text=True).stdout.strip()
     assert got.returncode == 0
     assert got.stdout.decode() == f"unifork 0.1.0 (git {commit})\n"
-
-
-def test_unifork_run_imports_neither_fabric_nor_yaml(example):
-    got = subprocess.run([sys.executable, "-X", "importtime", "-S", UNIFORK, "run",
-                          example("hello", "musl")], capture_output=True, timeout=60)
-    assert got.returncode == 0, got.stderr[-500:]
-    imported = {line.split("|")[-1].strip().split(".")[0]
-                for line in got.stderr.decode().splitlines() if line.startswith("import time:")}
-    assert "os" in imported or "posix" in imported
-    assert not imported & {"fabric", "paramiko", "invoke", "yaml"}

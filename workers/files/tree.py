@@ -48,8 +48,11 @@ class Volume:
             os.close(self.fd)
             self.fd = -1
         if self.scratch:
-            import shutil
-            shutil.rmtree(self.host, ignore_errors=True)
+            try:
+                os.rmdir(self.host)     # as most jobs leave it: empty (shutil costs ~5 ms)
+            except OSError:
+                import shutil
+                shutil.rmtree(self.host, ignore_errors=True)
 
 
 def scratch_dir(what: str) -> str:

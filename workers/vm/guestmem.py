@@ -9,10 +9,10 @@ EFAULT), never the host's trouble.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
 from workers import abi
 
+TYPE_CHECKING = False    # (not typing's: it takes longer to import than QEMU to start)
 if TYPE_CHECKING:
     from workers.vm.machine import VM
 
