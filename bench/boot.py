@@ -76,9 +76,13 @@ def vm_alone() -> float:
     return t
 
 
+# As a user's machine runs it: with its bytecode cached (the warm-up run writes it).
+USER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def unifork_run() -> float:
     t0 = time.perf_counter()
-    p = subprocess.run([UNIFORK, "run", HELLO], capture_output=True)
+    p = subprocess.run([UNIFORK, "run", HELLO], capture_output=True, env=USER_ENV)
     t = time.perf_counter() - t0
     assert p.returncode == 0 and p.stdout == b"hello from a unikernel\n", p
     return t

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-ABI_VERSION = 12
+ABI_VERSION = 13
 BRIDGED, BRIDGED_TELL = 1, 2        # uf_ring.bridged
 
 PAGE_SIZE = 0x1000
@@ -215,7 +215,7 @@ RING = Record("uf_ring", [
     ("_pad2", "44s"),
 ])
 
-PARK = Record("uf_park", [("parked", "I"), ("go", "I"), ("_pad", "56s")])
+PARK = Record("uf_park", [("parked", "I"), ("go", "I"), ("boot", "I"), ("_pad", "52s")])
 
 SHM = Record("uf_shm", [("magic", "Q"), ("abi_version", "I"), ("nrings", "I"),
                         ("used", "Q")])

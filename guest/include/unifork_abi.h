@@ -38,7 +38,7 @@
 #define UF_UL(x) x##UL
 #endif
 
-#define UF_ABI_VERSION      12
+#define UF_ABI_VERSION      13
 
 /* Guest physical memory layout. */
 #define UF_PAGE_SIZE        UF_UL(0x1000)
@@ -211,14 +211,22 @@ enum uf_req {
  * A context that does not check out kills the child (UF_STATE_KILLED,
  * SIGKILL), which parks again.
  *
- * The host writes nothing in the park page but (go); the guest wrote a (go)
- * that is not (parked) as it parked, so nothing of a previous occupant's
- * starts it.
+ * A vessel made ahead of time may instead be given a program, as if it
+ * had booted with it: the host lays out the program and the boot page as
+ * before a boot, zeroes the control page, sets (boot) and then (go); the
+ * kernel clears (boot) and starts the program.  Only a vessel that has run
+ * no process: the kernel's data must be as it booted.  `unifork run`
+ * starts pid 1's QEMU so, before it has read the program.
+ *
+ * The host writes nothing in the park page but (boot) and (go); the guest
+ * wrote a (go) that is not (parked) and a (boot) of 0 as it parked, so
+ * nothing of a previous occupant's starts it.
  */
 struct uf_park {
 	volatile uint32_t parked;   /* guest: bumped as it parks */
 	volatile uint32_t go;       /* host: = parked, to make it the child */
-	uint32_t _pad[14];
+	volatile uint32_t boot;     /* host: nonzero: start the boot page's program */
+	uint32_t _pad[13];
 	/* the rest of UF_PARK_SIZE is the parked kernel's stack */
 };
 

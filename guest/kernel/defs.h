@@ -51,6 +51,7 @@ extern uint32_t cpu_features;   /* CPUF_* */
 #define CPUF_RDRAND    (1u << 0)
 #define CPUF_FSGSBASE  (1u << 1)
 #define CPUF_DEADLINE  (1u << 2)
+void boot_program(void) __attribute__((noreturn));  /* ring 0: the boot page's */
 
 // trap.c (ring 0)
 void trap(struct trapframe *tf);

@@ -108,6 +108,15 @@ kmain(void)
 	irq_init();
 	if (!b->entry)                  /* a vessel made ahead of time: park.c */
 		park_enter();
+	boot_program();
+}
+
+/* Ring 0: start the program the boot page describes; at boot, or in a
+ * vessel given one before it ran any (park.c), whose kernel data is still
+ * as it booted. */
+void
+boot_program(void)
+{
 	CTL->state = UF_STATE_RUNNING;
 	enter_user((uint64_t)user_start, (uint64_t)sys_stack_top);
 }

@@ -2,7 +2,8 @@
  * park.c: a VM between two processes (unifork_abi.h, "Vessels").  When
  * its process ends the kernel parks here, in ring 0, until the host has
  * given it a forked child's memory; then it comes back to life as that
- * child, inside the parent's fork().
+ * child, inside the parent's fork().  A vessel that has run no process
+ * may be given a program instead, and starts it as at boot (main.c).
  *
  * Parked, the kernel touches only its code, its descriptor tables, the
  * page tables and the park page, whose stack it runs on: the host rewrites
@@ -55,7 +56,8 @@ park(void)
 	volatile struct uf_park *k = PARK;
 	uint32_t seq = k->parked + 1;
 
-	k->go = ~seq;                   /* only the host's go starts us */
+	k->go = ~seq;                   /* only the host's go starts us, */
+	k->boot = 0;                    /* and only the host's boot boots us */
 	k->parked = seq;
 	CTL->req = UF_REQ_EXIT;
 	/* unanswered, whatever the program left in the control page */
@@ -70,6 +72,10 @@ park(void)
 	 * rewrote under this CPU requires before it runs.
 	 */
 	write_cr3(read_cr3());
+	if (k->boot) {                  /* a vessel that ran nothing, given a program */
+		k->boot = 0;
+		boot_program();
+	}
 	if (forkctx.cs & 3)             /* the system-call layer's CPL (PVM: 3) */
 		enter_user((uint64_t)fork_resume, PARK_STACK);
 	fork_resume();

@@ -28,7 +28,7 @@ import time
 from workers import config
 from workers.errors import VMError
 from workers.vm.rings import SharedRegion
-from workers.vm.machine import VM
+from workers.vm.machine import VM, vessel
 
 LINGER = 5.0            # seconds an idle VM is kept without a fork taking it
 MISS_WINDOW = 1.0       # the forks of the last second that found no VM size the pool
@@ -87,14 +87,7 @@ class Pool:
             vm.close()
 
     def _new(self) -> VM:
-        vm = VM(self.ram_mib, self.shm, self.fast_bell)
-        try:
-            vm.load_vessel()
-            vm.start()
-        except BaseException:
-            vm.close()
-            raise
-        return vm
+        return vessel(self.ram_mib, self.shm, self.fast_bell)
 
     def _settle(self) -> str | None:
         """Booting VMs that have parked are idle now; dead ones are dropped.

@@ -1,10 +1,12 @@
 """`unifork run`: one program, one VM, on this machine, no broker.
 
-run() makes the job's file tree (workers/files/), finds the program (in
-the tree if it is there, else on the host), makes the job's shared region
-with its stdio rings, pid 1's VM and the Job, and hands them to the
-supervisor (supervisor.py), which runs the job until pid 1 ends and says
-how it did.
+run() starts pid 1's QEMU first, as a vessel (its guest boots and parks:
+park.c), and meanwhile imports the rest, makes the job's file tree
+(workers/files/), finds the program (in the tree if it is there, else on
+the host), makes the job's shared region with its stdio rings and the
+Job; then it gives the parked VM the program (VM.boot) and hands the job
+to the supervisor (supervisor.py), which runs it until pid 1 ends and
+says how it did.  QEMU's start-up (~50 ms here) hides the rest (~20 ms).
 """
 from __future__ import annotations
 
@@ -14,15 +16,12 @@ import sys
 
 from workers import abi, config
 from workers.errors import BadProgram, ExecError, UniforkError, UsageError, VMError
-from workers.files import linux, programs
-from workers.files.calls import Files
-from workers.proc.stdio import Stdio
-from workers.proc.supervisor import Supervisor
-from workers.proc.table import Job, Slots
 from workers.vm import elf
 from workers.vm.layout import Layout
-from workers.vm.machine import VM
+from workers.vm.machine import VM, vessel
 from workers.vm.rings import SharedRegion
+
+BOOT_WAIT = 60.0        # seconds for pid 1's vessel to boot (TCG is slow)
 
 
 class RunRequest:
@@ -67,9 +66,12 @@ def check(req: RunRequest) -> None:
         raise UsageError(f"--workdir {req.workdir}: must be an absolute path in the tree")
 
 
-def open_tree(req: RunRequest) -> tuple[Files, programs.Found]:
-    """The job's files, and its program: the tree's when the tree has it
-    (as `docker run` finds it), else the host's."""
+def open_tree(req: RunRequest):
+    """The job's files (calls.Files), and its program (programs.Found):
+    the tree's when the tree has it (as `docker run` finds it), else the
+    host's."""
+    from workers.files import linux, programs
+    from workers.files.calls import Files
     from workers.files.tree import Tree, parse_volume
     cfg = config.get()
     files = Files(Tree([parse_volume(v) for v in req.volumes]), None, cfg.files_max_open,
@@ -113,48 +115,70 @@ def _load_pid1(vm: VM, req: RunRequest, found, stdio: tuple[int, int, int]) -> N
             hostname=os.uname().nodename.encode())
 
 
+def _first_vm(req: RunRequest, shm: SharedRegion) -> VM:
+    """pid 1's VM, on its way: a vessel that boots and parks while the
+    rest is made (under libvirt, a domain that waits, paused)."""
+    if config.get().driver == "libvirt":     # its domains are named after the job
+        from workers.vm.libvirt_domain import for_job
+        for_job(req.link.job_id if req.link is not None else str(os.getpid()))
+        return VM(req.mem_mib, shm, fast_bell=req.link is not None)
+    return vessel(req.mem_mib, shm, fast_bell=req.link is not None)
+
+
+def _cluster_side(req: RunRequest, shm: SharedRegion, files, say):
+    """A cluster job's pipe bridge (to its processes on other hosts) and
+    file server (for them), or None each."""
+    if req.link is None:
+        return None, None
+    from workers.pipes.bridge import open_bridge
+    bridge = open_bridge(shm, req.link.secret, req.link.job_id, req.link.address,
+                         lambda msg: say(1, msg))
+    server = None
+    if req.link.address:
+        from workers.files.server import FileServer
+        server = FileServer(files, req.link.secret, req.link.job_id, req.link.address)
+        req.link.set_files(server.address)
+    return bridge, server
+
+
 def run(req: RunRequest) -> int:
     """Run (req) to completion; returns the exit status for our caller.
 
-    :raise BadProgram: before any VM starts, when the program cannot run.
+    :raise BadProgram: before the program runs, when it cannot.
     :raise UsageError: a bad volume or working directory.
-    :raise VMError: when QEMU cannot be started.
+    :raise VMError: when QEMU cannot be started, or its guest does not boot.
     """
     check(req)
-    files, found = open_tree(req)
-    prog = found.prog
-    slots = req.slots or Slots(config.get().host_max_vms)
-    if not slots.take():
-        files.close()
-        raise VMError("this host has no free slot for the job's first VM")
-    if config.get().driver == "libvirt":     # its domains are named after it
-        from workers.vm.libvirt_domain import for_job
-        for_job(req.link.job_id if req.link is not None else str(os.getpid()))
     shm = SharedRegion()
-    vm: VM | None = None
-    job = server = None
+    vm = files = slots = job = server = None
     try:
+        vm = _first_vm(req, shm)
+        # Imported while QEMU starts (supervisor.py, the file tree: ~20 ms).
+        from workers.proc.stdio import Stdio
+        from workers.proc.supervisor import Supervisor
+        from workers.proc.table import Job, Slots
+        files, found = open_tree(req)
+        slots = req.slots or Slots(config.get().host_max_vms)
+        if not slots.take():
+            slots = None                # (none taken: none to give back)
+            raise VMError("this host has no free slot for the job's first VM")
         rings = [shm.new_ring() for _ in range(3)]
-        vm = VM(req.mem_mib, shm, fast_bell=req.link is not None)
-        _load_pid1(vm, req, found, (rings[0][0], rings[1][0], rings[2][0]))
         sup = Supervisor(Stdio(req.name, *(r[1] for r in rings), req.stdin, req.stdout,
                                req.stderr), req.timeout)
         files.tell = sup.say            # the job's stderr, from now on
-        bridge = None
-        if req.link is not None:
-            from workers.pipes.bridge import open_bridge
-            bridge = open_bridge(shm, req.link.secret, req.link.job_id, req.link.address,
-                                 lambda msg: sup.say(1, msg))
-        if req.link is not None and req.link.address:   # its processes elsewhere use its tree
-            from workers.files.server import FileServer
-            server = FileServer(files, req.link.secret, req.link.job_id, req.link.address)
-            req.link.set_files(server.address)
-        job = Job(req.program, prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
+        booted = vm.domain is not None or vm.wait_parked(BOOT_WAIT)
+        if booted:                      # (else the supervisor finds its QEMU ended)
+            _load_pid1(vm, req, found, (rings[0][0], rings[1][0], rings[2][0]))
+        bridge, server = _cluster_side(req, shm, files, sup.say)
+        job = Job(req.program, found.prog, req.mem_mib, shm, req.max_procs, slots, sup.say,
                   fork_wait=config.get().fork_wait if req.fork_wait is None else req.fork_wait,
                   events=req.events, link=req.link, bridge=bridge, files=files)
         sup.job = job
         job.add(vm, pid=1)
-        vm.start()
+        if vm.domain is not None:
+            vm.start()
+        elif booted:
+            vm.boot()
         return sup.run()
     finally:
         if server is not None:
@@ -164,8 +188,10 @@ def run(req: RunRequest) -> int:
         else:
             if vm is not None:
                 vm.close()
-            slots.give()
-            files.close()
+            if slots is not None:
+                slots.give()
+            if files is not None:
+                files.close()
         shm.close()
 
 

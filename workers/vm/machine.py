@@ -20,6 +20,7 @@ from __future__ import annotations
 import _socket
 import mmap
 import os
+import select
 import time
 
 from workers import abi, config
@@ -219,6 +220,34 @@ class VM:
         abi.PARK.put(self.mem, abi.PARK_ADDR, go=abi.PARK.get(self.mem, abi.PARK_ADDR, "parked"))
         self.wake()
 
+    def wait_parked(self, timeout: float) -> bool:
+        """Wait for a vessel to have booted and parked (load_vessel, start);
+        False if its QEMU ended first, or said the guest cannot go on (the
+        supervisor says how, as of a process's VM).
+
+        :raise VMError: (timeout) passed.
+        """
+        deadline = time.monotonic() + timeout
+        cpu.rdtsc()                     # its first call loads ctypes (~2 ms): boot() reads it
+        while not self.parked:
+            if self.poll() is not None or self.check_stderr():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VMError(f"the VM did not boot within {timeout:g} s")
+            select.select([self.bell, self.pidfd, self._stderr_r], [], [], min(left, 1.0))
+            self.take_doorbells()
+        return True
+
+    def boot(self) -> None:
+        """Start the program load() has laid out, in a vessel that parked as
+        it booted and has run no process (load_vessel, start): as if it had
+        booted with it, its QEMU's start-up behind it already (park.c)."""
+        self.mem[abi.CTL_ADDR:abi.CTL_ADDR + abi.PAGE_SIZE] = bytes(abi.PAGE_SIZE)
+        self._stamp()
+        abi.PARK.put(self.mem, abi.PARK_ADDR, boot=1)
+        self.go()
+
     # -- running -------------------------------------------------------------
     def wake(self) -> None:
         """Wake a halted guest: one byte to its doorbell UART."""
@@ -378,3 +407,16 @@ class VM:
         if self.ram_fd >= 0:
             os.close(self.ram_fd)
         self.state = VMState.CLOSED
+
+
+def vessel(ram_mib: int, shm: SharedRegion, fast_bell: bool = False) -> VM:
+    """A VM on its way with no program: it boots and parks, for a fork to
+    fill (workers/fork/clone.py) or a program to start in it (VM.boot)."""
+    vm = VM(ram_mib, shm, fast_bell)
+    try:
+        vm.load_vessel()
+        vm.start()
+    except BaseException:
+        vm.close()
+        raise
+    return vm
