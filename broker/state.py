@@ -18,15 +18,24 @@ HEARTBEAT_TTL = 5.0          # seconds without a heartbeat before a host is dead
 OUTPUT_TTL = 7 * 24 * 3600   # job records and output expire a week after they end
 
 
+_clients: dict[str, redis.Redis] = {}    # by URL: this process's, shared by its threads
+
+
 def connect(url: str) -> redis.Redis:
-    """A client for (url), checked with a PING.
+    """The client for (url) of this process, checked with a PING as it is
+    made.  One for all (a subtree on another host makes its Link and
+    listener from it: a connection, its AUTH and PING each cost a fork ~1 ms
+    of this host's CPU); its pool hands each thread a connection of its
+    own, and makes new ones after a fork (redis-py checks the pid).
 
     :raise Unreachable: with a one-line reason (the password never in it).
     """
+    if url in _clients:
+        return _clients[url]
     try:
         r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
         r.ping()
-        return r
+        return _clients.setdefault(url, r)
     except redis.exceptions.AuthenticationError as err:
         raise Unreachable(_refusal(url, err)) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
