@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ from workers.proc.forks import Outgoing
 if TYPE_CHECKING:
     from broker.cluster.link import Link
 
-FORKERS = 4              # forks onto other hosts under way at once, per subtree
+FORKERS = 4              # forks onto other hosts under way at once, per process
 
 
 def _warm_up() -> None:
@@ -53,21 +54,36 @@ def _warm_up() -> None:
         pass
 
 
+_forkers: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_forkers_lock = threading.Lock()
+
+
+def forkers() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's fork threads, shared by its subtrees.  Threads that
+    stay: one that has sent a task before sends the next in ~0.6 ms, a new
+    one in 3-5 ms (its own connection to the broker); the first is warmed
+    up as they are made, once a process (again in a process Celery's pool
+    forked), not once a subtree: most subtrees never fork elsewhere."""
+    global _forkers
+    with _forkers_lock:
+        if _forkers is None or _forkers[0] != os.getpid():
+            threads = concurrent.futures.ThreadPoolExecutor(FORKERS, thread_name_prefix="fork")
+            threads.submit(_warm_up)
+            _forkers = (os.getpid(), threads)
+        return _forkers[1]
+
+
 class Sender:
     """Forks from the subtree of (link) onto other hosts."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
-        # Threads that stay: one that has sent a task before sends the next
-        # in ~0.6 ms, a new one in 3-5 ms (its own connection to the
-        # broker).  The first is warmed up now.
-        self._threads = concurrent.futures.ThreadPoolExecutor(FORKERS, thread_name_prefix="fork")
-        self._futures = [self._threads.submit(_warm_up)]
+        self._futures: list[concurrent.futures.Future] = []
 
     def submit(self, out: Outgoing) -> None:
         """Start the fork of (out); a "forked" message will say how it went."""
         self._futures = [f for f in self._futures if not f.done()]
-        self._futures.append(self._threads.submit(self.fork, out))
+        self._futures.append(forkers().submit(self.fork, out))
 
     def fork(self, out: Outgoing) -> None:
         link = self.link
@@ -200,9 +216,11 @@ class Sender:
         return reply
 
     def close(self) -> None:
-        """Wait for the forks under way (a closed link ends their waits)."""
+        """Wait for the forks under way (a closed link ends their waits);
+        those not begun yet are dropped."""
+        for f in self._futures:
+            f.cancel()
         concurrent.futures.wait(self._futures, timeout=15)
-        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _extents(vm):
