@@ -19,6 +19,7 @@ import struct
 import time
 
 from workers import abi, config
+from workers.files.linux import syscall
 from workers.proc import remote, signals, sleepers
 from workers.proc.signals import SIGKILL
 from workers.proc.stdio import Stdio
@@ -311,10 +312,12 @@ def _sched_attr(new: bytes | None) -> bytes | None:
     """sched_setattr(2) on this thread with (new), or sched_getattr(2) if
     None; the attributes read, (new) once set, or None if refused."""
     import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(new or _SCHED_ATTR.size, _SCHED_ATTR.size)
-    if new is None:
-        ok = libc.syscall(_SYS_SCHED_GETATTR, 0, buf, _SCHED_ATTR.size, 0) == 0
-    else:
-        ok = libc.syscall(_SYS_SCHED_SETATTR, 0, buf, 0) == 0
-    return buf.raw if ok else None
+    try:
+        if new is None:
+            syscall(_SYS_SCHED_GETATTR, 0, buf, _SCHED_ATTR.size, 0)
+        else:
+            syscall(_SYS_SCHED_SETATTR, 0, buf, 0)
+    except OSError:
+        return None
+    return buf.raw
