@@ -54,6 +54,18 @@ def latencies(out: str) -> tuple[list[float], list[float]]:
     return child[WARMUP:], parent[WARMUP:]
 
 
+def cpu_busy() -> float:
+    """Seconds of CPU this machine has spent busy (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # not idle, iowait
+
+
+def redis_calls(r) -> int:
+    """Commands Redis has run so far (its script's own calls included)."""
+    return sum(v["calls"] for v in r.info("commandstats").values())
+
+
 # -- the driver: runs inside the hub namespace, next to Redis -------------------
 def driver(url: str, exe: str, n: int) -> None:
     os.environ["UNIFORK_REDIS_URL"] = url
@@ -86,9 +98,15 @@ def driver(url: str, exe: str, n: int) -> None:
         pings.append((time.perf_counter() - t) * 1000)
         time.sleep(0.02)
     out["ping"] = pings[WARMUP:]
+    busy0, t0, calls0 = cpu_busy(), time.monotonic(), redis_calls(r)
     burst_id, burst = job("hostA", ["burst", "60", "7"])
+    out["burst_cpu"] = (cpu_busy() - busy0) / (time.monotonic() - t0)
+    out["burst_redis"] = redis_calls(r) - calls0
     out["burst"] = burst
     out["burst_hosts"] = sorted({p["host"] for p in state.procs(r, burst_id).values()})
+    placed = [e for e in state.events(r, burst_id) if e["state"] == "placed"]
+    out["burst_placed"] = {"forks": len(placed), "kept": sum(e["kept"] for e in placed),
+                           "by offer": sum(e["by"] == "offer" for e in placed)}
     print(json.dumps(out))
 
 
@@ -142,6 +160,13 @@ def report(res: dict, native: str, native_burst: str, n: int) -> None:
     print(f"sustained: 60 forks, 7 alive at a time, in {burst_us / 1000:.0f} ms = "
           f"{rate:.1f} forks/s on {', '.join(res['burst_hosts'])} (target >= 150/s: "
           f"{'met' if rate >= 150 else 'NOT met'}; native {60 / (nat_us / 1e6):.0f}/s)")
+    print(f"  cores busy while the burst job ran (its start and end included): "
+          f"{res['burst_cpu']:.2f} of {os.cpu_count()}")
+    print(f"  Redis commands while it ran: {res['burst_redis']} "
+          f"({res['burst_redis'] / 60:.0f} a fork, heartbeats and idle polls included)")
+    bp = res["burst_placed"]
+    print(f"  of its {bp['forks']} forks onto other hosts: {bp['by offer']} by an offer, "
+          f"{bp['kept']} into a VM the job kept there (the rest: a spare, booted again after)")
 
 
 if __name__ == "__main__":
