@@ -269,6 +269,8 @@ def test_an_offer_taken_by_a_host_that_never_connects_is_given_back(net):
     """A parent's host that dies between taking an offer and connecting
     leaves a claimed ticket and a slot in use: the offer's process gives
     both back after STALE_AFTER (10 s) and offers itself again."""
+    for h in SLOTS:                     # (not only to the last job, whose VM it keeps)
+        assert offered_within(net, h), f"{h} has no idle worker process on offer"
     got = net.run("hub", sys.executable, "-c", TAKE_AN_OFFER, ROOT, net.url)
     host, offer = got.stdout.decode().split(" ", 1)
     offer = json.loads(offer)
