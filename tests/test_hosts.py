@@ -222,11 +222,11 @@ def placed(net, job_id: str) -> list[dict]:
 
 
 def test_a_jobs_forks_onto_a_host_fill_the_vm_it_kept_there(net, program):
-    """hostA's two slots held (pid 1 and a sleeping child), 12 children
+    """hostA's two slots held (pid 1 and a child that waits), 12 children
     forked one after another run elsewhere; once one has ended on a host,
     its VM stays there, parked, for the job's next fork (no QEMU boots for
     it), offered to that job first."""
-    got = net.send_job(net.url, "hostA", program("forkloop", "musl"), 12, 12, 4000,
+    got = net.send_job(net.url, "hostA", program("forkloop", "musl"), 12, 12, "side",
                        stdin=b"g")
     assert got.returncode == 0, got.stderr.decode()
     assert got.stdout == b"12\nside child exited 7\n"

@@ -1,26 +1,40 @@
 /*
- * forkloop N EVERY [SIDE_MS]: fork N times, each child exits at once and is
+ * forkloop N EVERY [side]: fork N times, each child exits at once and is
  * waited for; every EVERY forks print how many so far and wait for a byte
  * on stdin (the test looks at the host's resources meanwhile).  With
- * SIDE_MS, first fork a child that holds its VM that long (on a cluster
- * host of two slots, the N children then all run elsewhere), and at the
- * end wait for it and print "side child exited 7".
+ * "side", first fork a child that holds its VM until the N are done (on a
+ * cluster host of two slots, the N children then all run elsewhere), and
+ * at the end wait for it and print "side child exited 7".
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-static pid_t
-side_child(long ms)
+static void
+side_done(int sig)
 {
+	(void)sig;
+	_exit(7);
+}
+
+/* A child that waits for SIGUSR1, then exits 7. */
+static pid_t
+side_child(void)
+{
+	sigset_t usr1, old;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &usr1, &old);    /* until it waits: none is lost */
 	pid_t c = fork();
 	if (c == 0) {
-		struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-		nanosleep(&ts, 0);
-		_exit(7);
+		signal(SIGUSR1, side_done);
+		for (;;)
+			sigsuspend(&old);
 	}
+	sigprocmask(SIG_SETMASK, &old, 0);
 	return c;
 }
 
@@ -28,7 +42,7 @@ int
 main(int argc, char **argv)
 {
 	int n = atoi(argv[1]), every = atoi(argv[2]), st;
-	pid_t side = argc > 3 ? side_child(atol(argv[3])) : 0;
+	pid_t side = argc > 3 && !strcmp(argv[3], "side") ? side_child() : 0;
 	if (side < 0) {
 		perror("fork");
 		return 1;
@@ -54,6 +68,7 @@ main(int argc, char **argv)
 		}
 	}
 	if (side) {
+		kill(side, SIGUSR1);
 		if (waitpid(side, &st, 0) != side || !WIFEXITED(st))
 			return 1;
 		printf("side child exited %d\n", WEXITSTATUS(st));
