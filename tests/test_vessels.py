@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import BUILD, UNIFORK, forkloop_steps, native, qemu_pids, unifork
 
 
@@ -193,3 +195,36 @@ def test_a_child_whose_saved_context_is_garbage_is_killed_and_the_job_goes_on(
                                 b"child 1 ran\nchild 1: exited 21\n")
     assert "the parent's saved context is not one" in err.read_text()
     assert calls[0] is calls[1], "the killed child's VM was not the next one's"
+
+
+def test_a_vessel_boots_a_program_once_and_never_after_it_has_run_one(example):
+    """`unifork run`'s way: a VM booted with no program parks; given one, it
+    runs it as at boot.  A VM whose process has ended refuses to boot
+    another (its kernel's data is no longer as it booted)."""
+    from workers.errors import VMError
+    from workers.proc.run import RunRequest, prepare
+    from workers.vm.machine import vessel
+    from workers.vm.rings import SharedRegion
+    hello = str(example("hello", "musl"))
+    shm = SharedRegion()
+    rings = [shm.new_ring() for _ in range(3)]
+    vm = vessel(128, shm)
+    try:
+        assert vm.wait_parked(60)
+        vm.load(prepare(RunRequest(hello, [], [])), [b"hello"], [], hello.encode(), 1, 0,
+                tuple(r[0] for r in rings))
+        vm.boot()
+        deadline = time.monotonic() + 60
+        while not vm.parked:
+            assert time.monotonic() < deadline and vm.poll() is None, vm.qemu_stderr()
+            select.select([vm.bell], [], [], 1.0)
+            vm.take_doorbells()
+        assert rings[1][1].read()[0] == b"hello from a unikernel\n"
+        assert vm.ctl["status"] == 0
+        with pytest.raises(VMError, match="only a vessel that has run no process"):
+            vm.boot()
+    finally:
+        vm.close()
+        for _, r in rings:
+            r.release()
+        shm.close()

@@ -166,7 +166,7 @@ def run(req: RunRequest) -> int:
         sup = Supervisor(Stdio(req.name, *(r[1] for r in rings), req.stdin, req.stdout,
                                req.stderr), req.timeout)
         files.tell = sup.say            # the job's stderr, from now on
-        booted = vm.domain is not None or vm.wait_parked(BOOT_WAIT)
+        booted = vm.wait_parked(BOOT_WAIT)
         if booted:                      # (else the supervisor finds its QEMU ended)
             _load_pid1(vm, req, found, (rings[0][0], rings[1][0], rings[2][0]))
         bridge, server = _cluster_side(req, shm, files, sup.say)
@@ -175,9 +175,7 @@ def run(req: RunRequest) -> int:
                   events=req.events, link=req.link, bridge=bridge, files=files)
         sup.job = job
         job.add(vm, pid=1)
-        if vm.domain is not None:
-            vm.start()
-        elif booted:
+        if booted:
             vm.boot()
         return sup.run()
     finally:

@@ -223,10 +223,13 @@ class VM:
     def wait_parked(self, timeout: float) -> bool:
         """Wait for a vessel to have booted and parked (load_vessel, start);
         False if its QEMU ended first, or said the guest cannot go on (the
-        supervisor says how, as of a process's VM).
+        supervisor says how, as of a process's VM).  A libvirt domain not
+        started yet waits, paused: at once.
 
         :raise VMError: (timeout) passed.
         """
+        if self.domain is not None and self.state is VMState.CREATED:
+            return True
         deadline = time.monotonic() + timeout
         cpu.rdtsc()                     # its first call loads ctypes (~2 ms): boot() reads it
         while not self.parked:
@@ -235,14 +238,23 @@ class VM:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise VMError(f"the VM did not boot within {timeout:g} s")
-            select.select([self.bell, self.pidfd, self._stderr_r], [], [], min(left, 1.0))
+            select.select([self.bell, self.pidfd, self.stderr_fd], [], [], min(left, 1.0))
             self.take_doorbells()
         return True
 
     def boot(self) -> None:
         """Start the program load() has laid out, in a vessel that parked as
         it booted and has run no process (load_vessel, start): as if it had
-        booted with it, its QEMU's start-up behind it already (park.c)."""
+        booted with it, its QEMU's start-up behind it already (park.c).  A
+        libvirt domain not started yet is started.
+
+        :raise VMError: the VM has run a process (its kernel's data is not
+        as it booted).
+        """
+        if self.domain is not None and self.state is VMState.CREATED:
+            return self.start()
+        if abi.PARK.get(self.mem, abi.PARK_ADDR, "parked") != 1:
+            raise VMError("only a vessel that has run no process can boot a program")
         self.mem[abi.CTL_ADDR:abi.CTL_ADDR + abi.PAGE_SIZE] = bytes(abi.PAGE_SIZE)
         self._stamp()
         abi.PARK.put(self.mem, abi.PARK_ADDR, boot=1)
