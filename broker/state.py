@@ -24,8 +24,8 @@ _clients: dict[str, redis.Redis] = {}    # by URL: this process's, shared by its
 def connect(url: str) -> redis.Redis:
     """The client for (url) of this process, checked with a PING as it is
     made.  One for all (a subtree on another host makes its Link and
-    listener from it: a connection, its AUTH and PING each cost a fork ~1 ms
-    of this host's CPU); its pool hands each thread a connection of its
+    listener from it: a connection, its AUTH and PING each cost every fork
+    onto this host CPU and round trips); its pool hands each thread a connection of its
     own, and makes new ones after a fork (redis-py checks the pid).
 
     :raise Unreachable: with a one-line reason (the password never in it).

@@ -49,7 +49,7 @@ class Volume:
             self.fd = -1
         if self.scratch:
             try:
-                os.rmdir(self.host)     # as most jobs leave it: empty (shutil costs ~5 ms)
+                os.rmdir(self.host)     # as most jobs leave it: empty (shutil is slow to import)
             except OSError:
                 import shutil
                 shutil.rmtree(self.host, ignore_errors=True)

@@ -6,7 +6,7 @@ park.c), and meanwhile imports the rest, makes the job's file tree
 the host), makes the job's shared region with its stdio rings and the
 Job; then it gives the parked VM the program (VM.boot) and hands the job
 to the supervisor (supervisor.py), which runs it until pid 1 ends and
-says how it did.  QEMU's start-up (~50 ms here) hides the rest (~20 ms).
+says how it did.  QEMU's start-up hides the rest (bench/boot.py).
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def run(req: RunRequest) -> int:
     vm = files = slots = job = server = None
     try:
         vm = _first_vm(req, shm)
-        # Imported while QEMU starts (supervisor.py, the file tree: ~20 ms).
+        # Imported while QEMU starts (supervisor.py, the file tree).
         from workers.proc.stdio import Stdio
         from workers.proc.supervisor import Supervisor
         from workers.proc.table import Job, Slots
